@@ -1,0 +1,663 @@
+"""The linear-Gaussian latent model and every exact quantity it defines.
+
+.. math::
+    z \\sim \\mathcal N(\\mu_0, \\Sigma_0), \\qquad
+    x \\mid z \\sim \\mathcal N(W z + b, \\Psi).
+
+All closed forms are evaluated in whitened coordinates: with
+:math:`\\Sigma_0 = L_0 L_0^\\top` and :math:`\\tilde W = \\Psi^{-1/2} W L_0` (shape
+``(D, K)``), one thin QR factorisation :math:`[\\tilde W;\\ I_K] = Q R` taken at
+construction gives everything else:
+
+* :math:`\\log\\det C = \\log\\det\\Psi + 2\\sum_i\\log R_{ii}` for the marginal
+  covariance :math:`C = W\\Sigma_0 W^\\top + \\Psi` (matrix-determinant lemma);
+* the Mahalanobis term :math:`(x-\\bar x)^\\top C^{-1}(x-\\bar x)` as the squared
+  residual of a least-squares problem (Woodbury, without the cancellation of its
+  textbook form);
+* the posterior :math:`p(z\\mid x)` with precision
+  :math:`L_0^{-\\top} R^\\top R L_0^{-1}`.
+
+So every per-row operation costs O(D K) and no ``(D, D)`` matrix is built unless the
+noise itself is a full matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import ArrayLike, NDArray
+
+from ._encoder import EncoderGradients, LinearEncoder
+from ._errors import InvalidInputError, InvalidTypeError
+from ._gaussian import LOG_2PI, Gaussian, as_generator, cross_entropy, kl_divergence
+from ._linalg import solve_tril, solve_tril_rows, tril_of_gram
+from ._noise import NoiseCovariance
+from ._validation import as_real_array, check_shape, describe_shape, freeze
+
+__all__ = [
+    "ElboTerms",
+    "LinearGaussianModel",
+    "ModelGradients",
+    "VariationalGradients",
+]
+
+FloatArray = NDArray[np.float64]
+
+#: Rows are processed in blocks of about this many float64 entries (8 MiB), so the
+#: working memory of a batched evaluation does not grow with the number of rows.
+BLOCK_ENTRIES = 1 << 20
+
+#: The Mahalanobis term is first computed as ``|y|^2 - |Q^T y|^2``; where that
+#: difference is smaller than this fraction of ``|y|^2`` it has lost more than
+#: ``log2(1/CANCELLATION_LIMIT)`` bits to cancellation, and the row is recomputed as
+#: the explicit squared norm of the least-squares residual ``(I - Q Q^T) y``.
+CANCELLATION_LIMIT = 2.0**-6
+
+
+def _scalar_or_array(values: FloatArray) -> Any:
+    return float(values) if values.ndim == 0 else values
+
+
+def _row_blocks(n_rows: int, width: int) -> Iterator[slice]:
+    step = max(1, BLOCK_ENTRIES // max(1, width))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(n_rows, start + step))
+
+
+@dataclass(frozen=True)
+class ElboTerms:
+    r"""The named pieces of the ELBO of ``q`` at ``x``; each a float or an array over rows.
+
+    Both textbook forms of the ELBO can be read off:
+
+    .. math::
+        \mathrm{ELBO} = \underbrace{\mathbb E_q[\log p(x\mid z)]}_{\texttt{expected\_log\_likelihood}}
+          - \underbrace{\mathrm{KL}(q\,\|\,p(z))}_{\texttt{kl\_to\_prior}}
+        = \mathbb E_q[\log p(x\mid z)]
+          - \underbrace{H(q, p(z))}_{\texttt{cross\_entropy}}
+          + \underbrace{H(q)}_{\texttt{entropy}}.
+    """
+
+    expected_log_likelihood: Any
+    kl_to_prior: Any
+    cross_entropy: Any
+    entropy: Any
+
+    @property
+    def reconstruction(self) -> Any:
+        """Alias of :attr:`expected_log_likelihood`, the VAE literature's name."""
+        return self.expected_log_likelihood
+
+    @property
+    def expected_log_joint(self) -> Any:
+        r""":math:`\mathbb E_q[\log p(x, z)]` = expected log-likelihood - cross-entropy."""
+        return self.expected_log_likelihood - self.cross_entropy
+
+    @property
+    def elbo(self) -> Any:
+        """Reconstruction minus KL to the prior (the "VAE" form)."""
+        return self.expected_log_likelihood - self.kl_to_prior
+
+    @property
+    def elbo_joint_form(self) -> Any:
+        r""":math:`\mathbb E_q[\log p(x,z)] + H(q)` (the "variational inference" form)."""
+        return self.expected_log_joint + self.entropy
+
+
+@dataclass(frozen=True)
+class VariationalGradients:
+    """Gradients of the ELBO of each row with respect to q's mean and Cholesky factor.
+
+    ``mean`` has shape ``batch_shape + (K,)``; ``scale_tril`` is lower triangular with
+    shape ``batch_shape + (K, K)`` (entries above the diagonal are not parameters).
+    """
+
+    mean: FloatArray
+    scale_tril: FloatArray
+
+
+@dataclass(frozen=True)
+class ModelGradients:
+    """Gradients of the ELBO, summed over all rows, with respect to the model parameters.
+
+    Each field has the shape of the parameter it belongs to; ``noise_cov`` has the shape
+    of the noise as given (scalar, ``(D,)`` or ``(D, D)``). Matrix gradients treat the
+    entries as independent (the derivative of ``f`` along ``E`` is ``sum(G * E)``).
+    """
+
+    weights: FloatArray
+    bias: FloatArray
+    noise_cov: Any
+    prior_mean: FloatArray
+    prior_cov: FloatArray
+
+
+class LinearGaussianModel:
+    r"""The linear-Gaussian latent model :math:`z\sim\mathcal N(\mu_0,\Sigma_0)`,
+    :math:`x\mid z\sim\mathcal N(Wz+b,\Psi)`.
+
+    Every quantity is exact: the evidence :math:`\log p(x)`, the posterior
+    :math:`p(z\mid x)`, the ELBO of any Gaussian :math:`q` and its
+    :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`, and their gradients.
+
+    Parameters
+    ----------
+    weights : array_like, shape (D, K)
+        The loading matrix :math:`W`.
+    bias : array_like, shape (D,)
+        The offset :math:`b`.
+    prior : Gaussian
+        The prior :math:`p(z) = \mathcal N(\mu_0, \Sigma_0)` over ``K`` dimensions
+        (unbatched).
+    noise_cov : float or array_like, shape (D,) or (D, D)
+        :math:`\Psi`: a positive scalar (isotropic noise), positive variances
+        (diagonal noise) or a symmetric positive-definite matrix.
+
+    Notes
+    -----
+    The marginal is :math:`p(x) = \mathcal N(x; W\mu_0 + b,\ W\Sigma_0W^\top + \Psi)`
+    and the posterior has precision
+    :math:`\Lambda = \Sigma_0^{-1} + W^\top\Psi^{-1}W` and mean
+    :math:`\Lambda^{-1}(W^\top\Psi^{-1}(x-b) + \Sigma_0^{-1}\mu_0)` [1]_.
+
+    References
+    ----------
+    .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer 2006,
+       §2.3.3 (Bayes' theorem for Gaussian variables).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from elbo_check import Gaussian, LinearGaussianModel
+    >>> prior = Gaussian.from_covariance(mean=[0.5], cov=[[2.0]])
+    >>> model = LinearGaussianModel(weights=[[1.0], [2.0]], bias=[0.0, 1.0],
+    ...                             prior=prior, noise_cov=0.5)
+    >>> x = np.array([1.0, 2.0])
+    >>> q = Gaussian.from_covariance(mean=[0.3], cov=[[0.1]])
+    >>> bool(np.isclose(model.elbo(q, x) + model.kl_to_posterior(q, x),
+    ...                 model.log_evidence(x), rtol=1e-14))
+    True
+    """
+
+    def __init__(
+        self, *, weights: ArrayLike, bias: ArrayLike, prior: Gaussian, noise_cov: Any
+    ) -> None:
+        w = as_real_array("weights", weights, ndim=2)
+        d, k = w.shape
+        if d == 0 or k == 0:
+            raise InvalidInputError(
+                f"weights must have shape (D, K) with D >= 1 and K >= 1; "
+                f"got shape {describe_shape(w.shape)}"
+            )
+        b = as_real_array("bias", bias, ndim=1)
+        check_shape("bias", b, (d,), "(D,)")
+        if not isinstance(prior, Gaussian):
+            raise InvalidTypeError(f"prior must be a Gaussian; got {type(prior).__name__}")
+        if prior.dim != k:
+            raise InvalidInputError(
+                f"prior must be a Gaussian over K = {k} dimensions (weights has shape "
+                f"{describe_shape(w.shape)}); got prior.dim = {prior.dim}"
+            )
+        if prior.batch_shape:
+            raise InvalidInputError(
+                f"prior must be a single Gaussian; got a batch of means of shape "
+                f"{describe_shape(prior.mean.shape)}"
+            )
+        self._weights = freeze(w)
+        self._bias = freeze(b)
+        self._prior = prior
+        self._noise = NoiseCovariance(noise_cov, d)
+        self._factor()
+
+    # ------------------------------------------------------------------ factorisation
+    def _factor(self) -> None:
+        d, k = self._weights.shape
+        prior_factor = self._prior.scale_tril
+        #: Psi^{-1/2} W, shape (D, K).
+        self._whitened_weights = freeze(self._noise.whiten_columns(self._weights))
+        stacked = np.vstack([self._whitened_weights @ prior_factor, np.eye(k)])
+        q_factor, r_factor = scipy.linalg.qr(stacked, mode="economic", check_finite=False)
+        signs = np.where(np.diagonal(r_factor) < 0, -1.0, 1.0)
+        q_factor = q_factor * signs
+        r_factor = signs[:, None] * r_factor
+        #: Orthonormal basis of the stacked whitened weights, split into its D and K rows.
+        self._basis_data = freeze(np.ascontiguousarray(q_factor[:d]))
+        self._basis_latent = freeze(np.ascontiguousarray(q_factor[d:]))
+        #: Upper-triangular R with R^T R = I + (Psi^{-1/2} W L0)^T (Psi^{-1/2} W L0).
+        self._r_factor = freeze(np.ascontiguousarray(r_factor))
+        self._log_det_marginal = self._noise.logdet + 2.0 * float(
+            np.sum(np.log(np.diagonal(r_factor)))
+        )
+        #: L0 R^{-1}: maps basis coefficients to posterior-mean offsets; its Gram is the
+        #: posterior covariance.
+        posterior_map = scipy.linalg.solve_triangular(
+            r_factor, prior_factor.T, trans=1, lower=False, check_finite=False
+        ).T
+        self._posterior_map = freeze(np.ascontiguousarray(posterior_map))
+        self._posterior_scale_tril = freeze(tril_of_gram(posterior_map))
+        self._marginal_mean = freeze(self._weights @ self._prior.mean + self._bias)
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def weights(self) -> FloatArray:
+        """:math:`W`, shape ``(D, K)`` (read-only)."""
+        return self._weights
+
+    @property
+    def bias(self) -> FloatArray:
+        """:math:`b`, shape ``(D,)`` (read-only)."""
+        return self._bias
+
+    @property
+    def prior(self) -> Gaussian:
+        """The prior :math:`p(z)`."""
+        return self._prior
+
+    @property
+    def noise_cov(self) -> Any:
+        """:math:`\\Psi` as given: a float, a ``(D,)`` vector or a ``(D, D)`` matrix."""
+        return self._noise.given
+
+    @property
+    def noise_kind(self) -> str:
+        """``"isotropic"``, ``"diagonal"`` or ``"full"``."""
+        return self._noise.kind
+
+    def dense_noise_cov(self) -> FloatArray:
+        """:math:`\\Psi` as a dense ``(D, D)`` matrix, whatever form it was given in."""
+        return self._noise.dense()
+
+    @property
+    def data_dim(self) -> int:
+        """``D``, the dimension of an observation."""
+        return int(self._weights.shape[0])
+
+    @property
+    def latent_dim(self) -> int:
+        """``K``, the dimension of the latent variable."""
+        return int(self._weights.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"LinearGaussianModel(data_dim={self.data_dim}, latent_dim={self.latent_dim}, "
+            f"noise_kind={self.noise_kind!r})"
+        )
+
+    # ------------------------------------------------------------------ validation
+    def _check_x(self, x: ArrayLike, name: str = "x") -> FloatArray:
+        array = as_real_array(name, x)
+        if array.ndim == 0 or array.shape[-1] != self.data_dim:
+            raise InvalidInputError(
+                f"{name} must have shape (..., D) with D = {self.data_dim}; "
+                f"got shape {describe_shape(array.shape)}"
+            )
+        return array
+
+    def _check_z(self, z: ArrayLike, name: str = "z") -> FloatArray:
+        array = as_real_array(name, z)
+        if array.ndim == 0 or array.shape[-1] != self.latent_dim:
+            raise InvalidInputError(
+                f"{name} must have shape (..., K) with K = {self.latent_dim}; "
+                f"got shape {describe_shape(array.shape)}"
+            )
+        return array
+
+    def _check_q(self, q: Any) -> Gaussian:
+        if not isinstance(q, Gaussian):
+            raise InvalidTypeError(f"q must be a Gaussian; got {type(q).__name__}")
+        if q.dim != self.latent_dim:
+            raise InvalidInputError(
+                f"q must be a Gaussian over the latent space with K = {self.latent_dim} "
+                f"dimensions; got q.dim = {q.dim}"
+            )
+        return q
+
+    @staticmethod
+    def _batch_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+        try:
+            return tuple(np.broadcast_shapes(*shapes))
+        except ValueError as err:
+            described = " and ".join(describe_shape(s) for s in shapes)
+            raise InvalidInputError(f"batch shapes {described} do not broadcast") from err
+
+    # ------------------------------------------------------------------ marginal
+    def marginal(self) -> Gaussian:
+        r"""The marginal :math:`p(x)` as a dense Gaussian over ``D`` dimensions.
+
+        Builds a ``(D, D)`` factor: O(D^2 (D + K)) time. Use :meth:`log_evidence` for
+        densities; this is for inspection and for cross-checks. The factor is the
+        triangular factor of :math:`\Psi^{1/2}[\tilde W,\ I_D]` from a QR decomposition,
+        so the covariance is never formed and squared.
+        """
+        noise_factor = self._noise.scale_tril()
+        whitened = self._whitened_weights @ self._prior.scale_tril
+        generator = noise_factor @ np.hstack([whitened, np.eye(self.data_dim)])
+        return Gaussian._trusted(np.array(self._marginal_mean), tril_of_gram(generator))
+
+    def _mahalanobis_whitened(self, whitened: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Squared Mahalanobis norms and basis coefficients of whitened offsets (rows)."""
+        coefficients = whitened @ self._basis_data
+        total = np.einsum("ij,ij->i", whitened, whitened)
+        explained = np.einsum("ij,ij->i", coefficients, coefficients)
+        squared = total - explained
+        lost = squared < CANCELLATION_LIMIT * total
+        if np.any(lost):
+            rows = whitened[lost]
+            coeff = coefficients[lost]
+            residual_data = rows - coeff @ self._basis_data.T
+            residual_latent = coeff @ self._basis_latent.T
+            squared[lost] = np.einsum("ij,ij->i", residual_data, residual_data) + np.einsum(
+                "ij,ij->i", residual_latent, residual_latent
+            )
+        return squared, coefficients
+
+    def log_evidence(self, x: ArrayLike) -> Any:
+        r"""Exact log marginal likelihood :math:`\log p(x)`.
+
+        Parameters
+        ----------
+        x : array_like, shape (..., D)
+            One observation or a batch of them.
+
+        Returns
+        -------
+        float or ndarray of shape (...)
+
+        Notes
+        -----
+        .. math::
+            \log p(x) = -\tfrac12\bigl(D\log 2\pi + \log\det C
+                + (x-\bar x)^\top C^{-1}(x-\bar x)\bigr),\quad
+            C = W\Sigma_0W^\top + \Psi,\ \bar x = W\mu_0 + b.
+
+        With :math:`y = \Psi^{-1/2}(x - \bar x)`, the Mahalanobis term equals
+        :math:`\min_u \lVert y - \tilde W u\rVert^2 + \lVert u\rVert^2`, the squared
+        residual of the stacked least-squares problem with matrix :math:`[\tilde W; I]`,
+        computed from its QR factors; cost O(N D K) for N rows with diagonal noise.
+        """
+        data = self._check_x(x)
+        flat = data.reshape(-1, self.data_dim)
+        out = np.empty(flat.shape[0])
+        constant = self.data_dim * LOG_2PI + self._log_det_marginal
+        for block in _row_blocks(flat.shape[0], self.data_dim):
+            whitened = self._noise.whiten(flat[block] - self._marginal_mean)
+            squared, _ = self._mahalanobis_whitened(whitened)
+            out[block] = -0.5 * (constant + squared)
+        return _scalar_or_array(out.reshape(data.shape[:-1]))
+
+    # ------------------------------------------------------------------ posterior
+    def posterior(self, x: ArrayLike) -> Gaussian:
+        r"""Exact posterior :math:`p(z\mid x)`; a batch of means for a batch of rows.
+
+        Notes
+        -----
+        .. math::
+            \Lambda = \Sigma_0^{-1} + W^\top\Psi^{-1}W,\qquad
+            m = \mu_0 + \Lambda^{-1}W^\top\Psi^{-1}(x - W\mu_0 - b).
+
+        Computed as :math:`m = \mu_0 + L_0R^{-1}Q_1^\top y` and
+        :math:`\Lambda^{-1} = (L_0R^{-1})(L_0R^{-1})^\top`, whose Cholesky factor comes
+        from a QR decomposition rather than from forming :math:`\Lambda`.
+        """
+        data = self._check_x(x)
+        flat = data.reshape(-1, self.data_dim)
+        means = np.empty((flat.shape[0], self.latent_dim))
+        for block in _row_blocks(flat.shape[0], self.data_dim):
+            whitened = self._noise.whiten(flat[block] - self._marginal_mean)
+            means[block] = (whitened @ self._basis_data) @ self._posterior_map.T
+        means += self._prior.mean
+        return Gaussian._trusted(
+            means.reshape(*data.shape[:-1], self.latent_dim), self._posterior_scale_tril
+        )
+
+    @cached_property
+    def posterior_precision(self) -> FloatArray:
+        r""":math:`\Lambda = \Sigma_0^{-1} + W^\top\Psi^{-1}W`, shape ``(K, K)`` (read-only)."""
+        half = scipy.linalg.solve_triangular(
+            self._prior.scale_tril, self._r_factor.T, trans=1, lower=True, check_finite=False
+        )  # L0^{-T} R^T
+        product = half @ half.T
+        return freeze(0.5 * (product + product.T))
+
+    # ------------------------------------------------------------------ joint
+    def _whitened_residuals(self, x: FloatArray, z: FloatArray) -> FloatArray:
+        """``Psi^{-1/2}(x - W z - b)`` broadcast over the batch axes of x and z."""
+        return self._noise.whiten(x - self._bias - z @ self._weights.T)
+
+    def log_likelihood(self, x: ArrayLike, z: ArrayLike) -> Any:
+        r""":math:`\log p(x\mid z) = \log\mathcal N(x; Wz+b, \Psi)`; batches broadcast."""
+        data = self._check_x(x)
+        latent = self._check_z(z)
+        self._batch_shape(data.shape[:-1], latent.shape[:-1])
+        residual = self._whitened_residuals(data, latent)
+        squared = np.einsum("...i,...i->...", residual, residual)
+        values = -0.5 * (self.data_dim * LOG_2PI + self._noise.logdet + squared)
+        return _scalar_or_array(np.asarray(values))
+
+    def log_joint(self, x: ArrayLike, z: ArrayLike) -> Any:
+        r""":math:`\log p(x, z) = \log p(x\mid z) + \log p(z)`; batches broadcast."""
+        return self.log_likelihood(x, z) + self._prior.log_prob(self._check_z(z))
+
+    def sample(self, n: int, rng: np.random.Generator | int) -> tuple[FloatArray, FloatArray]:
+        """Draw ``n`` pairs from the joint; returns ``(x, z)`` of shapes ``(n, D)``, ``(n, K)``."""
+        generator = as_generator(rng)
+        z = self._prior.sample(n, generator)
+        x = z @ self._weights.T + self._bias + self._noise.sample(int(n), generator)
+        return x, z
+
+    # ------------------------------------------------------------------ ELBO
+    def elbo_terms(self, q: Gaussian, x: ArrayLike) -> ElboTerms:
+        r"""The ELBO of ``q`` at ``x`` split into its named terms (all closed form).
+
+        Notes
+        -----
+        With :math:`q = \mathcal N(m, S)`, :math:`S = L_qL_q^\top`:
+
+        .. math::
+            \mathbb E_q[\log p(x\mid z)] = -\tfrac12\bigl(D\log2\pi + \log\det\Psi
+              + \lVert\Psi^{-1/2}(x - Wm - b)\rVert^2
+              + \lVert\Psi^{-1/2}WL_q\rVert_F^2\bigr),
+
+        and the KL to the prior, the cross-entropy and the entropy are those of
+        :func:`~elbo_check.kl_divergence`, :meth:`Gaussian.entropy`.
+        Batches of ``x`` rows and of q's means broadcast.
+        """
+        q = self._check_q(q)
+        data = self._check_x(x)
+        batch = self._batch_shape(data.shape[:-1], q.batch_shape)
+        residual = self._whitened_residuals(data, q.mean)
+        squared = np.einsum("...i,...i->...", residual, residual)
+        trace = float(np.sum((self._whitened_weights @ q.scale_tril) ** 2))
+        expected = -0.5 * (self.data_dim * LOG_2PI + self._noise.logdet + squared + trace)
+
+        def spread(value: Any) -> Any:
+            return _scalar_or_array(np.broadcast_to(np.asarray(value, dtype=float), batch).copy())
+
+        return ElboTerms(
+            expected_log_likelihood=spread(expected),
+            kl_to_prior=spread(kl_divergence(q, self._prior)),
+            cross_entropy=spread(cross_entropy(q, self._prior)),
+            entropy=spread(q.entropy()),
+        )
+
+    def elbo(self, q: Gaussian, x: ArrayLike) -> Any:
+        r"""Exact ELBO :math:`\mathbb E_q[\log p(x,z) - \log q(z)]`, with no sampling.
+
+        Equals :math:`\log p(x) - \mathrm{KL}(q\,\|\,p(z\mid x))`; see :meth:`elbo_terms`.
+        """
+        return self.elbo_terms(q, x).elbo
+
+    def kl_to_posterior(self, q: Gaussian, x: ArrayLike) -> Any:
+        r"""Exact :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`, computed as a Gaussian KL.
+
+        It is never negative and is zero exactly when ``q`` is the posterior.
+        """
+        q = self._check_q(q)
+        data = self._check_x(x)
+        self._batch_shape(data.shape[:-1], q.batch_shape)
+        return kl_divergence(q, self.posterior(data))
+
+    # ------------------------------------------------------------------ gradients
+    def _prior_solve_rows(self, rows: FloatArray) -> FloatArray:
+        """``Sigma_0^{-1} v`` for every vector along the last axis."""
+        factor = self._prior.scale_tril
+        once = solve_tril_rows(factor, rows)
+        flat = once.reshape(-1, self.latent_dim)
+        return np.ascontiguousarray(solve_tril(factor, flat.T, trans=True).T).reshape(rows.shape)
+
+    def elbo_grad_variational(self, q: Gaussian, x: ArrayLike) -> VariationalGradients:
+        r"""Gradient of each row's ELBO with respect to q's mean and Cholesky factor.
+
+        Notes
+        -----
+        .. math::
+            \nabla_m = W^\top\Psi^{-1}(x - Wm - b) - \Sigma_0^{-1}(m-\mu_0),\qquad
+            \nabla_{L_q} = \operatorname{tril}\bigl(-\Lambda L_q
+              + \operatorname{diag}(1/L_{q,ii})\bigr),
+
+        with :math:`\Lambda` the posterior precision. At the posterior both vanish.
+        """
+        q = self._check_q(q)
+        data = self._check_x(x)
+        batch = self._batch_shape(data.shape[:-1], q.batch_shape)
+        residual = self._whitened_residuals(data, q.mean)
+        mean_grad = residual @ self._whitened_weights - self._prior_solve_rows(
+            q.mean - self._prior.mean
+        )
+        mean_grad = np.broadcast_to(mean_grad, (*batch, self.latent_dim)).copy()
+        scale = q.scale_tril
+        factor_grad = np.tril(-self.posterior_precision @ scale) + np.diag(
+            1.0 / np.diagonal(scale)
+        )
+        factor_grad = np.broadcast_to(factor_grad, (*batch, *scale.shape)).copy()
+        return VariationalGradients(mean=mean_grad, scale_tril=factor_grad)
+
+    def elbo_grad_model(self, q: Gaussian, x: ArrayLike) -> ModelGradients:
+        r"""Gradient of the ELBO summed over rows with respect to (W, b, Psi, mu0, Sigma0).
+
+        Notes
+        -----
+        With :math:`r_n = x_n - Wm_n - b`, :math:`\delta_n = m_n-\mu_0`, :math:`S` the
+        covariance of q and :math:`N` rows:
+
+        .. math::
+            \nabla_b = \textstyle\sum_n \Psi^{-1}r_n,\qquad
+            \nabla_W = \textstyle\sum_n \Psi^{-1}r_nm_n^\top - N\Psi^{-1}WS,
+
+            \nabla_\Psi = \tfrac12\textstyle\sum_n\bigl(\Psi^{-1}(r_nr_n^\top + WSW^\top)
+              \Psi^{-1} - \Psi^{-1}\bigr),
+
+            \nabla_{\mu_0} = \textstyle\sum_n\Sigma_0^{-1}\delta_n,\qquad
+            \nabla_{\Sigma_0} = \tfrac12\textstyle\sum_n\bigl(\Sigma_0^{-1}(S+\delta_n
+              \delta_n^\top)\Sigma_0^{-1} - \Sigma_0^{-1}\bigr).
+
+        For diagonal noise the gradient is taken with respect to the variances (the
+        diagonal of the matrix formula); for isotropic noise with respect to the single
+        variance (its trace).
+        """
+        q = self._check_q(q)
+        data = self._check_x(x)
+        batch = self._batch_shape(data.shape[:-1], q.batch_shape)
+        n = int(np.prod(batch)) if batch else 1
+        means = np.broadcast_to(q.mean, (*batch, self.latent_dim)).reshape(n, self.latent_dim)
+        rows = np.broadcast_to(data, (*batch, self.data_dim)).reshape(n, self.data_dim)
+        residual = rows - self._bias - means @ self._weights.T
+        solved = self._noise.solve(residual)  # Psi^{-1} r_n, shape (n, D)
+        cov = q.cov
+        noise_solved_weights = self._noise.solve(self._weights.T).T  # Psi^{-1} W, (D, K)
+        grad_bias = solved.sum(axis=0)
+        grad_weights = solved.T @ means - n * noise_solved_weights @ cov
+        spread = noise_solved_weights @ q.scale_tril  # Psi^{-1} W L_q
+        if self._noise.kind == "full":
+            precision = self._noise.solve(np.eye(self.data_dim))
+            precision = 0.5 * (precision + precision.T)
+            grad_noise: Any = 0.5 * (solved.T @ solved + n * spread @ spread.T - n * precision)
+        else:
+            per_dim = 0.5 * (
+                np.sum(solved**2, axis=0)
+                + n * np.sum(spread**2, axis=1)
+                - n / self._noise.variances
+            )
+            grad_noise = float(np.sum(per_dim)) if self._noise.kind == "isotropic" else per_dim
+        offsets = means - self._prior.mean
+        prior_solved = self._prior_solve_rows(offsets)  # Sigma0^{-1} delta_n
+        grad_prior_mean = prior_solved.sum(axis=0)
+        prior_precision = self._prior.precision
+        cov_part = self._prior_solve_rows(self._prior_solve_rows(cov).T)  # S0^-1 S S0^-1
+        grad_prior_cov = 0.5 * (
+            n * cov_part + prior_solved.T @ prior_solved - n * prior_precision
+        )
+        grad_prior_cov = 0.5 * (grad_prior_cov + grad_prior_cov.T)
+        return ModelGradients(
+            weights=grad_weights,
+            bias=grad_bias,
+            noise_cov=grad_noise,
+            prior_mean=grad_prior_mean,
+            prior_cov=grad_prior_cov,
+        )
+
+    # ------------------------------------------------------------------ amortised q
+    def _check_encoder(self, encoder: Any) -> LinearEncoder:
+        if not isinstance(encoder, LinearEncoder):
+            raise InvalidTypeError(
+                f"encoder must be a LinearEncoder; got {type(encoder).__name__}"
+            )
+        if (encoder.data_dim, encoder.latent_dim) != (self.data_dim, self.latent_dim):
+            raise InvalidInputError(
+                f"encoder must map D = {self.data_dim} to K = {self.latent_dim} dimensions; "
+                f"got D = {encoder.data_dim}, K = {encoder.latent_dim}"
+            )
+        return encoder
+
+    def dataset_elbo(self, encoder: LinearEncoder, x: ArrayLike) -> float:
+        r"""The dataset ELBO :math:`\sum_n \mathrm{ELBO}(q(\cdot\mid x_n); x_n)` of an encoder.
+
+        At :meth:`optimal_encoder` it equals ``log_evidence(x).sum()``.
+        """
+        encoder = self._check_encoder(encoder)
+        data = self._check_x(x)
+        return float(np.sum(self.elbo(encoder(data), data)))
+
+    def dataset_elbo_grad(self, encoder: LinearEncoder, x: ArrayLike) -> EncoderGradients:
+        r"""Gradient of :meth:`dataset_elbo` with respect to the encoder's ``A``, ``c``, ``L``.
+
+        By the chain rule through :math:`m_n = Ax_n + c`: :math:`\nabla_A = \sum_n g_n
+        x_n^\top` and :math:`\nabla_c = \sum_n g_n`, with :math:`g_n` the mean gradient of
+        row ``n`` (:meth:`elbo_grad_variational`); :math:`\nabla_L` sums the per-row
+        factor gradients.
+        """
+        encoder = self._check_encoder(encoder)
+        data = self._check_x(x).reshape(-1, self.data_dim)
+        grads = self.elbo_grad_variational(encoder(data), data)
+        return EncoderGradients(
+            matrix=grads.mean.T @ data,
+            offset=grads.mean.sum(axis=0),
+            scale_tril=grads.scale_tril.sum(axis=0),
+        )
+
+    def optimal_encoder(self) -> LinearEncoder:
+        r"""The linear encoder whose :math:`q(z\mid x)` is the exact posterior for every x.
+
+        The posterior mean is affine in ``x`` and its covariance does not depend on
+        ``x``, so a linear encoder is exact [1]_:
+        :math:`A^\star = \Lambda^{-1}W^\top\Psi^{-1}`,
+        :math:`c^\star = \mu_0 - A^\star(W\mu_0 + b)`, :math:`S^\star = \Lambda^{-1}`.
+
+        References
+        ----------
+        .. [1] J. Lucas, G. Tucker, R. Grosse and M. Norouzi, "Don't blame the ELBO! A
+           linear VAE perspective on posterior collapse", NeurIPS 2019.
+        """
+        # m(x) = mu0 + (L0 R^{-1}) Q1^T Psi^{-1/2} (x - xbar)
+        projected = self._noise.whiten_columns_transposed(self._basis_data)  # Psi^{-T/2} Q1
+        matrix = self._posterior_map @ projected.T
+        offset = self._prior.mean - matrix @ self._marginal_mean
+        encoder = LinearEncoder.__new__(LinearEncoder)
+        encoder._init_checked(matrix, offset, np.array(self._posterior_scale_tril))
+        return encoder

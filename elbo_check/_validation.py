@@ -1,0 +1,112 @@
+"""Turn user input into float64 arrays once, with messages that name the argument.
+
+Every public constructor funnels its arguments through these helpers, so the rest of
+the package can assume finite, C-contiguous, read-only float64 arrays of known shape.
+A message always has the form ``"<name> must <requirement>; <what was seen>"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._errors import InvalidInputError, InvalidTypeError
+
+__all__ = [
+    "as_real_array",
+    "check_positive",
+    "check_shape",
+    "describe_shape",
+    "freeze",
+]
+
+FloatArray = NDArray[np.float64]
+
+
+def describe_shape(shape: Sequence[int]) -> str:
+    """``(3,)`` and ``(2, 3)`` as Python prints them, ``()`` for a scalar."""
+    return str(tuple(int(s) for s in shape))
+
+
+def freeze(array: FloatArray) -> FloatArray:
+    """Mark ``array`` read-only so shared factors cannot be changed behind our back."""
+    array.flags.writeable = False
+    return array
+
+
+def as_real_array(
+    name: str,
+    value: Any,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    copy: bool = True,
+) -> FloatArray:
+    """Convert ``value`` to a finite float64 array or raise an error naming ``name``.
+
+    Integers and floats of any precision are accepted; booleans, complex numbers,
+    strings and objects are rejected with :class:`InvalidTypeError` because each of
+    them is almost always a mistake in this setting.
+    """
+    if value is None:
+        raise InvalidTypeError(f"{name} must be a real array; got None")
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        # torch tensors: convert explicitly rather than through __array__, so that a
+        # tensor which requires grad gives a clear error instead of a RuntimeError.
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:  # ragged nested sequences
+        raise InvalidTypeError(
+            f"{name} must be a real array; could not convert {type(value).__name__}: {err}"
+        ) from err
+    kind = array.dtype.kind
+    if kind == "b":
+        raise InvalidTypeError(f"{name} must be a real (float or integer) array; got dtype bool")
+    if kind == "c":
+        raise InvalidTypeError(
+            f"{name} must be a real (float or integer) array; got complex dtype {array.dtype}"
+        )
+    if kind not in "iuf":
+        raise InvalidTypeError(
+            f"{name} must be a real (float or integer) array; got dtype {array.dtype} "
+            f"from {type(value).__name__}"
+        )
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if array.ndim not in allowed:
+            wanted = " or ".join(str(d) for d in allowed)
+            raise InvalidInputError(
+                f"{name} must have {wanted} dimension(s); got shape {describe_shape(array.shape)}"
+            )
+    result = np.array(array, dtype=np.float64, copy=copy, order="C")
+    if not np.all(np.isfinite(result)):
+        bad = np.argwhere(~np.isfinite(result))
+        first = tuple(int(i) for i in bad[0])
+        where = f" at index {first}" if result.ndim else ""
+        raise InvalidInputError(
+            f"{name} must be finite; found {len(bad)} non-finite "
+            f"entr{'y' if len(bad) == 1 else 'ies'} ({result[first]}{where})"
+        )
+    return result
+
+
+def check_shape(name: str, array: FloatArray, expected: tuple[int, ...], symbols: str) -> None:
+    """Raise unless ``array.shape == expected``; ``symbols`` reads like ``"(D, K)"``."""
+    if array.shape != expected:
+        raise InvalidInputError(
+            f"{name} must have shape {symbols} = {describe_shape(expected)}; "
+            f"got shape {describe_shape(array.shape)}"
+        )
+
+
+def check_positive(name: str, array: FloatArray, what: str = "positive") -> None:
+    """Raise unless every entry of ``array`` is strictly positive."""
+    if array.size and not np.all(array > 0):
+        index = int(np.argmin(array))
+        location = f" at index {index}" if array.ndim else ""
+        raise InvalidInputError(
+            f"{name} must be {what}; smallest value {array.reshape(-1)[index]:.3g}{location}"
+        )
