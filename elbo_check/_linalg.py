@@ -139,11 +139,18 @@ def tril_of_gram(matrix: FloatArray) -> FloatArray:
 
 
 def gram_diag_log_term(diagonal: FloatArray) -> FloatArray:
-    """``a**2 - 1 - 2*log(a)`` for ``a > 0``, accurate near ``a = 1`` and never negative.
+    """``a**2 - 1 - 2*log(a)`` for ``a > 0``, accurate for every ``a`` and never negative.
 
     This is the per-dimension contribution of a triangular factor's diagonal to
-    ``tr(M M^T) - K - log det(M M^T)``; writing it as ``d - log1p(d)`` with
-    ``d = (a - 1)(a + 1)`` avoids the cancellation of the textbook form.
+    ``tr(M M^T) - K - log det(M M^T)``. Near ``a = 1`` it is evaluated as
+    ``d - log1p(d)`` with ``d = (a - 1)(a + 1)``, which avoids the cancellation of the
+    textbook form; away from 1 the textbook form is used, because there ``1 + d``
+    would lose the digits of a tiny ``a``.
     """
     d = (diagonal - 1.0) * (diagonal + 1.0)
-    return np.asarray(d - np.log1p(d), dtype=np.float64)
+    near_one = np.abs(diagonal - 1.0) <= 0.5
+    safe_d = np.where(near_one, d, 0.0)
+    safe_a = np.where(near_one, 1.0, diagonal)
+    return np.where(
+        near_one, safe_d - np.log1p(safe_d), d - 2.0 * np.log(safe_a)
+    ).astype(np.float64)
