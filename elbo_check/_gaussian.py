@@ -180,7 +180,8 @@ class Gaussian:
     @property
     def variances(self) -> FloatArray:
         """The marginal variances ``diag(cov)``."""
-        return np.einsum("ij,ij->i", self._scale_tril, self._scale_tril)
+        variances: FloatArray = np.einsum("ij,ij->i", self._scale_tril, self._scale_tril)
+        return variances
 
     @property
     def dim(self) -> int:

@@ -138,19 +138,33 @@ def tril_of_gram(matrix: FloatArray) -> FloatArray:
     return np.ascontiguousarray((signs[:, None] * r).T)
 
 
+#: Below this |d| the series of d - log1p(d) is used; its first omitted term is
+#: |d|**(SERIES_TERMS + 1) / (SERIES_TERMS + 1) relative to d**2 / 2, i.e. below 1e-17.
+SERIES_LIMIT = 0.1
+SERIES_TERMS = 18
+
+
 def gram_diag_log_term(diagonal: FloatArray) -> FloatArray:
-    """``a**2 - 1 - 2*log(a)`` for ``a > 0``, accurate for every ``a`` and never negative.
+    """``a**2 - 1 - 2*log(a)`` for ``a > 0``, to a few ulps of its value, never negative.
 
     This is the per-dimension contribution of a triangular factor's diagonal to
-    ``tr(M M^T) - K - log det(M M^T)``. Near ``a = 1`` it is evaluated as
-    ``d - log1p(d)`` with ``d = (a - 1)(a + 1)``, which avoids the cancellation of the
-    textbook form; away from 1 the textbook form is used, because there ``1 + d``
-    would lose the digits of a tiny ``a``.
+    ``tr(M M^T) - K - log det(M M^T)``. With ``d = (a - 1)(a + 1)`` it equals
+    ``d - log1p(d)``: for ``|d| < SERIES_LIMIT`` that difference is summed as its
+    alternating series ``sum_{n>=2} (-d)**n / n`` (no cancellation, so a KL near zero is
+    accurate in relative terms), near ``a = 1`` it is evaluated directly, and away from
+    1 the textbook form is used because ``1 + d`` would lose the digits of a tiny ``a``.
     """
-    d = (diagonal - 1.0) * (diagonal + 1.0)
-    near_one = np.abs(diagonal - 1.0) <= 0.5
+    a = np.asarray(diagonal, dtype=np.float64)
+    d = (a - 1.0) * (a + 1.0)
+    near_one = np.abs(a - 1.0) <= 0.5
     safe_d = np.where(near_one, d, 0.0)
-    safe_a = np.where(near_one, 1.0, diagonal)
-    return np.where(
-        near_one, safe_d - np.log1p(safe_d), d - 2.0 * np.log(safe_a)
-    ).astype(np.float64)
+    safe_a = np.where(near_one, 1.0, a)
+    result = np.where(near_one, safe_d - np.log1p(safe_d), d - 2.0 * np.log(safe_a))
+    tiny = np.abs(d) < SERIES_LIMIT
+    if np.any(tiny):
+        t = d[tiny]
+        series = np.zeros_like(t)
+        for n in range(SERIES_TERMS, 1, -1):  # Horner in -t: sum_{n>=2} (-t)^n / n
+            series = (series + 1.0 / n) * (-t)
+        result[tiny] = series * (-t)
+    return np.asarray(result, dtype=np.float64)

@@ -23,7 +23,6 @@ noise itself is a full matrix.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -77,7 +76,8 @@ class ElboTerms:
     Both textbook forms of the ELBO can be read off:
 
     .. math::
-        \mathrm{ELBO} = \underbrace{\mathbb E_q[\log p(x\mid z)]}_{\texttt{expected\_log\_likelihood}}
+        \mathrm{ELBO}
+          = \underbrace{\mathbb E_q[\log p(x\mid z)]}_{\texttt{expected\_log\_likelihood}}
           - \underbrace{\mathrm{KL}(q\,\|\,p(z))}_{\texttt{kl\_to\_prior}}
         = \mathbb E_q[\log p(x\mid z)]
           - \underbrace{H(q, p(z))}_{\texttt{cross\_entropy}}
@@ -532,9 +532,7 @@ class LinearGaussianModel:
         )
         mean_grad = np.broadcast_to(mean_grad, (*batch, self.latent_dim)).copy()
         scale = q.scale_tril
-        factor_grad = np.tril(-self.posterior_precision @ scale) + np.diag(
-            1.0 / np.diagonal(scale)
-        )
+        factor_grad = np.tril(-self.posterior_precision @ scale) + np.diag(1.0 / np.diagonal(scale))
         factor_grad = np.broadcast_to(factor_grad, (*batch, *scale.shape)).copy()
         return VariationalGradients(mean=mean_grad, scale_tril=factor_grad)
 
@@ -590,9 +588,7 @@ class LinearGaussianModel:
         grad_prior_mean = prior_solved.sum(axis=0)
         prior_precision = self._prior.precision
         cov_part = self._prior_solve_rows(self._prior_solve_rows(cov).T)  # S0^-1 S S0^-1
-        grad_prior_cov = 0.5 * (
-            n * cov_part + prior_solved.T @ prior_solved - n * prior_precision
-        )
+        grad_prior_cov = 0.5 * (n * cov_part + prior_solved.T @ prior_solved - n * prior_precision)
         grad_prior_cov = 0.5 * (grad_prior_cov + grad_prior_cov.T)
         return ModelGradients(
             weights=grad_weights,
@@ -605,9 +601,7 @@ class LinearGaussianModel:
     # ------------------------------------------------------------------ amortised q
     def _check_encoder(self, encoder: Any) -> LinearEncoder:
         if not isinstance(encoder, LinearEncoder):
-            raise InvalidTypeError(
-                f"encoder must be a LinearEncoder; got {type(encoder).__name__}"
-            )
+            raise InvalidTypeError(f"encoder must be a LinearEncoder; got {type(encoder).__name__}")
         if (encoder.data_dim, encoder.latent_dim) != (self.data_dim, self.latent_dim):
             raise InvalidInputError(
                 f"encoder must map D = {self.data_dim} to K = {self.latent_dim} dimensions; "

@@ -30,6 +30,8 @@ class NoiseCovariance:
     """Psi, validated and factored once; the three kinds share one interface."""
 
     kind: NoiseKind
+    _root: FloatArray  # sqrt of the variances (isotropic and diagonal kinds)
+    _factor: FloatArray  # lower Cholesky factor (full kind)
 
     def __init__(self, value: Any, dim: int, name: str = "noise_cov") -> None:
         array = as_real_array(name, value, ndim=(0, 1, 2))

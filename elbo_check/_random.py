@@ -27,9 +27,7 @@ __all__ = [
 ]
 
 FloatArray = NDArray[np.float64]
-Family = Literal[
-    "general", "full_noise", "ppca", "factor_analysis", "bayesian_linear_regression"
-]
+Family = Literal["general", "full_noise", "ppca", "factor_analysis", "bayesian_linear_regression"]
 #: Every family the generators can draw, in the order the self-test reports them.
 FAMILIES: tuple[Family, ...] = (
     "general",

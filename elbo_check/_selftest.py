@@ -163,14 +163,18 @@ def _checks_for_draw(
         total = terms.elbo + kl
         sums.append(total)
         scales.append(scale)
-        yield "ELBO + KL = log p(x)", float(np.max(np.abs(total - log_evidence) / scale)), (
-            IDENTITY_RTOL
+        yield (
+            "ELBO + KL = log p(x)",
+            float(np.max(np.abs(total - log_evidence) / scale)),
+            (IDENTITY_RTOL),
         )
         yield "KL(q || posterior) >= 0", float(max(0.0, -np.min(kl))), 0.0
         above = np.maximum(terms.elbo - log_evidence, 0.0) / scale
         yield "ELBO <= log p(x)", float(np.max(above)), IDENTITY_RTOL
         two_forms = np.abs(terms.elbo - terms.elbo_joint_form) / (
-            np.abs(terms.expected_log_likelihood) + np.abs(terms.cross_entropy) + abs(terms.entropy[0])
+            np.abs(terms.expected_log_likelihood)
+            + np.abs(terms.cross_entropy)
+            + abs(terms.entropy[0])
         )
         yield "two ELBO forms agree", float(np.max(two_forms)), IDENTITY_RTOL
     spread = np.ptp(np.stack(sums), axis=0) / np.max(np.stack(scales), axis=0)
@@ -212,8 +216,10 @@ def _checks_for_draw(
     mean = model.weights @ model.prior.mean + model.bias
     if cond_c < 1e9:  # scipy's own eigendecomposition route is unreliable beyond this
         dense = scipy.stats.multivariate_normal(mean, cov).logpdf(x)
-        yield "log p(x) = scipy dense", float(np.max(np.abs(dense - log_evidence) / np.abs(dense))), (
-            rounding * cond_c
+        yield (
+            "log p(x) = scipy dense",
+            float(np.max(np.abs(dense - log_evidence) / np.abs(dense))),
+            (rounding * cond_c),
         )
 
     # 5. Gradients against central finite differences along random directions.
@@ -273,4 +279,3 @@ def run_selftest(seed: int = 0, draws: int = 3) -> SelftestReport:
                     result.update(residual, tolerance)
             report.results.extend(results.values())
     return report
-

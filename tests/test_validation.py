@@ -1,0 +1,450 @@
+"""Bad input: one table, every message pinned.
+
+Each row builds something invalid and states the exception type and the exact message
+(or its distinctive part): the argument's name, the requirement and what was seen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from elbo_check import (
+    ElboCheckError,
+    Gaussian,
+    InvalidInputError,
+    InvalidTypeError,
+    LinearEncoder,
+    LinearGaussianModel,
+    bayesian_linear_regression,
+    factor_analysis,
+    kl_divergence,
+    ppca,
+)
+
+W = np.array([[1.0, 0.5], [0.0, 2.0], [1.0, -1.0]])  # D = 3, K = 2
+B = np.array([0.1, -0.2, 0.3])
+PRIOR = Gaussian.from_covariance(mean=[0.5, -0.5], cov=[[1.0, 0.2], [0.2, 2.0]])
+
+
+def model(**overrides: Any) -> LinearGaussianModel:
+    kwargs: dict[str, Any] = {"weights": W, "bias": B, "prior": PRIOR, "noise_cov": 0.5}
+    kwargs.update(overrides)
+    return LinearGaussianModel(**kwargs)
+
+
+Q = Gaussian.from_diagonal(mean=[0.0, 0.0], variances=[1.0, 1.0])
+
+CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
+    # --- Gaussian
+    (
+        "cov not symmetric",
+        lambda: Gaussian.from_covariance(mean=[0, 0], cov=[[1.0, 0.5], [0.0, 1.0]]),
+        InvalidInputError,
+        "cov must be symmetric; largest |cov - cov.T| is 0.5 while largest |cov| is 1",
+    ),
+    (
+        "cov indefinite",
+        lambda: Gaussian.from_covariance(mean=[0, 0], cov=[[1.0, 2.0], [2.0, 1.0]]),
+        InvalidInputError,
+        "cov must be symmetric positive definite; smallest eigenvalue -1",
+    ),
+    (
+        "cov singular",
+        lambda: Gaussian.from_covariance(mean=[0, 0], cov=[[1.0, 1.0], [1.0, 1.0]]),
+        InvalidInputError,
+        "cov must be symmetric positive definite; smallest eigenvalue",
+    ),
+    (
+        "cov not square",
+        lambda: Gaussian.from_covariance(mean=[0, 0], cov=np.ones((2, 3))),
+        InvalidInputError,
+        "cov must be a square matrix; got shape (2, 3)",
+    ),
+    (
+        "cov empty",
+        lambda: Gaussian.from_covariance(mean=np.zeros(0), cov=np.zeros((0, 0))),
+        InvalidInputError,
+        "cov must have at least one row; got shape (0, 0)",
+    ),
+    (
+        "cov with nan",
+        lambda: Gaussian.from_covariance(mean=[0, 0], cov=[[1.0, np.nan], [np.nan, 1.0]]),
+        InvalidInputError,
+        "cov must be finite; found 2 non-finite entries (nan at index (0, 1))",
+    ),
+    (
+        "mean with inf",
+        lambda: Gaussian.from_diagonal(mean=[0.0, np.inf], variances=[1.0, 1.0]),
+        InvalidInputError,
+        "mean must be finite; found 1 non-finite entry (inf at index (1,))",
+    ),
+    (
+        "mean of the wrong length",
+        lambda: Gaussian.from_diagonal(mean=[0.0, 0.0, 0.0], variances=[1.0, 1.0]),
+        InvalidInputError,
+        "mean must have shape (..., K) with K = 2 to match the 2x2 covariance; got shape (3,)",
+    ),
+    (
+        "scalar mean",
+        lambda: Gaussian.from_diagonal(mean=0.0, variances=[1.0]),
+        InvalidInputError,
+        "mean must have shape (..., K) with K = 1 to match the 1x1 covariance; got shape ()",
+    ),
+    (
+        "zero variance",
+        lambda: Gaussian.from_diagonal(mean=[0.0, 0.0], variances=[1.0, 0.0]),
+        InvalidInputError,
+        "variances must be positive; smallest value 0 at index 1",
+    ),
+    (
+        "negative variance",
+        lambda: Gaussian.from_diagonal(mean=[0.0, 0.0], variances=[-2.0, 1.0]),
+        InvalidInputError,
+        "variances must be positive; smallest value -2 at index 0",
+    ),
+    (
+        "upper-triangular factor",
+        lambda: Gaussian.from_cholesky(mean=[0, 0], scale_tril=[[1.0, 0.3], [0.0, 1.0]]),
+        InvalidInputError,
+        "scale_tril must be lower triangular (a transposed, upper factor is a common bug); "
+        "found 0.3 above the diagonal at index (0, 1)",
+    ),
+    (
+        "factor with a negative diagonal",
+        lambda: Gaussian.from_cholesky(mean=[0, 0], scale_tril=[[1.0, 0.0], [0.3, -1.0]]),
+        InvalidInputError,
+        "scale_tril must have a strictly positive diagonal; smallest diagonal entry -1 at index 1",
+    ),
+    (
+        "precision indefinite",
+        lambda: Gaussian.from_precision(mean=[0, 0], precision=[[1.0, 0.0], [0.0, -1.0]]),
+        InvalidInputError,
+        "precision must be symmetric positive definite; smallest eigenvalue -1",
+    ),
+    (
+        "complex covariance",
+        lambda: Gaussian.from_covariance(mean=[0, 0], cov=np.eye(2) * (1 + 1j)),
+        InvalidTypeError,
+        "cov must be a real (float or integer) array; got complex dtype complex128",
+    ),
+    (
+        "boolean mean",
+        lambda: Gaussian.from_diagonal(mean=[True, False], variances=[1.0, 1.0]),
+        InvalidTypeError,
+        "mean must be a real (float or integer) array; got dtype bool",
+    ),
+    (
+        "string variances",
+        lambda: Gaussian.from_diagonal(mean=[0.0], variances=["1"]),
+        InvalidTypeError,
+        "variances must be a real (float or integer) array; got dtype <U1",
+    ),
+    (
+        "ragged covariance",
+        lambda: Gaussian.from_covariance(mean=[0.0], cov=[[1.0], [1.0, 2.0]]),
+        InvalidTypeError,
+        "cov must be a real array; could not convert list",
+    ),
+    (
+        "standard with zero dimensions",
+        lambda: Gaussian.standard(0),
+        InvalidInputError,
+        "dim must be a positive integer; got dim=0",
+    ),
+    (
+        "sample with a float rng",
+        lambda: Q.sample(3, rng=0.5),  # type: ignore[arg-type]
+        InvalidTypeError,
+        "rng must be a numpy.random.Generator or an int seed; got float",
+    ),
+    (
+        "sample a negative count",
+        lambda: Q.sample(-1, rng=0),
+        InvalidInputError,
+        "n must be a non-negative integer; got n=-1",
+    ),
+    (
+        "log_prob at the wrong dimension",
+        lambda: Q.log_prob([1.0, 2.0, 3.0]),
+        InvalidInputError,
+        "z must have shape (..., K) with K = 2; got shape (3,)",
+    ),
+    (
+        "kl between different dimensions",
+        lambda: kl_divergence(Q, Gaussian.standard(3)),
+        InvalidInputError,
+        "p and q must have the same dimension; got p.dim=2 and q.dim=3",
+    ),
+    (
+        "kl with a non-Gaussian",
+        lambda: kl_divergence(Q, np.eye(2)),  # type: ignore[arg-type]
+        InvalidTypeError,
+        "q must be a Gaussian; got ndarray",
+    ),
+    # --- the model
+    (
+        "weights of one dimension",
+        lambda: model(weights=np.ones(3)),
+        InvalidInputError,
+        "weights must have 2 dimension(s); got shape (3,)",
+    ),
+    (
+        "weights with K = 0",
+        lambda: model(weights=np.ones((3, 0))),
+        InvalidInputError,
+        "weights must have shape (D, K) with D >= 1 and K >= 1; got shape (3, 0)",
+    ),
+    (
+        "weights with D = 0",
+        lambda: model(weights=np.ones((0, 2)), bias=np.zeros(0)),
+        InvalidInputError,
+        "weights must have shape (D, K) with D >= 1 and K >= 1; got shape (0, 2)",
+    ),
+    (
+        "weights with nan",
+        lambda: model(weights=np.where(W == 2.0, np.nan, W)),
+        InvalidInputError,
+        "weights must be finite; found 1 non-finite entry (nan at index (1, 1))",
+    ),
+    (
+        "bias of the wrong length",
+        lambda: model(bias=np.zeros(4)),
+        InvalidInputError,
+        "bias must have shape (D,) = (3,); got shape (4,)",
+    ),
+    (
+        "prior of the wrong dimension",
+        lambda: model(prior=Gaussian.standard(3)),
+        InvalidInputError,
+        "prior must be a Gaussian over K = 2 dimensions (weights has shape (3, 2)); "
+        "got prior.dim = 3",
+    ),
+    (
+        "prior given as an array",
+        lambda: model(prior=np.eye(2)),
+        InvalidTypeError,
+        "prior must be a Gaussian; got ndarray",
+    ),
+    (
+        "batched prior",
+        lambda: model(prior=Gaussian.from_diagonal(mean=np.zeros((4, 2)), variances=[1, 1])),
+        InvalidInputError,
+        "prior must be a single Gaussian; got a batch of means of shape (4, 2)",
+    ),
+    (
+        "zero isotropic noise",
+        lambda: model(noise_cov=0.0),
+        InvalidInputError,
+        "noise_cov must be a positive variance; smallest value 0",
+    ),
+    (
+        "negative diagonal noise",
+        lambda: model(noise_cov=[1.0, -0.5, 1.0]),
+        InvalidInputError,
+        "noise_cov must be positive (variances); smallest value -0.5 at index 1",
+    ),
+    (
+        "diagonal noise of the wrong length",
+        lambda: model(noise_cov=[1.0, 1.0]),
+        InvalidInputError,
+        "noise_cov given as variances must have shape (D,) = (3,); got shape (2,)",
+    ),
+    (
+        "full noise of the wrong shape",
+        lambda: model(noise_cov=np.eye(2)),
+        InvalidInputError,
+        "noise_cov given as a matrix must have shape (D, D) = (3, 3); got shape (2, 2)",
+    ),
+    (
+        "full noise not positive definite",
+        lambda: model(noise_cov=np.diag([1.0, 1.0, -1.2e-3])),
+        InvalidInputError,
+        "noise_cov must be symmetric positive definite; smallest eigenvalue -0.0012",
+    ),
+    (
+        "full noise not symmetric",
+        lambda: model(noise_cov=np.eye(3) + np.triu(np.ones((3, 3)), 1) * 0.1),
+        InvalidInputError,
+        "noise_cov must be symmetric; largest |noise_cov - noise_cov.T| is 0.1",
+    ),
+    (
+        "noise of three dimensions",
+        lambda: model(noise_cov=np.ones((3, 3, 3))),
+        InvalidInputError,
+        "noise_cov must have 0 or 1 or 2 dimension(s); got shape (3, 3, 3)",
+    ),
+    (
+        "noise as a string",
+        lambda: model(noise_cov="diagonal"),
+        InvalidTypeError,
+        "noise_cov must be a real (float or integer) array; got dtype <U8 from str",
+    ),
+    (
+        "noise as None",
+        lambda: model(noise_cov=None),
+        InvalidTypeError,
+        "noise_cov must be a real array; got None",
+    ),
+    (
+        "x of the wrong dimension",
+        lambda: model().log_evidence(np.zeros(4)),
+        InvalidInputError,
+        "x must have shape (..., D) with D = 3; got shape (4,)",
+    ),
+    (
+        "scalar x",
+        lambda: model().posterior(1.0),
+        InvalidInputError,
+        "x must have shape (..., D) with D = 3; got shape ()",
+    ),
+    (
+        "x with nan",
+        lambda: model().elbo(Q, [0.0, np.nan, 1.0]),
+        InvalidInputError,
+        "x must be finite; found 1 non-finite entry (nan at index (1,))",
+    ),
+    (
+        "q of the wrong dimension",
+        lambda: model().elbo(Gaussian.standard(3), np.zeros(3)),
+        InvalidInputError,
+        "q must be a Gaussian over the latent space with K = 2 dimensions; got q.dim = 3",
+    ),
+    (
+        "q given as a tuple",
+        lambda: model().kl_to_posterior((np.zeros(2), np.eye(2)), np.zeros(3)),
+        InvalidTypeError,
+        "q must be a Gaussian; got tuple",
+    ),
+    (
+        "batches that do not broadcast",
+        lambda: model().elbo(
+            Gaussian.from_diagonal(mean=np.zeros((4, 2)), variances=[1, 1]), np.zeros((5, 3))
+        ),
+        InvalidInputError,
+        "batch shapes (5,) and (4,) do not broadcast",
+    ),
+    (
+        "z of the wrong dimension",
+        lambda: model().log_joint(np.zeros(3), np.zeros(5)),
+        InvalidInputError,
+        "z must have shape (..., K) with K = 2; got shape (5,)",
+    ),
+    # --- encoder and families
+    (
+        "encoder matrix of the wrong shape",
+        lambda: LinearEncoder(matrix=np.ones((3, 3)), offset=np.zeros(2), scale_tril=np.eye(2)),
+        InvalidInputError,
+        "matrix must have shape (K, D) with K = 2 to match the covariance and D >= 1; "
+        "got shape (3, 3)",
+    ),
+    (
+        "encoder offset of the wrong length",
+        lambda: LinearEncoder(matrix=np.ones((2, 3)), offset=np.zeros(3), scale_tril=np.eye(2)),
+        InvalidInputError,
+        "offset must have shape (K,) = (2,); got shape (3,)",
+    ),
+    (
+        "encoder for another model",
+        lambda: model().dataset_elbo(
+            LinearEncoder(matrix=np.ones((2, 4)), offset=np.zeros(2), scale_tril=np.eye(2)),
+            np.zeros((1, 3)),
+        ),
+        InvalidInputError,
+        "encoder must map D = 3 to K = 2 dimensions; got D = 4, K = 2",
+    ),
+    (
+        "ppca with a negative variance",
+        lambda: ppca(weights=W, mean=B, noise_variance=-1.0),
+        InvalidInputError,
+        "noise_cov must be a positive variance; smallest value -1",
+    ),
+    (
+        "factor analysis with variances of the wrong length",
+        lambda: factor_analysis(loadings=W, mean=B, noise_variances=[1.0, 1.0]),
+        InvalidInputError,
+        "noise_cov given as variances must have shape (D,) = (3,); got shape (2,)",
+    ),
+    (
+        "regression with an empty design",
+        lambda: bayesian_linear_regression(
+            design=np.ones((0, 2)), prior_mean=[0, 0], prior_cov=np.eye(2), noise_variance=1.0
+        ),
+        InvalidInputError,
+        "design must have at least one row and one column; got shape (0, 2)",
+    ),
+    (
+        "regression with a zero noise variance",
+        lambda: bayesian_linear_regression(
+            design=np.ones((3, 2)), prior_mean=[0, 0], prior_cov=np.eye(2), noise_variance=0.0
+        ),
+        InvalidInputError,
+        "noise_variance must be a positive variance; smallest value 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [pytest.param(build, error, message, id=label) for label, build, error, message in CASES],
+)
+def test_bad_input_raises_a_clear_error(
+    build: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    """Each bad input raises the stated type whose message starts with the pinned text."""
+    with pytest.raises(error) as caught:
+        build()
+    assert isinstance(caught.value, ElboCheckError)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_errors_are_builtin_subclasses() -> None:
+    """Callers that know nothing of elbo_check can catch ValueError and TypeError."""
+    assert issubclass(InvalidInputError, ValueError)
+    assert issubclass(InvalidTypeError, TypeError)
+
+
+def test_linalg_error_is_chained_not_raw() -> None:
+    """The LinAlgError from a failed Cholesky is kept as the cause, never raised bare."""
+    with pytest.raises(InvalidInputError) as caught:
+        model(noise_cov=-np.eye(3))
+    assert isinstance(caught.value.__cause__, np.linalg.LinAlgError)
+
+
+def test_tiny_asymmetry_from_rounding_is_accepted() -> None:
+    """A covariance asymmetric only at the level of float64 rounding is symmetrised."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 4))
+    cov = a @ np.diag([1.0, 2.0, 3.0, 4.0]) @ a.T + np.eye(4)
+    cov[0, 1] *= 1 + 1e-15
+    g = Gaussian.from_covariance(mean=np.zeros(4), cov=cov)
+    assert np.allclose(g.cov, cov, rtol=1e-13, atol=0)
+
+
+def test_integer_input_is_converted_to_float64() -> None:
+    """Integer arrays are accepted and stored as float64."""
+    g = Gaussian.from_covariance(mean=[1, 2], cov=[[2, 1], [1, 2]])
+    assert g.mean.dtype == np.float64
+    assert g.scale_tril.dtype == np.float64
+
+
+@pytest.mark.parametrize("attribute", ["mean", "scale_tril", "cov"])
+def test_arrays_are_read_only(attribute: str) -> None:
+    """Stored arrays cannot be mutated behind the factorisation's back."""
+    array = getattr(PRIOR, attribute)
+    with pytest.raises(ValueError, match="read-only"):
+        array[..., 0] = 1.0
+
+
+def test_model_copies_its_input() -> None:
+    """Changing the caller's array afterwards does not change the model."""
+    weights = W.copy()
+    m = model(weights=weights)
+    before = m.log_evidence(np.zeros(3))
+    weights[:] = 0.0
+    assert m.log_evidence(np.zeros(3)) == before
+    assert re.search("noise_kind='isotropic'", repr(m))
