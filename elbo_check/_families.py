@@ -13,8 +13,9 @@ from numpy.typing import ArrayLike
 
 from ._errors import InvalidInputError
 from ._gaussian import Gaussian
+from ._linalg import cholesky
 from ._model import LinearGaussianModel
-from ._validation import as_real_array, check_positive, describe_shape
+from ._validation import as_real_array, check_positive, check_shape, describe_shape
 
 __all__ = ["bayesian_linear_regression", "factor_analysis", "ppca"]
 
@@ -27,6 +28,18 @@ def _latent_dim(name: str, matrix: ArrayLike) -> tuple[Any, int]:
             f"got shape {describe_shape(array.shape)}"
         )
     return array, int(array.shape[1])
+
+
+def _vector(name: str, value: ArrayLike, length: int, symbol: str) -> Any:
+    array = as_real_array(name, value, ndim=1)
+    check_shape(name, array, (length,), symbol)
+    return array
+
+
+def _variance(name: str, value: Any) -> float:
+    array = as_real_array(name, value, ndim=0)
+    check_positive(name, array, "a positive variance")
+    return float(array)
 
 
 def ppca(*, weights: ArrayLike, mean: ArrayLike, noise_variance: float) -> LinearGaussianModel:
@@ -59,10 +72,9 @@ def ppca(*, weights: ArrayLike, mean: ArrayLike, noise_variance: float) -> Linea
     LinearGaussianModel(data_dim=2, latent_dim=1, noise_kind='isotropic')
     """
     w, k = _latent_dim("weights", weights)
-    variance = as_real_array("noise_variance", noise_variance, ndim=0)
-    return LinearGaussianModel(
-        weights=w, bias=mean, prior=Gaussian.standard(k), noise_cov=float(variance)
-    )
+    bias = _vector("mean", mean, w.shape[0], "(D,)")
+    variance = _variance("noise_variance", noise_variance)
+    return LinearGaussianModel(weights=w, bias=bias, prior=Gaussian.standard(k), noise_cov=variance)
 
 
 def factor_analysis(
@@ -96,9 +108,11 @@ def factor_analysis(
     LinearGaussianModel(data_dim=2, latent_dim=1, noise_kind='diagonal')
     """
     w, k = _latent_dim("loadings", loadings)
-    variances = as_real_array("noise_variances", noise_variances, ndim=1)
+    bias = _vector("mean", mean, w.shape[0], "(D,)")
+    variances = _vector("noise_variances", noise_variances, w.shape[0], "(D,)")
+    check_positive("noise_variances", variances, "positive (variances)")
     return LinearGaussianModel(
-        weights=w, bias=mean, prior=Gaussian.standard(k), noise_cov=variances
+        weights=w, bias=bias, prior=Gaussian.standard(k), noise_cov=variances
     )
 
 
@@ -145,12 +159,14 @@ def bayesian_linear_regression(
     >>> model.posterior(np.array([0.1, 0.4, 0.6, 1.1])).mean.shape
     (2,)
     """
-    phi, _ = _latent_dim("design", design)
-    variance = as_real_array("noise_variance", noise_variance, ndim=0)
-    check_positive("noise_variance", variance, "a positive variance")
+    phi, m = _latent_dim("design", design)
+    weights_mean = _vector("prior_mean", prior_mean, m, "(M,) with M the design's columns")
+    weights_cov = as_real_array("prior_cov", prior_cov, ndim=2)
+    check_shape("prior_cov", weights_cov, (m, m), "(M, M) with M the design's columns")
+    prior = Gaussian._trusted(weights_mean, cholesky("prior_cov", weights_cov))
     return LinearGaussianModel(
         weights=phi,
         bias=np.zeros(phi.shape[0]),
-        prior=Gaussian.from_covariance(mean=prior_mean, cov=prior_cov),
-        noise_cov=float(variance),
+        prior=prior,
+        noise_cov=_variance("noise_variance", noise_variance),
     )

@@ -308,7 +308,10 @@ def kl_divergence(p: Gaussian, q: Gaussian) -> Any:
     0.5
     """
     _check_same_dim(p, q)
-    ratio = np.tril(solve_tril(q.scale_tril, p.scale_tril))
+    if np.array_equal(p.scale_tril, q.scale_tril):
+        ratio = np.eye(p.dim)  # exact: a triangular solve would leave O(eps) entries
+    else:
+        ratio = np.tril(solve_tril(q.scale_tril, p.scale_tril))
     off_diagonal = float(np.sum(np.tril(ratio, k=-1) ** 2))
     diagonal = float(np.sum(gram_diag_log_term(np.diagonal(ratio))))
     whitened = solve_tril_rows(q.scale_tril, _mean_offsets(p, q))

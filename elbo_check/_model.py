@@ -269,6 +269,17 @@ class LinearGaussianModel:
         """``"isotropic"``, ``"diagonal"`` or ``"full"``."""
         return self._noise.kind
 
+    @property
+    def marginal_mean(self) -> FloatArray:
+        r""":math:`W\mu_0 + b`, the mean of :math:`p(x)`, shape ``(D,)`` (read-only)."""
+        return self._marginal_mean
+
+    def marginal_variances(self) -> FloatArray:
+        """``diag(W S0 W^T + Psi)``, the variances of :math:`p(x)`, in O(D K^2)."""
+        spread = self._weights @ self._prior.scale_tril
+        variances: FloatArray = np.einsum("ij,ij->i", spread, spread) + self._noise.variances
+        return variances
+
     def dense_noise_cov(self) -> FloatArray:
         """:math:`\\Psi` as a dense ``(D, D)`` matrix, whatever form it was given in."""
         return self._noise.dense()

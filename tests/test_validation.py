@@ -361,13 +361,29 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "ppca with a negative variance",
         lambda: ppca(weights=W, mean=B, noise_variance=-1.0),
         InvalidInputError,
-        "noise_cov must be a positive variance; smallest value -1",
+        "noise_variance must be a positive variance; smallest value -1",
     ),
     (
         "factor analysis with variances of the wrong length",
         lambda: factor_analysis(loadings=W, mean=B, noise_variances=[1.0, 1.0]),
         InvalidInputError,
-        "noise_cov given as variances must have shape (D,) = (3,); got shape (2,)",
+        "noise_variances must have shape (D,) = (3,); got shape (2,)",
+    ),
+    (
+        "regression with a prior of the wrong dimension",
+        lambda: bayesian_linear_regression(
+            design=np.ones((3, 2)), prior_mean=[0.0], prior_cov=np.eye(2), noise_variance=1.0
+        ),
+        InvalidInputError,
+        "prior_mean must have shape (M,) with M the design's columns = (2,); got shape (1,)",
+    ),
+    (
+        "regression with a singular prior covariance",
+        lambda: bayesian_linear_regression(
+            design=np.ones((3, 2)), prior_mean=[0, 0], prior_cov=np.ones((2, 2)), noise_variance=1
+        ),
+        InvalidInputError,
+        "prior_cov must be symmetric positive definite; smallest eigenvalue",
     ),
     (
         "regression with an empty design",

@@ -1,0 +1,416 @@
+"""Hypothesis strategies for linear-Gaussian models, variational Gaussians and data.
+
+Every strategy builds a valid object directly — no filtering — from draws that
+shrink toward the simplest case: eigenvalue exponents toward 0 (a scaled identity),
+rotation angles toward 0 (no rotation), means, offsets and weights toward 0, kinds
+toward the first listed one. A failing example therefore shrinks to the smallest
+dimensions and the least structure that still exhibits the bug, while the defaults
+reach the blind spots where bugs hide: non-zero offsets and prior means, full prior,
+noise and variational covariances, anisotropic noise, condition numbers well above 1,
+and latent dimension larger than data dimension.
+
+Examples
+--------
+>>> from hypothesis import given
+>>> from elbo_check.strategies import linear_gaussian_models
+>>> @given(linear_gaussian_models(max_data_dim=3))
+... def test_evidence_is_finite(model):
+...     assert abs(model.log_evidence(model.bias)) < float("inf")
+>>> test_evidence_is_finite()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+from numpy.typing import NDArray
+
+from ._gaussian import Gaussian
+from ._linalg import cholesky
+from ._model import LinearGaussianModel
+
+__all__ = [
+    "NOISE_KINDS",
+    "PRIOR_KINDS",
+    "ElboProblem",
+    "elbo_problems",
+    "gaussians",
+    "linear_gaussian_models",
+    "observations",
+    "rotations",
+    "spd_matrices",
+    "variational_gaussians",
+]
+
+FloatArray = NDArray[np.float64]
+
+#: Noise covariance kinds, simplest first (hypothesis shrinks toward the first).
+NOISE_KINDS = ("isotropic", "diagonal", "full")
+#: Prior kinds, simplest first: N(0, I), N(mu0, diag), N(mu0, full S0).
+PRIOR_KINDS = ("standard", "diagonal", "general")
+
+_Dim = int | st.SearchStrategy[int]
+
+
+# ---------------------------------------------------------------------- validation
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidArgument(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def _check_bounds(min_name: str, min_value: int, max_name: str, max_value: int) -> None:
+    _check_int(min_name, min_value, 1)
+    _check_int(max_name, max_value, 1)
+    if min_value > max_value:
+        raise InvalidArgument(f"{min_name}={min_value!r} must be <= {max_name}={max_value!r}")
+
+
+def _check_real(name: str, value: Any, *, minimum: float, inclusive: bool = True) -> None:
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    if ok:
+        ok = math.isfinite(float(value)) and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        relation = ">=" if inclusive else ">"
+        raise InvalidArgument(f"{name}={value!r} must be a finite number {relation} {minimum}")
+
+
+def _check_kinds(name: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    kinds = tuple(value)
+    unknown = [kind for kind in kinds if kind not in allowed]
+    if not kinds or unknown:
+        raise InvalidArgument(
+            f"{name}={value!r} must be a non-empty selection from {tuple(allowed)!r}"
+        )
+    return tuple(kind for kind in allowed if kind in kinds)
+
+
+def _dims(name: str, dim: _Dim) -> st.SearchStrategy[int]:
+    if isinstance(dim, st.SearchStrategy):
+        return dim
+    _check_int(name, dim, 1)
+    return st.just(int(dim))
+
+
+# ---------------------------------------------------------------------- building blocks
+def _unit_floats(bound: float) -> st.SearchStrategy[float]:
+    return st.floats(-bound, bound, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def _rotation(draw: st.DrawFn, dim: int) -> FloatArray:
+    """``expm(A - A.T)`` for strictly-lower ``A`` with angles in [-pi, pi]; 0 is I."""
+    count = dim * (dim - 1) // 2
+    if count == 0:
+        return np.eye(dim)
+    angles = draw(st.lists(_unit_floats(math.pi), min_size=count, max_size=count))
+    generator = np.zeros((dim, dim))
+    generator[np.tril_indices(dim, -1)] = angles
+    rotation = scipy.linalg.expm(generator - generator.T)
+    q, r = np.linalg.qr(rotation)  # re-orthogonalise to working precision
+    return np.asarray(q * np.where(np.diagonal(r) < 0, -1.0, 1.0), dtype=np.float64)
+
+
+def rotations(dim: _Dim) -> st.SearchStrategy[FloatArray]:
+    """Orthogonal ``(dim, dim)`` matrices (determinant +1) that shrink to the identity."""
+    dims = _dims("dim", dim)
+    return dims.flatmap(lambda d: _rotation(d))
+
+
+@st.composite
+def _spd(
+    draw: st.DrawFn, dim: int, max_condition_number: float, min_scale: float, max_scale: float
+) -> FloatArray:
+    log_scale = draw(st.floats(math.log10(min_scale), math.log10(max_scale)))
+    exponents = np.array(
+        draw(st.lists(st.floats(0.0, 1.0), min_size=dim, max_size=dim)), dtype=np.float64
+    )
+    eigenvalues = 10.0**log_scale * max_condition_number**exponents
+    rotation = draw(_rotation(dim))
+    matrix = (rotation * eigenvalues) @ rotation.T
+    return np.asarray(0.5 * (matrix + matrix.T), dtype=np.float64)
+
+
+def spd_matrices(
+    dim: _Dim,
+    *,
+    max_condition_number: float = 100.0,
+    min_scale: float = 0.1,
+    max_scale: float = 10.0,
+) -> st.SearchStrategy[FloatArray]:
+    """Symmetric positive-definite matrices ``U diag(lambda) U^T``.
+
+    The eigenvalues are ``s * max_condition_number**t`` with ``t`` in [0, 1] and the
+    scale ``s`` log-uniform-ish in [min_scale, max_scale]; ``t`` shrinks to 0 and the
+    rotation ``U`` to the identity, so examples shrink toward ``s * I``. The condition
+    number never exceeds ``max_condition_number``.
+    """
+    _check_real("max_condition_number", max_condition_number, minimum=1.0)
+    _check_real("min_scale", min_scale, minimum=0.0, inclusive=False)
+    _check_real("max_scale", max_scale, minimum=0.0, inclusive=False)
+    if min_scale > max_scale:
+        raise InvalidArgument(f"min_scale={min_scale!r} must be <= max_scale={max_scale!r}")
+    return _dims("dim", dim).flatmap(
+        lambda d: _spd(d, float(max_condition_number), float(min_scale), float(max_scale))
+    )
+
+
+@st.composite
+def _gaussian(
+    draw: st.DrawFn,
+    dim: int,
+    batch_shape: tuple[int, ...],
+    max_abs_mean: float,
+    max_condition_number: float,
+    min_scale: float,
+    max_scale: float,
+    cov_kinds: tuple[str, ...],
+) -> Gaussian:
+    size = int(np.prod(batch_shape, dtype=int)) * dim
+    mean = np.array(
+        draw(st.lists(_unit_floats(max_abs_mean), min_size=size, max_size=size)),
+        dtype=np.float64,
+    ).reshape(*batch_shape, dim)
+    kind = draw(st.sampled_from(cov_kinds))
+    if kind == "isotropic":
+        log_scale = draw(st.floats(math.log10(min_scale), math.log10(max_scale)))
+        cov = np.eye(dim) * 10.0**log_scale
+    elif kind == "diagonal":
+        log_scale = draw(st.floats(math.log10(min_scale), math.log10(max_scale)))
+        exponents = draw(st.lists(st.floats(0.0, 1.0), min_size=dim, max_size=dim))
+        cov = np.diag(10.0**log_scale * max_condition_number ** np.array(exponents))
+    else:
+        cov = draw(_spd(dim, max_condition_number, min_scale, max_scale))
+    return Gaussian._trusted(mean, cholesky("cov", cov))
+
+
+COV_KINDS = ("isotropic", "diagonal", "full")
+
+
+def gaussians(
+    dim: _Dim,
+    *,
+    batch_shape: tuple[int, ...] = (),
+    max_abs_mean: float = 3.0,
+    max_condition_number: float = 100.0,
+    min_scale: float = 0.1,
+    max_scale: float = 10.0,
+    cov_kinds: Sequence[str] = COV_KINDS,
+) -> st.SearchStrategy[Gaussian]:
+    """Gaussians with non-zero means and (by default) full covariances.
+
+    ``cov_kinds`` selects among ``"isotropic"``, ``"diagonal"`` and ``"full"``;
+    examples shrink toward a zero mean and an isotropic covariance.
+    """
+    _check_real("max_abs_mean", max_abs_mean, minimum=0.0)
+    _check_real("max_condition_number", max_condition_number, minimum=1.0)
+    _check_real("min_scale", min_scale, minimum=0.0, inclusive=False)
+    _check_real("max_scale", max_scale, minimum=0.0, inclusive=False)
+    if min_scale > max_scale:
+        raise InvalidArgument(f"min_scale={min_scale!r} must be <= max_scale={max_scale!r}")
+    kinds = _check_kinds("cov_kinds", cov_kinds, COV_KINDS)
+    if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in batch_shape):
+        raise InvalidArgument(f"batch_shape={batch_shape!r} must be a tuple of integers >= 0")
+    shape = tuple(int(s) for s in batch_shape)
+    return _dims("dim", dim).flatmap(
+        lambda d: _gaussian(
+            d,
+            shape,
+            float(max_abs_mean),
+            float(max_condition_number),
+            float(min_scale),
+            float(max_scale),
+            kinds,
+        )
+    )
+
+
+# ---------------------------------------------------------------------- models
+@st.composite
+def _model(
+    draw: st.DrawFn,
+    data_dims: st.SearchStrategy[int],
+    latent_dims: st.SearchStrategy[int],
+    noise_kinds: tuple[str, ...],
+    prior_kinds: tuple[str, ...],
+    max_condition_number: float,
+    max_abs_bias: float,
+    max_abs_weight: float,
+    extreme_scales: bool,
+) -> LinearGaussianModel:
+    d = draw(data_dims)
+    k = draw(latent_dims)
+    scale = 1.0
+    if extreme_scales:
+        # Overall variance scales of 1e-12 ... 1e12: products of D variances then under-
+        # or overflow, which a log-det through det() cannot survive.
+        scale = 10.0 ** draw(st.floats(-12.0, 12.0))
+    root = math.sqrt(scale)
+    weights = root * np.array(
+        draw(st.lists(_unit_floats(max_abs_weight), min_size=d * k, max_size=d * k))
+    ).reshape(d, k)
+    bias = root * np.array(draw(st.lists(_unit_floats(max_abs_bias), min_size=d, max_size=d)))
+    prior_kind = draw(st.sampled_from(prior_kinds))
+    if prior_kind == "standard":
+        prior = Gaussian.standard(k)
+    else:
+        prior = draw(
+            _gaussian(
+                k,
+                (),
+                max_abs_bias,
+                max_condition_number,
+                0.3,
+                3.0,
+                ("diagonal",) if prior_kind == "diagonal" else ("full",),
+            )
+        )
+    noise_kind = draw(st.sampled_from(noise_kinds))
+    log_noise = draw(st.floats(-1.0, 0.5))
+    if noise_kind == "isotropic":
+        noise: Any = scale * 10.0**log_noise
+    elif noise_kind == "diagonal":
+        exponents = np.array(draw(st.lists(st.floats(0.0, 1.0), min_size=d, max_size=d)))
+        noise = scale * 10.0**log_noise * max_condition_number**exponents
+    else:
+        noise = scale * draw(_spd(d, max_condition_number, 0.1, 3.0))
+    return LinearGaussianModel(weights=weights, bias=bias, prior=prior, noise_cov=noise)
+
+
+def linear_gaussian_models(
+    *,
+    min_data_dim: int = 1,
+    max_data_dim: int = 6,
+    min_latent_dim: int = 1,
+    max_latent_dim: int = 6,
+    noise_kinds: Sequence[str] = NOISE_KINDS,
+    prior_kinds: Sequence[str] = PRIOR_KINDS,
+    max_condition_number: float = 1e3,
+    max_abs_bias: float = 5.0,
+    max_abs_weight: float = 2.0,
+    extreme_scales: bool = False,
+) -> st.SearchStrategy[LinearGaussianModel]:
+    """Random well-posed :class:`~elbo_check.LinearGaussianModel` instances.
+
+    Parameters
+    ----------
+    min_data_dim, max_data_dim, min_latent_dim, max_latent_dim : int
+        Bounds on ``D`` and ``K``; by default ``K > D`` occurs as often as ``K < D``.
+    noise_kinds : sequence of {"isotropic", "diagonal", "full"}
+        Which forms of the noise covariance to draw.
+    prior_kinds : sequence of {"standard", "diagonal", "general"}
+        ``"standard"`` is ``N(0, I)``; the others have a non-zero mean.
+    max_condition_number : float
+        Bound on the condition number of prior, noise and (by extension) marginal
+        covariances before the weights are applied.
+    max_abs_bias, max_abs_weight : float
+        Bounds on the entries of ``b`` (and the prior mean) and of ``W``.
+    extreme_scales : bool
+        Opt in to overall variance scales from 1e-12 to 1e12, where determinants of
+        the covariances under- or overflow float64.
+    """
+    _check_bounds("min_data_dim", min_data_dim, "max_data_dim", max_data_dim)
+    _check_bounds("min_latent_dim", min_latent_dim, "max_latent_dim", max_latent_dim)
+    _check_real("max_condition_number", max_condition_number, minimum=1.0)
+    _check_real("max_abs_bias", max_abs_bias, minimum=0.0)
+    _check_real("max_abs_weight", max_abs_weight, minimum=0.0)
+    return _model(
+        st.integers(min_data_dim, max_data_dim),
+        st.integers(min_latent_dim, max_latent_dim),
+        _check_kinds("noise_kinds", noise_kinds, NOISE_KINDS),
+        _check_kinds("prior_kinds", prior_kinds, PRIOR_KINDS),
+        float(max_condition_number),
+        float(max_abs_bias),
+        float(max_abs_weight),
+        bool(extreme_scales),
+    )
+
+
+def _check_model(model: Any) -> LinearGaussianModel:
+    if not isinstance(model, LinearGaussianModel):
+        raise InvalidArgument(f"model={model!r} must be a LinearGaussianModel")
+    return model
+
+
+def variational_gaussians(
+    model: LinearGaussianModel,
+    *,
+    batch_shape: tuple[int, ...] = (),
+    max_abs_mean: float = 3.0,
+    max_condition_number: float = 100.0,
+    min_scale: float = 0.05,
+    max_scale: float = 5.0,
+    cov_kinds: Sequence[str] = COV_KINDS,
+) -> st.SearchStrategy[Gaussian]:
+    """Variational distributions ``q(z)`` over the latent space of ``model``.
+
+    Means are centred on the prior mean (so they are of the model's scale) and
+    shrink to it; covariances are full by default and shrink toward isotropic.
+    """
+    model = _check_model(model)
+    base = gaussians(
+        model.latent_dim,
+        batch_shape=batch_shape,
+        max_abs_mean=max_abs_mean,
+        max_condition_number=max_condition_number,
+        min_scale=min_scale,
+        max_scale=max_scale,
+        cov_kinds=cov_kinds,
+    )
+    centre = model.prior.mean
+    return base.map(lambda g: Gaussian._trusted(g.mean + centre, g.scale_tril))
+
+
+def observations(
+    model: LinearGaussianModel,
+    *,
+    batch_shape: tuple[int, ...] = (),
+    max_abs_deviation: float = 4.0,
+) -> st.SearchStrategy[FloatArray]:
+    """Observations ``x`` of shape ``batch_shape + (D,)`` around the model's mean.
+
+    ``x = mean + sqrt(diag C) * u`` with the marginal mean and variances and ``u``
+    bounded by ``max_abs_deviation`` standard deviations; shrinks to the mean.
+    """
+    model = _check_model(model)
+    _check_real("max_abs_deviation", max_abs_deviation, minimum=0.0)
+    d = model.data_dim
+    mean = model.marginal_mean
+    spread = np.sqrt(model.marginal_variances())
+    size = int(np.prod(batch_shape, dtype=int)) * d
+    return st.lists(_unit_floats(max_abs_deviation), min_size=size, max_size=size).map(
+        lambda u: mean + spread * np.array(u, dtype=np.float64).reshape(*batch_shape, d)
+    )
+
+
+@dataclass(frozen=True)
+class ElboProblem:
+    """A model, a variational distribution and an observation: one ELBO to compute."""
+
+    model: LinearGaussianModel
+    q: Gaussian
+    x: FloatArray
+
+
+def elbo_problems(
+    *, batch_shape: tuple[int, ...] = (), **model_options: Any
+) -> st.SearchStrategy[ElboProblem]:
+    """``(model, q, x)`` triples; ``model_options`` go to :func:`linear_gaussian_models`."""
+    models = linear_gaussian_models(**model_options)
+
+    @st.composite
+    def problems(draw: st.DrawFn) -> ElboProblem:
+        model = draw(models)
+        q = draw(variational_gaussians(model, batch_shape=batch_shape))
+        x = draw(observations(model, batch_shape=batch_shape))
+        return ElboProblem(model, q, x)
+
+    return problems()
