@@ -21,7 +21,6 @@ on the drawn objects instead.
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from numpy.typing import NDArray
 
+from ._config import default_profile, default_seed
 from ._diagnosis import (
     ELBO_SUSPECTS,
     EVIDENCE_SUSPECTS,
@@ -77,10 +77,6 @@ PROFILES: dict[str, dict[str, int]] = {
     "thorough": {"max_examples": 2000, "calls": 4000, "problems": 12},
 }
 
-#: Environment variables the pytest plugin sets (and a user may set by hand).
-SEED_ENV = "ELBO_CHECK_SEED"
-PROFILE_ENV = "ELBO_CHECK_PROFILE"
-
 #: Default false-alarm rate of one statistical verifier call.
 DEFAULT_FALSE_ALARM_RATE = 1e-6
 
@@ -112,7 +108,7 @@ class VerificationReport:
 
 # ---------------------------------------------------------------------- options
 def _profile(profile: str | None) -> dict[str, int]:
-    name = profile or os.environ.get(PROFILE_ENV) or "dev"
+    name = profile or default_profile()
     if name not in PROFILES:
         raise InvalidInputError(f"profile must be one of {sorted(PROFILES)}; got profile={name!r}")
     return PROFILES[name]
@@ -120,7 +116,7 @@ def _profile(profile: str | None) -> dict[str, int]:
 
 def _seed(seed: int | np.random.Generator | None) -> int:
     if seed is None:
-        return int(os.environ.get(SEED_ENV, "0"))
+        return default_seed()
     if isinstance(seed, np.random.Generator):
         return int(seed.integers(0, 2**63 - 1))
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
