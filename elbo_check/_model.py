@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._encoder import EncoderGradients, LinearEncoder
 from ._errors import InvalidInputError, InvalidTypeError
 from ._gaussian import LOG_2PI, Gaussian, as_generator, cross_entropy, kl_divergence
-from ._linalg import solve_tril, solve_tril_rows, tril_of_gram
+from ._linalg import gram_diag_log_term, solve_tril, solve_tril_rows, tril_of_gram
 from ._noise import NoiseCovariance
 from ._validation import as_real_array, check_shape, describe_shape, freeze
 
@@ -221,14 +221,23 @@ class LinearGaussianModel:
         prior_factor = self._prior.scale_tril
         #: Psi^{-1/2} W, shape (D, K).
         self._whitened_weights = freeze(self._noise.whiten_columns(self._weights))
-        stacked = np.vstack([self._whitened_weights @ prior_factor, np.eye(k)])
-        q_factor, r_factor = scipy.linalg.qr(stacked, mode="economic", check_finite=False)
+        whitened_loadings = self._whitened_weights @ prior_factor  # Psi^{-1/2} W L0
+        stacked = np.vstack([whitened_loadings, np.eye(k)])
+        # Householder QR is only normwise stable; with rows of very different sizes (noise
+        # variances spread over many decades) the small rows of Q lose relative accuracy.
+        # Sorting rows by decreasing size first makes the factorisation row-wise stable
+        # (Powell & Reid 1969; Cox & Higham 1998); the permutation is undone on Q.
+        order = np.argsort(-np.max(np.abs(stacked), axis=1), kind="stable")
+        q_sorted, r_factor = scipy.linalg.qr(stacked[order], mode="economic", check_finite=False)
+        q_factor = np.empty_like(q_sorted)
+        q_factor[order] = q_sorted
         signs = np.where(np.diagonal(r_factor) < 0, -1.0, 1.0)
         q_factor = q_factor * signs
         r_factor = signs[:, None] * r_factor
-        #: Orthonormal basis of the stacked whitened weights, split into its D and K rows.
+        #: Orthonormal basis of the stacked whitened weights (its D data rows), and the
+        #: whitened loadings Psi^{-1/2} W L0 it spans, used for row-accurate residuals.
         self._basis_data = freeze(np.ascontiguousarray(q_factor[:d]))
-        self._basis_latent = freeze(np.ascontiguousarray(q_factor[d:]))
+        self._whitened_loadings = freeze(np.ascontiguousarray(whitened_loadings))
         #: Upper-triangular R with R^T R = I + (Psi^{-1/2} W L0)^T (Psi^{-1/2} W L0).
         self._r_factor = freeze(np.ascontiguousarray(r_factor))
         self._log_det_marginal = self._noise.logdet + 2.0 * float(
@@ -359,12 +368,14 @@ class LinearGaussianModel:
         squared = total - explained
         lost = squared < CANCELLATION_LIMIT * total
         if np.any(lost):
-            rows = whitened[lost]
-            coeff = coefficients[lost]
-            residual_data = rows - coeff @ self._basis_data.T
-            residual_latent = coeff @ self._basis_latent.T
-            squared[lost] = np.einsum("ij,ij->i", residual_data, residual_data) + np.einsum(
-                "ij,ij->i", residual_latent, residual_latent
+            # The minimiser u = R^{-1} Q1^T y of |y - W~ u|^2 + |u|^2 (the whitened posterior
+            # offset) and the residual against the exact loadings W~, not against Q1 c.
+            offsets = scipy.linalg.solve_triangular(
+                self._r_factor, coefficients[lost].T, lower=False, check_finite=False
+            ).T
+            residual = whitened[lost] - offsets @ self._whitened_loadings.T
+            squared[lost] = np.einsum("ij,ij->i", residual, residual) + np.einsum(
+                "ij,ij->i", offsets, offsets
             )
         return squared, coefficients
 
@@ -430,10 +441,8 @@ class LinearGaussianModel:
     @cached_property
     def posterior_precision(self) -> FloatArray:
         r""":math:`\Lambda = \Sigma_0^{-1} + W^\top\Psi^{-1}W`, shape ``(K, K)`` (read-only)."""
-        half = scipy.linalg.solve_triangular(
-            self._prior.scale_tril, self._r_factor.T, trans=1, lower=True, check_finite=False
-        )  # L0^{-T} R^T
-        product = half @ half.T
+        root = self._precision_root
+        product = root.T @ root
         return freeze(0.5 * (product + product.T))
 
     # ------------------------------------------------------------------ joint
@@ -505,14 +514,46 @@ class LinearGaussianModel:
         return self.elbo_terms(q, x).elbo
 
     def kl_to_posterior(self, q: Gaussian, x: ArrayLike) -> Any:
-        r"""Exact :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`, computed as a Gaussian KL.
+        r"""Exact :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`; never negative.
 
-        It is never negative and is zero exactly when ``q`` is the posterior.
+        Notes
+        -----
+        With the posterior precision :math:`\Lambda = G^\top G`, :math:`G = RL_0^{-1}`,
+        and the QR factorisation :math:`GL_q = QT` (:math:`T` upper triangular),
+
+        .. math::
+            \mathrm{KL} = \tfrac12\Bigl(\sum_{i<j}T_{ij}^2 + \sum_i\bigl(T_{ii}^2 - 1
+              - 2\log T_{ii}\bigr) + \lVert RL_0^{-1}(m_q-\mu_0) - Q_1^\top y\rVert^2\Bigr),
+
+        a sum of non-negative terms computed from the precision's factor, so directions in
+        which the posterior is very narrow (tiny noise variances) keep full relative
+        accuracy; the posterior mean is never formed and subtracted.
         """
         q = self._check_q(q)
         data = self._check_x(x)
-        self._batch_shape(data.shape[:-1], q.batch_shape)
-        return kl_divergence(q, self.posterior(data))
+        batch = self._batch_shape(data.shape[:-1], q.batch_shape)
+        precision_root = self._precision_root  # G = R L0^{-1}
+        triangle = scipy.linalg.qr(precision_root @ q.scale_tril, mode="r", check_finite=False)[0]
+        diagonal = np.abs(np.diagonal(triangle))
+        spread = float(np.sum(np.triu(triangle, k=1) ** 2)) + float(
+            np.sum(gram_diag_log_term(diagonal))
+        )
+        means = np.broadcast_to(q.mean, (*batch, self.latent_dim)).reshape(-1, self.latent_dim)
+        rows = np.broadcast_to(data, (*batch, self.data_dim)).reshape(-1, self.data_dim)
+        out = np.empty(rows.shape[0])
+        for block in _row_blocks(rows.shape[0], self.data_dim):
+            coefficients = self._noise.whiten(rows[block] - self._marginal_mean) @ self._basis_data
+            offsets = (means[block] - self._prior.mean) @ precision_root.T - coefficients
+            out[block] = 0.5 * (spread + np.einsum("ij,ij->i", offsets, offsets))
+        return _scalar_or_array(out.reshape(batch))
+
+    @cached_property
+    def _precision_root(self) -> FloatArray:
+        """``G = R L0^{-1}`` with ``G^T G`` the posterior precision, shape ``(K, K)``."""
+        transposed = scipy.linalg.solve_triangular(
+            self._prior.scale_tril, self._r_factor.T, trans=1, lower=True, check_finite=False
+        )  # L0^{-T} R^T
+        return freeze(np.ascontiguousarray(transposed.T))
 
     # ------------------------------------------------------------------ gradients
     def _prior_solve_rows(self, rows: FloatArray) -> FloatArray:

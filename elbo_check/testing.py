@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
-from hypothesis import find, settings
+from hypothesis import Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from numpy.typing import NDArray
@@ -196,7 +196,14 @@ def _search(
         return find(
             strategy,
             is_bad,
-            settings=settings(max_examples=max_examples, database=None, deadline=None),
+            # No Phase.explain: it re-runs the failing case many times to annotate lines
+            # of the *test* function, which here is our own closure (about 20 s wasted).
+            settings=settings(
+                max_examples=max_examples,
+                database=None,
+                deadline=None,
+                phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+            ),
             random=random.Random(seed),
         )
     except NoSuchExample:

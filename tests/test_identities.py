@@ -130,10 +130,13 @@ def test_batched_evaluation_equals_row_by_row(
     model, q, x = case
     batched = model.elbo(q, x)
     evidence = model.log_evidence(x)
+    # Other shapes take other BLAS kernels: agreement to rounding of the terms' magnitudes.
+    scale = _scale(model, q, x)
     for i in range(x.shape[0]):
         single = Gaussian.from_cholesky(mean=q.mean[i], scale_tril=q.scale_tril)
-        assert model.elbo(single, x[i]) == pytest.approx(batched[i], rel=1e-13, abs=1e-13)
-        assert model.log_evidence(x[i]) == pytest.approx(evidence[i], rel=1e-13, abs=1e-13)
+        tolerance = IDENTITY_RTOL * scale[i]
+        assert model.elbo(single, x[i]) == pytest.approx(batched[i], rel=0, abs=tolerance)
+        assert model.log_evidence(x[i]) == pytest.approx(evidence[i], rel=0, abs=tolerance)
 
 
 def test_shapes_follow_the_last_axis_convention() -> None:
@@ -153,15 +156,18 @@ def test_shapes_follow_the_last_axis_convention() -> None:
 
 
 def test_row_blocks_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Processing rows in tiny blocks gives bit-identical log-evidence and posterior means."""
+    """Processing rows in tiny blocks changes log-evidence and posterior means by rounding only.
+
+    (Not bit-identical: BLAS picks other kernels for other shapes, e.g. gemv for one row.)
+    """
     rng = np.random.default_rng(2)
     model = random_model(rng, data_dim=5, latent_dim=3, family="full_noise")
     x = rng.standard_normal((37, 5))
     whole = model.log_evidence(x)
     means = model.posterior(x).mean
     monkeypatch.setattr(model_module, "BLOCK_ENTRIES", 11)
-    np.testing.assert_array_equal(model.log_evidence(x), whole)
-    np.testing.assert_array_equal(model.posterior(x).mean, means)
+    np.testing.assert_allclose(model.log_evidence(x), whole, rtol=4 * np.finfo(float).eps)
+    np.testing.assert_allclose(model.posterior(x).mean, means, rtol=1e-14, atol=1e-15)
 
 
 def test_cancellation_fallback_agrees_with_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
