@@ -254,3 +254,41 @@ def test_gradient_verifier_exact_and_stochastic() -> None:
     assert verify_elbo_gradient(exact, max_examples=40).cases == 40
     report = verify_elbo_gradient(reparameterised, mode="stochastic", calls=200, problems=2)
     assert report.worst_error < 1.0
+
+
+def test_statistical_checks_honour_model_options() -> None:
+    """Estimators without full-noise support can be verified; unknown options are refused."""
+
+    def diagonal_only(
+        model: LinearGaussianModel, q: Gaussian, x: np.ndarray, rng: np.random.Generator, n: int
+    ) -> float:
+        if model.noise_kind == "full":
+            raise NotImplementedError("diagonal noise only")
+        return mc_elbo(model, q, x, rng, n)
+
+    def diagonal_pathwise(
+        model: LinearGaussianModel, q: Gaussian, x: np.ndarray, eps: np.ndarray
+    ) -> float:
+        if model.noise_kind == "full":
+            raise NotImplementedError("diagonal noise only")
+        z = q.mean + eps @ q.scale_tril.T
+        return float(np.mean(model.log_joint(x, z) - q.log_prob(z)))
+
+    def diagonal_gradient(
+        model: LinearGaussianModel, q: Gaussian, x: np.ndarray, rng: object, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if model.noise_kind == "full":
+            raise NotImplementedError("diagonal noise only")
+        g = model.elbo_grad_variational(q, x)
+        return g.mean, g.scale_tril
+
+    kinds = {"noise_kinds": ("isotropic", "diagonal")}
+    with pytest.raises(AssertionError, match="NotImplementedError"):
+        verify_elbo_estimator(diagonal_only, calls=80, problems=1)
+    verify_elbo_estimator(diagonal_only, calls=80, problems=3, **kinds)
+    verify_elbo_estimator(diagonal_pathwise, mode="pathwise", max_examples=30, **kinds)
+    verify_elbo_gradient(diagonal_gradient, mode="stochastic", calls=80, problems=3, **kinds)
+    with pytest.raises(InvalidInputError, match="accept only noise_kinds and prior_kinds"):
+        verify_elbo_estimator(mc_elbo, max_data_dim=3)
+    with pytest.raises(InvalidInputError, match="no statistical test problem has"):
+        verify_elbo_estimator(mc_elbo, noise_kinds=("full",), prior_kinds=("standard",))
