@@ -1221,6 +1221,7 @@ def verify_elbo_gradient(
             ratio = np.where(
                 constant | (np.abs(mean - expected) <= tolerance), 0.0, np.abs(t) / critical
             )
+        worst = max(worst, float(np.max(ratio)))
         if np.any(ratio > 1.0) or np.any(exact_bad) or not np.all(np.isfinite(mean)):
             names = _coordinate_names(q.dim)
             rows = [

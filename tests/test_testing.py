@@ -253,7 +253,42 @@ def test_gradient_verifier_exact_and_stochastic() -> None:
 
     assert verify_elbo_gradient(exact, max_examples=40).cases == 40
     report = verify_elbo_gradient(reparameterised, mode="stochastic", calls=200, problems=2)
-    assert report.worst_error < 1.0
+    assert 0.0 < report.worst_error < 1.0  # > 0: the t statistics were really computed
+
+
+def test_a_score_function_gradient_passes_and_a_biased_one_fails() -> None:
+    """The high-variance score-function estimator is unbiased and passes; a score of L that
+    lacks its -L^-T term (d/dL of -log det L) is biased by -E[weight] diag(1/L) and fails.
+
+    (Dropping log q from the weight biases the factor gradient by only -diag(1/L); with
+    this estimator's variance that needs far more calls than the default to detect.)"""
+
+    def score_function(
+        model: LinearGaussianModel,
+        q: Gaussian,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        n: int,
+        complete_score: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        eps = rng.standard_normal((n, q.dim))
+        z = q.mean + eps @ q.scale_tril.T
+        weight = model.log_joint(x, z) - q.log_prob(z)
+        inverse = np.linalg.inv(q.scale_tril)
+        grad_mean = np.mean(weight[:, None] * (eps @ inverse), axis=0)
+        outer = np.einsum("n,ni,nj->ij", weight, eps, eps) / n
+        grad_factor = np.tril(inverse.T @ outer - complete_score * np.mean(weight) * inverse.T)
+        return grad_mean, grad_factor
+
+    report = verify_elbo_gradient(score_function, mode="stochastic", calls=400, problems=2)
+    assert 0.0 < report.worst_error < 1.0
+    with pytest.raises(AssertionError, match="biased coordinates"):
+        verify_elbo_gradient(
+            lambda m, q, x, rng, n: score_function(m, q, x, rng, n, complete_score=False),
+            mode="stochastic",
+            calls=400,
+            problems=2,
+        )
 
 
 def test_statistical_checks_honour_model_options() -> None:
