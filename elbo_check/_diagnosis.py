@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._gaussian import LOG_2PI, Gaussian, kl_divergence
-from ._linalg import cholesky
+from ._linalg import cholesky, solve_tril
 from ._model import LinearGaussianModel
 
 __all__ = [
@@ -94,6 +94,12 @@ def _elbo_with_q(
     return float(model.elbo(q, x))
 
 
+def _prior_trace(model: LinearGaussianModel, q: Gaussian) -> float:
+    """tr(S0^-1 S) for q's covariance S and the prior's S0."""
+    ratio = solve_tril(model.prior.scale_tril, q.scale_tril)
+    return float(np.sum(ratio**2))
+
+
 def _noise_power(model: LinearGaussianModel, power: float) -> Any:
     noise = np.asarray(model.noise_cov, dtype=np.float64)
     if noise.ndim < 2:
@@ -141,6 +147,14 @@ def _elbo_suspects() -> tuple[Suspect, ...]:
             ),
         ),
         Suspect(
+            "the KL is subtracted once per data dimension (broadcast against the (D,) "
+            "per-dimension log-likelihood terms and then summed)",
+            "sum the log-likelihood over the D data dimensions first, then subtract the KL once",
+            lambda m, q, x: (
+                t(m, q, x)["ell"] - m.data_dim * t(m, q, x)["kl"] if m.data_dim > 1 else None
+            ),
+        ),
+        Suspect(
             "the expected log-likelihood is averaged over data dimensions instead of summed",
             "sum log p(x_d | z) over the D data dimensions (do not take .mean() over D)",
             lambda m, q, x: (
@@ -179,6 +193,21 @@ def _elbo_suspects() -> tuple[Suspect, ...]:
                 ),
                 q,
                 x,
+            ),
+        ),
+        Suspect(
+            "the prior term uses (m + mu0) instead of (m - mu0)",
+            "the prior's Mahalanobis term is (m - mu0)^T S0^-1 (m - mu0)",
+            lambda m, q, x: _elbo_with_q(
+                _model_like(m, prior=Gaussian._trusted(-m.prior.mean, m.prior.scale_tril)), q, x
+            ),
+        ),
+        Suspect(
+            "the trace term tr(S0^-1 S) of the KL uses only the diagonals (sum(diag S / diag S0))",
+            "a full covariance needs the full trace: tr(S0^-1 S) = ||L0^-1 L_q||_F^2",
+            lambda m, q, x: (
+                float(m.elbo(q, x))
+                + 0.5 * (_prior_trace(m, q) - float(np.sum(q.variances / m.prior.variances)))
             ),
         ),
         Suspect(
@@ -371,8 +400,15 @@ def _evidence_suspects() -> tuple[Suspect, ...]:
             lambda m, x: float(m.log_evidence(x)) - 0.5 * m._log_det_marginal,
         ),
         Suspect(
-            "the weights enter transposed or the W S0 W^T term is missing",
+            "the W S0 W^T term of the marginal covariance is missing (C = Psi)",
             "the marginal covariance is W S0 W^T + Psi",
+            lambda m, x: with_model(
+                _model_like(m, weights=np.zeros_like(m.weights), bias=m.marginal_mean), x
+            ),
+        ),
+        Suspect(
+            "the latent variable is ignored altogether (p(x) taken as N(b, Psi))",
+            "the marginal is N(W mu0 + b, W S0 W^T + Psi)",
             lambda m, x: with_model(_model_like(m, weights=np.zeros_like(m.weights)), x),
         ),
     )

@@ -1,0 +1,811 @@
+"""A catalogue of realistic buggy ELBO / KL / evidence / estimator / gradient code.
+
+Every function here is written the way a user writes it from scratch: plain numpy on
+``model.weights``, ``model.bias``, ``model.prior.mean`` / ``.cov``, ``model.noise_cov``
+(a scalar, a ``(D,)`` vector of variances or a ``(D, D)`` matrix) and ``q.mean``,
+``q.cov``, ``q.scale_tril`` -- never by calling the oracle and perturbing its value.
+Each kind has one CORRECT reference implementation (``CORRECT``) and several buggy
+ones (``BUGS``); each buggy entry names the verifier call that should catch it and,
+where the diagnosis catalogue in ``elbo_check/_diagnosis.py`` (or the estimator and
+gradient catalogues in ``elbo_check/testing.py``) has a matching suspect, the suspect
+name the diagnosis line should give.
+
+Used by ``tests/test_kill_matrix.py`` and ``benchmarks/kill_matrix.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from elbo_check import testing
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+FloatArray = np.ndarray
+
+
+# --------------------------------------------------------------------------- kinds
+#: kind -> (verifier, the options every call of that kind passes)
+KINDS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
+    "elbo": (testing.verify_elbo, {}),
+    "kl": (testing.verify_kl, {}),
+    "evidence": (testing.verify_log_evidence, {}),
+    "estimator": (testing.verify_elbo_estimator, {"mode": "statistical"}),
+    "pathwise": (testing.verify_elbo_estimator, {"mode": "pathwise"}),
+    "gradient": (testing.verify_elbo_gradient, {"mode": "exact"}),
+    "stochastic_gradient": (testing.verify_elbo_gradient, {"mode": "stochastic"}),
+}
+
+SIGNATURES = {
+    "elbo": "fn(model, q, x)",
+    "kl": "fn(p, q) = KL(p || q)",
+    "evidence": "fn(model, x)",
+    "estimator": "fn(model, q, x, rng, n_samples)",
+    "pathwise": "fn(model, q, x, eps)",
+    "gradient": "fn(model, q, x) -> (grad_mean, grad_scale_tril)",
+    "stochastic_gradient": "fn(model, q, x, rng, n_samples) -> (grad_mean, grad_scale_tril)",
+}
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One implementation: what it is, the code, and how it is to be verified.
+
+    ``options`` are the verifier options beyond those of its kind (``KINDS``);
+    ``diagnosis`` is the suspect name the failure's diagnosis line should contain, or
+    None where no catalogue can name the bug. ``known_gap`` says why the call does NOT
+    catch the bug yet (a documented weakness of the verifier; the test is a strict xfail).
+    """
+
+    name: str
+    kind: str
+    description: str
+    fn: Callable[..., Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    diagnosis: str | None = None
+    known_gap: str | None = None
+
+    @property
+    def verifier(self) -> Callable[..., Any]:
+        return KINDS[self.kind][0]
+
+    def all_options(self) -> dict[str, Any]:
+        return {**KINDS[self.kind][1], **self.options}
+
+    def call_text(self) -> str:
+        """The verifier call as a user would write it."""
+        options = ", ".join(f"{k}={v!r}" for k, v in self.all_options().items())
+        return f"{self.verifier.__name__}(fn{', ' + options if options else ''})"
+
+    def verify(self, **overrides: Any) -> Any:
+        """Run the verifier on this implementation; AssertionError when caught."""
+        return self.verifier(self.fn, **{**self.all_options(), **overrides})
+
+
+# --------------------------------------------------------------------------- helpers
+# What a user's own small utility module looks like.
+def noise_matrix(model: Any) -> FloatArray:
+    """Psi as a dense (D, D) matrix, whatever form ``model.noise_cov`` has."""
+    noise = np.asarray(model.noise_cov, dtype=float)
+    d = model.weights.shape[0]
+    if noise.ndim == 0:
+        return float(noise) * np.eye(d)
+    if noise.ndim == 1:
+        return np.diag(noise)
+    return noise
+
+
+def logdet(matrix: FloatArray) -> float:
+    sign, value = np.linalg.slogdet(matrix)
+    assert sign > 0
+    return float(value)
+
+
+def log_normal(x: FloatArray, mean: FloatArray, cov: FloatArray) -> FloatArray:
+    """log N(x; mean, cov) for x of shape (d,) or rows of shape (n, d)."""
+    factor = np.linalg.cholesky(cov)
+    diff = np.atleast_2d(x - mean)
+    white = np.linalg.solve(factor, diff.T)
+    d = cov.shape[0]
+    values = -0.5 * (d * LOG_2PI + 2.0 * np.sum(np.log(np.diag(factor))) + np.sum(white**2, axis=0))
+    return values if np.ndim(x - mean) > 1 else values[0]
+
+
+def expected_log_likelihood(model: Any, m: FloatArray, cov: FloatArray, x: FloatArray) -> float:
+    """E_q[log N(x; W z + b, Psi)] for q = N(m, cov)."""
+    w, b = model.weights, model.bias
+    psi = noise_matrix(model)
+    psi_inv = np.linalg.inv(psi)
+    r = x - w @ m - b
+    return float(
+        -0.5
+        * (len(x) * LOG_2PI + logdet(psi) + r @ psi_inv @ r + np.trace(psi_inv @ w @ cov @ w.T))
+    )
+
+
+def gaussian_kl(m1: FloatArray, s1: FloatArray, m0: FloatArray, s0: FloatArray) -> float:
+    """KL(N(m1, s1) || N(m0, s0)), the textbook formula."""
+    k = len(m1)
+    s0_inv = np.linalg.inv(s0)
+    diff = m1 - m0
+    return float(0.5 * (np.trace(s0_inv @ s1) + diff @ s0_inv @ diff - k + logdet(s0) - logdet(s1)))
+
+
+def _per_data_dim_log_likelihood(model: Any, q: Any, x: FloatArray) -> FloatArray:
+    """E_q[log p(x|z)] split over the D (whitened) data dimensions."""
+    chol = np.linalg.cholesky(noise_matrix(model))
+    white_residual = np.linalg.solve(chol, x - model.weights @ q.mean - model.bias)
+    white_spread = np.linalg.solve(chol, model.weights @ q.scale_tril)
+    return -0.5 * (
+        LOG_2PI + 2.0 * np.log(np.diag(chol)) + white_residual**2 + np.sum(white_spread**2, axis=1)
+    )
+
+
+# =========================================================================== ELBO
+def elbo_correct(model: Any, q: Any, x: FloatArray) -> float:
+    """Reconstruction minus KL(q || prior), both in closed form."""
+    prior = model.prior
+    return expected_log_likelihood(model, q.mean, q.cov, x) - gaussian_kl(
+        q.mean, q.cov, prior.mean, prior.cov
+    )
+
+
+def elbo_missing_entropy(model: Any, q: Any, x: FloatArray) -> float:
+    # "E_q[log p(x, z)]" form, forgetting + H(q).
+    m, s = q.mean, q.cov
+    mu0, s0 = model.prior.mean, model.prior.cov
+    s0_inv = np.linalg.inv(s0)
+    cross_entropy = 0.5 * (
+        len(m) * LOG_2PI + logdet(s0) + np.trace(s0_inv @ s) + (m - mu0) @ s0_inv @ (m - mu0)
+    )
+    return expected_log_likelihood(model, m, s, x) - cross_entropy
+
+
+def elbo_kl_mean_over_latent(model: Any, q: Any, x: FloatArray) -> float:
+    # Per-dimension KL terms in the prior's whitened coordinates, then .mean() over K.
+    l0 = np.linalg.cholesky(model.prior.cov)
+    ratio = np.linalg.solve(l0, q.scale_tril)
+    white_mean = np.linalg.solve(l0, q.mean - model.prior.mean)
+    per_dim = 0.5 * (
+        np.sum(ratio**2, axis=1) + white_mean**2 - 1.0 - 2.0 * np.log(np.abs(np.diag(ratio)))
+    )
+    return expected_log_likelihood(model, q.mean, q.cov, x) - float(np.mean(per_dim))
+
+
+def elbo_ell_mean_over_data(model: Any, q: Any, x: FloatArray) -> float:
+    # Per-data-dimension log-likelihood, then .mean() over D.
+    ell = float(np.mean(_per_data_dim_log_likelihood(model, q, x)))
+    return ell - gaussian_kl(q.mean, q.cov, model.prior.mean, model.prior.cov)
+
+
+def elbo_q_variance_as_std(model: Any, q: Any, x: FloatArray) -> float:
+    # Treats q's covariance as its scale: "std" = cov, so the covariance becomes cov @ cov.T.
+    q_std = q.cov
+    cov = q_std @ q_std.T
+    return expected_log_likelihood(model, q.mean, cov, x) - gaussian_kl(
+        q.mean, cov, model.prior.mean, model.prior.cov
+    )
+
+
+def elbo_noise_variance_as_std(model: Any, q: Any, x: FloatArray) -> float:
+    # Believes noise_cov holds sigma, so squares it to get the variance.
+    sigma = np.asarray(model.noise_cov, dtype=float)
+    if sigma.ndim == 2:
+        psi = sigma @ sigma.T
+    elif sigma.ndim == 1:
+        psi = np.diag(sigma**2)
+    else:
+        psi = float(sigma) ** 2 * np.eye(len(x))
+    w, b, m = model.weights, model.bias, q.mean
+    psi_inv = np.linalg.inv(psi)
+    r = x - w @ m - b
+    ell = -0.5 * (
+        len(x) * LOG_2PI + logdet(psi) + r @ psi_inv @ r + np.trace(psi_inv @ w @ q.cov @ w.T)
+    )
+    return float(ell) - gaussian_kl(m, q.cov, model.prior.mean, model.prior.cov)
+
+
+def elbo_cholesky_transposed(model: Any, q: Any, x: FloatArray) -> float:
+    # Builds the covariance from the factor the wrong way round: S = L^T L.
+    factor = q.scale_tril
+    cov = factor.T @ factor
+    return expected_log_likelihood(model, q.mean, cov, x) - gaussian_kl(
+        q.mean, cov, model.prior.mean, model.prior.cov
+    )
+
+
+def elbo_prior_standard_normal(model: Any, q: Any, x: FloatArray) -> float:
+    # The VAE habit: KL to N(0, I) whatever the model's prior is.
+    k = len(q.mean)
+    return expected_log_likelihood(model, q.mean, q.cov, x) - gaussian_kl(
+        q.mean, q.cov, np.zeros(k), np.eye(k)
+    )
+
+
+def elbo_prior_mean_ignored(model: Any, q: Any, x: FloatArray) -> float:
+    m, s, s0 = q.mean, q.cov, model.prior.cov
+    s0_inv = np.linalg.inv(s0)
+    kl = 0.5 * (np.trace(s0_inv @ s) + m @ s0_inv @ m - len(m) + logdet(s0) - logdet(s))
+    return expected_log_likelihood(model, m, s, x) - float(kl)
+
+
+def elbo_bias_ignored(model: Any, q: Any, x: FloatArray) -> float:
+    w, m, s = model.weights, q.mean, q.cov
+    psi = noise_matrix(model)
+    psi_inv = np.linalg.inv(psi)
+    r = x - w @ m  # forgot - b
+    ell = -0.5 * (
+        len(x) * LOG_2PI + logdet(psi) + r @ psi_inv @ r + np.trace(psi_inv @ w @ s @ w.T)
+    )
+    return float(ell) - gaussian_kl(m, s, model.prior.mean, model.prior.cov)
+
+
+def elbo_logdet_via_det(model: Any, q: Any, x: FloatArray) -> float:
+    # log det through np.linalg.det: exact at moderate scales, inf / -inf / nan when
+    # the determinant under- or overflows.
+    w, b, m, s = model.weights, model.bias, q.mean, q.cov
+    mu0, s0 = model.prior.mean, model.prior.cov
+    psi = noise_matrix(model)
+    psi_inv, s0_inv = np.linalg.inv(psi), np.linalg.inv(s0)
+    r = x - w @ m - b
+    ell = -0.5 * (
+        len(x) * LOG_2PI
+        + np.log(np.linalg.det(psi))
+        + r @ psi_inv @ r
+        + np.trace(psi_inv @ w @ s @ w.T)
+    )
+    kl = 0.5 * (
+        np.trace(s0_inv @ s)
+        + (m - mu0) @ s0_inv @ (m - mu0)
+        - len(m)
+        + np.log(np.linalg.det(s0))
+        - np.log(np.linalg.det(s))
+    )
+    return float(ell - kl)
+
+
+def elbo_kl_per_data_dim(model: Any, q: Any, x: FloatArray) -> float:
+    # Batch-axis confusion: the per-dimension log-likelihood vector (D,) is treated as
+    # D observations, the KL broadcast against it and everything summed -> KL counted D times.
+    per_dim = _per_data_dim_log_likelihood(model, q, x)
+    kl = gaussian_kl(q.mean, q.cov, model.prior.mean, model.prior.cov)
+    return float(np.sum(per_dim - kl))
+
+
+def elbo_reconstruction_at_mean(model: Any, q: Any, x: FloatArray) -> float:
+    # log p(x | z = m) instead of E_q[log p(x | z)]: no trace term.
+    w, b = model.weights, model.bias
+    ell = log_normal(x, w @ q.mean + b, noise_matrix(model))
+    return float(ell) - gaussian_kl(q.mean, q.cov, model.prior.mean, model.prior.cov)
+
+
+def elbo_prior_mean_sign(model: Any, q: Any, x: FloatArray) -> float:
+    # Sign slip in the prior's Mahalanobis term: (m + mu0) instead of (m - mu0).
+    m, s, mu0, s0 = q.mean, q.cov, model.prior.mean, model.prior.cov
+    s0_inv = np.linalg.inv(s0)
+    diff = m + mu0
+    kl = 0.5 * (np.trace(s0_inv @ s) + diff @ s0_inv @ diff - len(m) + logdet(s0) - logdet(s))
+    return expected_log_likelihood(model, m, s, x) - float(kl)
+
+
+def elbo_prior_trace_diagonal(model: Any, q: Any, x: FloatArray) -> float:
+    # tr(S0^-1 S) computed as if both were diagonal.
+    m, s, mu0, s0 = q.mean, q.cov, model.prior.mean, model.prior.cov
+    s0_inv = np.linalg.inv(s0)
+    trace = np.sum(np.diag(s) / np.diag(s0))
+    kl = 0.5 * (trace + (m - mu0) @ s0_inv @ (m - mu0) - len(m) + logdet(s0) - logdet(s))
+    return expected_log_likelihood(model, m, s, x) - float(kl)
+
+
+# =========================================================================== KL
+def kl_correct(p: Any, q: Any) -> float:
+    return gaussian_kl(p.mean, p.cov, q.mean, q.cov)
+
+
+def kl_arguments_reversed(p: Any, q: Any) -> float:
+    # KL(q || p): the arguments of the textbook formula swapped.
+    return gaussian_kl(q.mean, q.cov, p.mean, p.cov)
+
+
+def kl_missing_mean_term(p: Any, q: Any) -> float:
+    q_inv = np.linalg.inv(q.cov)
+    k = len(p.mean)
+    return float(0.5 * (np.trace(q_inv @ p.cov) - k + logdet(q.cov) - logdet(p.cov)))
+
+
+def kl_diagonal_only(p: Any, q: Any) -> float:
+    # The mean-field formula applied to full covariances: only the variances are read.
+    vp, vq = np.diag(p.cov), np.diag(q.cov)
+    diff = p.mean - q.mean
+    return float(0.5 * np.sum(vp / vq + diff**2 / vq - 1.0 + np.log(vq) - np.log(vp)))
+
+
+def kl_mean_over_dims(p: Any, q: Any) -> float:
+    # Per-dimension terms in q's whitened coordinates, then .mean() instead of .sum().
+    lq = np.linalg.cholesky(q.cov)
+    ratio = np.linalg.solve(lq, p.scale_tril)
+    white = np.linalg.solve(lq, p.mean - q.mean)
+    per_dim = 0.5 * (
+        np.sum(ratio**2, axis=1) + white**2 - 1.0 - 2.0 * np.log(np.abs(np.diag(ratio)))
+    )
+    return float(np.mean(per_dim))
+
+
+# =========================================================================== evidence
+def evidence_correct(model: Any, x: FloatArray) -> float:
+    w, b, mu0, s0 = model.weights, model.bias, model.prior.mean, model.prior.cov
+    cov = w @ s0 @ w.T + noise_matrix(model)
+    return float(log_normal(x, w @ mu0 + b, cov))
+
+
+def evidence_missing_weight_cov(model: Any, x: FloatArray) -> float:
+    # Marginal covariance taken as Psi alone: W S0 W^T forgotten.
+    w, b, mu0 = model.weights, model.bias, model.prior.mean
+    return float(log_normal(x, w @ mu0 + b, noise_matrix(model)))
+
+
+def evidence_noise_std_as_variance(model: Any, x: FloatArray) -> float:
+    # Adds the noise standard deviation (sqrt Psi) where the variance Psi belongs.
+    w, b, mu0, s0 = model.weights, model.bias, model.prior.mean, model.prior.cov
+    psi = noise_matrix(model)
+    values, vectors = np.linalg.eigh(psi)
+    noise_std = (vectors * np.sqrt(values)) @ vectors.T
+    return float(log_normal(x, w @ mu0 + b, w @ s0 @ w.T + noise_std))
+
+
+def evidence_prior_cov_identity(model: Any, x: FloatArray) -> float:
+    # W W^T + Psi: the prior covariance assumed to be the identity.
+    w, b, mu0 = model.weights, model.bias, model.prior.mean
+    return float(log_normal(x, w @ mu0 + b, w @ w.T + noise_matrix(model)))
+
+
+# =========================================================================== estimators
+def _log_joint(model: Any, x: FloatArray, z: FloatArray) -> FloatArray:
+    """log p(x | z) + log p(z) for rows z of shape (n, K)."""
+    means = z @ model.weights.T + model.bias
+    log_lik = log_normal(x - means, np.zeros(len(x)), noise_matrix(model))
+    return log_lik + log_normal(z, model.prior.mean, model.prior.cov)
+
+
+def estimator_correct(model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int) -> float:
+    eps = rng.standard_normal((n_samples, len(q.mean)))
+    z = q.mean + eps @ q.scale_tril.T
+    return float(np.mean(_log_joint(model, x, z) - log_normal(z, q.mean, q.cov)))
+
+
+def estimator_shared_noise(model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int) -> float:
+    # One normal draw per sample, broadcast over the K latent dimensions.
+    eps = rng.standard_normal((n_samples, 1)) * np.ones(len(q.mean))
+    z = q.mean + eps @ q.scale_tril.T
+    return float(np.mean(_log_joint(model, x, z) - log_normal(z, q.mean, q.cov)))
+
+
+def estimator_n_minus_one(model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int) -> float:
+    # "Unbiased" like a sample variance: divides the sum by n - 1.
+    eps = rng.standard_normal((n_samples, len(q.mean)))
+    z = q.mean + eps @ q.scale_tril.T
+    total = np.sum(_log_joint(model, x, z) - log_normal(z, q.mean, q.cov))
+    return float(total / (n_samples - 1))
+
+
+def estimator_cov_as_scale(model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int) -> float:
+    # z = m + S eps: the covariance used as the scale.
+    eps = rng.standard_normal((n_samples, len(q.mean)))
+    z = q.mean + eps @ q.cov.T
+    return float(np.mean(_log_joint(model, x, z) - log_normal(z, q.mean, q.cov)))
+
+
+def estimator_cholesky_transposed(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> float:
+    # z = m + L^T eps (row vectors: eps @ L instead of eps @ L.T).
+    eps = rng.standard_normal((n_samples, len(q.mean)))
+    z = q.mean + eps @ q.scale_tril
+    return float(np.mean(_log_joint(model, x, z) - log_normal(z, q.mean, q.cov)))
+
+
+def estimator_missing_log_q(model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int) -> float:
+    # Averages log p(x, z) only: the entropy / -log q(z) term is missing.
+    eps = rng.standard_normal((n_samples, len(q.mean)))
+    z = q.mean + eps @ q.scale_tril.T
+    return float(np.mean(_log_joint(model, x, z)))
+
+
+def _standard_log_normal(eps: FloatArray) -> FloatArray:
+    return -0.5 * (eps.shape[-1] * LOG_2PI + np.sum(eps**2, axis=-1))
+
+
+def pathwise_correct(model: Any, q: Any, x: FloatArray, eps: FloatArray) -> float:
+    factor = q.scale_tril
+    z = q.mean + eps @ factor.T
+    log_q = _standard_log_normal(eps) - np.sum(np.log(np.diag(factor)))  # change of variables
+    return float(np.mean(_log_joint(model, x, z) - log_q))
+
+
+def pathwise_missing_jacobian(model: Any, q: Any, x: FloatArray, eps: FloatArray) -> float:
+    # log q(z) taken as log N(eps; 0, I): the Jacobian -sum(log diag L) is forgotten.
+    z = q.mean + eps @ q.scale_tril.T
+    return float(np.mean(_log_joint(model, x, z) - _standard_log_normal(eps)))
+
+
+def pathwise_cholesky_transposed(model: Any, q: Any, x: FloatArray, eps: FloatArray) -> float:
+    # z = m + L^T eps, with log q evaluated at that z.
+    z = q.mean + eps @ q.scale_tril
+    return float(np.mean(_log_joint(model, x, z) - log_normal(z, q.mean, q.cov)))
+
+
+# =========================================================================== gradients
+def _posterior_precision(model: Any) -> FloatArray:
+    w = model.weights
+    return np.linalg.inv(model.prior.cov) + w.T @ np.linalg.inv(noise_matrix(model)) @ w
+
+
+def _grad_log_joint(model: Any, x: FloatArray, z: FloatArray) -> FloatArray:
+    """d/dz [log p(x | z) + log p(z)] at z of shape (K,) or rows (n, K)."""
+    w, b = model.weights, model.bias
+    psi_inv = np.linalg.inv(noise_matrix(model))
+    s0_inv = np.linalg.inv(model.prior.cov)
+    residual = x - z @ w.T - b
+    return residual @ psi_inv @ w - (z - model.prior.mean) @ s0_inv
+
+
+def gradient_correct(model: Any, q: Any, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    factor = q.scale_tril
+    grad_mean = _grad_log_joint(model, x, q.mean)
+    grad_factor = np.tril(-_posterior_precision(model) @ factor) + np.diag(1.0 / np.diag(factor))
+    return grad_mean, grad_factor
+
+
+def gradient_wrong_sign(model: Any, q: Any, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    # The gradient of the loss -ELBO, returned as if it were the ELBO's.
+    factor = q.scale_tril
+    grad_mean = -_grad_log_joint(model, x, q.mean)
+    grad_factor = np.tril(_posterior_precision(model) @ factor) - np.diag(1.0 / np.diag(factor))
+    return grad_mean, grad_factor
+
+
+def gradient_missing_entropy_diagonal(
+    model: Any, q: Any, x: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    # d/dL of sum(log diag L) forgotten.
+    grad_mean = _grad_log_joint(model, x, q.mean)
+    return grad_mean, np.tril(-_posterior_precision(model) @ q.scale_tril)
+
+
+def gradient_wrt_covariance(model: Any, q: Any, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    # dELBO/dS = 1/2 (S^-1 - Lambda) returned where dELBO/dL is wanted.
+    grad_mean = _grad_log_joint(model, x, q.mean)
+    return grad_mean, 0.5 * (np.linalg.inv(q.cov) - _posterior_precision(model))
+
+
+def stochastic_gradient_correct(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> tuple[FloatArray, FloatArray]:
+    # Reparameterisation gradient of E_q[log p(x, z)] plus the entropy's exact gradient.
+    factor = q.scale_tril
+    eps = rng.standard_normal((n_samples, len(q.mean)))
+    g = _grad_log_joint(model, x, q.mean + eps @ factor.T)  # (n, K)
+    grad_mean = g.mean(axis=0)
+    grad_factor = np.tril(g.T @ eps / n_samples) + np.diag(1.0 / np.diag(factor))
+    return grad_mean, grad_factor
+
+
+def stochastic_gradient_missing_entropy(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> tuple[FloatArray, FloatArray]:
+    # Only the reparameterised E_q[log p(x, z)] part: the entropy's diag(1 / L_ii) is lost.
+    eps = rng.standard_normal((n_samples, len(q.mean)))
+    g = _grad_log_joint(model, x, q.mean + eps @ q.scale_tril.T)
+    return g.mean(axis=0), np.tril(g.T @ eps / n_samples)
+
+
+def stochastic_gradient_wrong_sign(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> tuple[FloatArray, FloatArray]:
+    # The gradient of the loss -ELBO.
+    grad_mean, grad_factor = stochastic_gradient_correct(model, q, x, rng, n_samples)
+    return -grad_mean, -grad_factor
+
+
+# =========================================================================== catalogue
+CORRECT: tuple[Implementation, ...] = (
+    Implementation("elbo_correct", "elbo", "closed-form reconstruction - KL", elbo_correct),
+    Implementation("kl_correct", "kl", "textbook Gaussian KL(p || q)", kl_correct),
+    Implementation(
+        "evidence_correct", "evidence", "log N(x; W mu0 + b, W S0 W^T + Psi)", evidence_correct
+    ),
+    Implementation(
+        "estimator_correct", "estimator", "reparameterised mean of log p - log q", estimator_correct
+    ),
+    Implementation(
+        "pathwise_correct", "pathwise", "log p(x, z) - log q(z) at z = m + L eps", pathwise_correct
+    ),
+    Implementation("gradient_correct", "gradient", "closed-form (m, L) gradient", gradient_correct),
+    Implementation(
+        "stochastic_gradient_correct",
+        "stochastic_gradient",
+        "reparameterisation gradient + exact entropy gradient",
+        stochastic_gradient_correct,
+    ),
+)
+
+BUGS: tuple[Implementation, ...] = (
+    # ----------------------------------------------------------------- ELBO
+    Implementation(
+        "elbo_missing_entropy",
+        "elbo",
+        "E_q[log p(x, z)] returned without + H(q)",
+        elbo_missing_entropy,
+        diagnosis="the entropy term H(q) is missing",
+    ),
+    Implementation(
+        "elbo_kl_mean_over_latent",
+        "elbo",
+        "KL to the prior averaged over latent dimensions instead of summed",
+        elbo_kl_mean_over_latent,
+        diagnosis="the KL to the prior is averaged over latent dimensions",
+    ),
+    Implementation(
+        "elbo_ell_mean_over_data",
+        "elbo",
+        "expected log-likelihood averaged over data dimensions instead of summed",
+        elbo_ell_mean_over_data,
+        diagnosis="the expected log-likelihood is averaged over data dimensions",
+    ),
+    Implementation(
+        "elbo_q_variance_as_std",
+        "elbo",
+        "q's covariance used as its scale (cov = S S^T)",
+        elbo_q_variance_as_std,
+        diagnosis="q's covariance is used where its scale",
+    ),
+    Implementation(
+        "elbo_noise_variance_as_std",
+        "elbo",
+        "noise_cov read as sigma and squared",
+        elbo_noise_variance_as_std,
+        diagnosis="the noise variance is used where the noise standard deviation belongs",
+    ),
+    Implementation(
+        "elbo_cholesky_transposed",
+        "elbo",
+        "closed form with S = L^T L",
+        elbo_cholesky_transposed,
+        diagnosis="q's Cholesky factor is transposed",
+    ),
+    Implementation(
+        "elbo_prior_standard_normal",
+        "elbo",
+        "KL taken to N(0, I) instead of the model's prior",
+        elbo_prior_standard_normal,
+        diagnosis="the prior is taken to be the standard normal",
+    ),
+    Implementation(
+        "elbo_prior_mean_ignored",
+        "elbo",
+        "prior term uses m instead of m - mu0",
+        elbo_prior_mean_ignored,
+        diagnosis="the prior mean is ignored",
+    ),
+    Implementation(
+        "elbo_bias_ignored",
+        "elbo",
+        "residual x - W m (offset b forgotten)",
+        elbo_bias_ignored,
+        diagnosis="the offset b is ignored",
+    ),
+    Implementation(
+        "elbo_logdet_via_det",
+        "elbo",
+        "log-determinants via np.log(np.linalg.det(.)): fails only when det under/overflows",
+        elbo_logdet_via_det,
+        options={"extreme_scales": True},
+        known_gap=(
+            "extreme_scales scales variances by 1e-12..1e12 but D <= 6 by default, so det(Psi) "
+            "stays within 1e-78..1e80 and never under- or overflows float64"
+        ),
+    ),
+    Implementation(
+        "elbo_logdet_via_det_large_d",
+        "elbo",
+        "the same np.linalg.det code, verified with D = 30 so that det(Psi) can under/overflow",
+        elbo_logdet_via_det,
+        options={"extreme_scales": True, "min_data_dim": 30, "max_data_dim": 30},
+    ),
+    Implementation(
+        "elbo_kl_per_data_dim",
+        "elbo",
+        "KL broadcast against the (D,) per-dimension log-likelihood and summed (x as D rows)",
+        elbo_kl_per_data_dim,
+        diagnosis="the KL is subtracted once per data dimension",
+    ),
+    Implementation(
+        "elbo_reconstruction_at_mean",
+        "elbo",
+        "log p(x | z = m): the trace term tr(Psi^-1 W S W^T) is missing",
+        elbo_reconstruction_at_mean,
+        diagnosis="the trace term -1/2 tr(Psi^-1 W S W^T) of the reconstruction is missing",
+    ),
+    Implementation(
+        "elbo_prior_mean_sign",
+        "elbo",
+        "prior term uses (m + mu0): shows only with a non-zero prior mean",
+        elbo_prior_mean_sign,
+        diagnosis="the prior term uses (m + mu0)",
+    ),
+    Implementation(
+        "elbo_prior_trace_diagonal",
+        "elbo",
+        "tr(S0^-1 S) from the diagonals only: shows only with non-diagonal covariances",
+        elbo_prior_trace_diagonal,
+        diagnosis="the trace term tr(S0^-1 S) of the KL uses only the diagonals",
+    ),
+    # ----------------------------------------------------------------- KL
+    Implementation(
+        "kl_arguments_reversed",
+        "kl",
+        "returns KL(q || p)",
+        kl_arguments_reversed,
+        diagnosis="the arguments are reversed",
+    ),
+    Implementation(
+        "kl_missing_mean_term",
+        "kl",
+        "Mahalanobis term of the means missing",
+        kl_missing_mean_term,
+        diagnosis="the mean term is missing",
+    ),
+    Implementation(
+        "kl_diagonal_only",
+        "kl",
+        "mean-field formula: only the variances are read",
+        kl_diagonal_only,
+        diagnosis="only the diagonals of the covariances are used",
+    ),
+    Implementation(
+        "kl_mean_over_dims",
+        "kl",
+        "per-dimension terms averaged instead of summed",
+        kl_mean_over_dims,
+        diagnosis="the KL is averaged over dimensions instead of summed",
+    ),
+    # ----------------------------------------------------------------- evidence
+    Implementation(
+        "evidence_missing_weight_cov",
+        "evidence",
+        "marginal covariance Psi (W S0 W^T missing)",
+        evidence_missing_weight_cov,
+        diagnosis="the W S0 W^T term of the marginal covariance is missing",
+    ),
+    Implementation(
+        "evidence_noise_std_as_variance",
+        "evidence",
+        "W S0 W^T + sqrt(Psi): noise std used as the variance",
+        evidence_noise_std_as_variance,
+        diagnosis="the noise standard deviation is used where the noise variance belongs",
+    ),
+    Implementation(
+        "evidence_prior_cov_identity",
+        "evidence",
+        "W W^T + Psi: prior covariance taken as I",
+        evidence_prior_cov_identity,
+        diagnosis="the prior covariance is taken to be the identity",
+    ),
+    # ----------------------------------------------------------------- MC estimator
+    Implementation(
+        "estimator_shared_noise",
+        "estimator",
+        "one normal draw shared across the K latent dimensions",
+        estimator_shared_noise,
+        diagnosis="one noise draw is shared across latent dimensions",
+    ),
+    Implementation(
+        "estimator_n_minus_one",
+        "estimator",
+        "sum over samples divided by n_samples - 1",
+        estimator_n_minus_one,
+        diagnosis="the sum over samples is divided by n_samples - 1",
+    ),
+    Implementation(
+        "estimator_cov_as_scale",
+        "estimator",
+        "z = m + S eps (covariance as scale)",
+        estimator_cov_as_scale,
+        diagnosis="samples use the covariance as the scale",
+    ),
+    Implementation(
+        "estimator_cholesky_transposed",
+        "estimator",
+        "z = m + L^T eps",
+        estimator_cholesky_transposed,
+        diagnosis="samples use the transposed Cholesky factor",
+    ),
+    Implementation(
+        "estimator_missing_log_q",
+        "estimator",
+        "mean of log p(x, z) only (no - log q(z))",
+        estimator_missing_log_q,
+        diagnosis="log q(z) is missing",
+    ),
+    # ----------------------------------------------------------------- pathwise
+    Implementation(
+        "pathwise_missing_jacobian",
+        "pathwise",
+        "log q(z) = log N(eps; 0, I): Jacobian -sum(log diag L) missing",
+        pathwise_missing_jacobian,
+        diagnosis="log q(z) lacks the Jacobian term",
+    ),
+    Implementation(
+        "pathwise_cholesky_transposed",
+        "pathwise",
+        "z = m + L^T eps",
+        pathwise_cholesky_transposed,
+        diagnosis="samples use the transposed Cholesky factor",
+    ),
+    # ----------------------------------------------------------------- gradients
+    Implementation(
+        "gradient_wrong_sign",
+        "gradient",
+        "gradient of the loss -ELBO",
+        gradient_wrong_sign,
+        diagnosis="the gradient has the wrong sign",
+    ),
+    Implementation(
+        "gradient_missing_entropy_diagonal",
+        "gradient",
+        "factor gradient lacks diag(1 / L_ii)",
+        gradient_missing_entropy_diagonal,
+        diagnosis="the entropy's contribution diag(1 / L_ii) is missing",
+    ),
+    Implementation(
+        "gradient_wrt_covariance",
+        "gradient",
+        "dELBO/dS returned for dELBO/dL",
+        gradient_wrt_covariance,
+        diagnosis="the gradient with respect to the covariance S is returned for L",
+    ),
+    Implementation(
+        "stochastic_gradient_missing_entropy",
+        "stochastic_gradient",
+        "reparameterised gradient without the entropy's diag(1 / L_ii)",
+        stochastic_gradient_missing_entropy,
+    ),
+    Implementation(
+        "stochastic_gradient_wrong_sign",
+        "stochastic_gradient",
+        "gradient of the loss -ELBO",
+        stochastic_gradient_wrong_sign,
+    ),
+)
+
+
+# =========================================================================== helpers for tests
+def suspect_names(kind: str) -> tuple[str, ...]:
+    """Names of the suspects the verifier of ``kind`` can put on its diagnosis line."""
+    from elbo_check import _diagnosis
+
+    catalogues: dict[str, Any] = {
+        "elbo": _diagnosis.ELBO_SUSPECTS,
+        "kl": _diagnosis.KL_SUSPECTS,
+        "evidence": _diagnosis.EVIDENCE_SUSPECTS,
+        "estimator": testing._estimator_suspects(8),
+        "pathwise": testing._pathwise_suspects(),
+        "gradient": testing._gradient_suspects(),
+        "stochastic_gradient": (),  # the stochastic gradient check gives no diagnosis
+    }
+    return tuple(suspect.name for suspect in catalogues[kind])
+
+
+def diagnosed_names(message: str) -> list[str]:
+    """The suspect names on the ``Diagnosis:`` lines of a verifier's failure message."""
+    prefix = "Diagnosis: "
+    return [
+        line[len(prefix) :].rstrip(".")
+        for line in message.splitlines()
+        if line.startswith(prefix) and not line.startswith(prefix + "no known bug matches")
+    ]
