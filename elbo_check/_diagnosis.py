@@ -463,6 +463,12 @@ def describe_gap(
     ``gaps`` maps a probe label (``"original"``, ``"mean moved"``, ``"cov changed"``,
     ``"x changed"``) to its gap; ``values`` maps it to ``(got, expected)``.
     """
+    if any(not np.isfinite(got) for got, _ in values.values()):
+        return (
+            "fn returned a non-finite value where the exact one is finite: a determinant, "
+            "product or exponential under- or overflowed; take log-determinants from a "
+            "Cholesky factor (2 * sum(log(diag(L)))) instead of log(det(.))"
+        )
     base = gaps["original"]
     varies = [label for label, gap in gaps.items() if abs(gap - base) > tolerance]
     ratios = [got / expected for got, expected in values.values() if expected != 0]

@@ -58,6 +58,9 @@ PRIOR_KINDS = ("standard", "diagonal", "general")
 
 _Dim = int | st.SearchStrategy[int]
 
+#: With ``extreme_scales=True`` the variance scale is ``10**u``, ``|u| <= EXTREME_DECADES``.
+EXTREME_DECADES = 160.0
+
 
 # ---------------------------------------------------------------------- validation
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -250,9 +253,11 @@ def _model(
     k = draw(latent_dims)
     scale = 1.0
     if extreme_scales:
-        # Overall variance scales of 1e-12 ... 1e12: products of D variances then under-
-        # or overflow, which a log-det through det() cannot survive.
-        scale = 10.0 ** draw(st.floats(-12.0, 12.0))
+        # Overall variance scales of 1e-160 ... 1e160: for D >= 3 the product of the noise
+        # variances, det(Psi), under- or overflows float64 (range 1e-308 ... 1e308), which
+        # a log-determinant through det() cannot survive, while every quantity computed
+        # from factors (and squares of the data, ~1e160) stays representable.
+        scale = 10.0 ** draw(st.floats(-EXTREME_DECADES, EXTREME_DECADES))
     root = math.sqrt(scale)
     weights = root * np.array(
         draw(st.lists(_unit_floats(max_abs_weight), min_size=d * k, max_size=d * k))
@@ -314,8 +319,10 @@ def linear_gaussian_models(
     max_abs_bias, max_abs_weight : float
         Bounds on the entries of ``b`` (and the prior mean) and of ``W``.
     extreme_scales : bool
-        Opt in to overall variance scales from 1e-12 to 1e12, where determinants of
-        the covariances under- or overflow float64.
+        Opt in to overall variance scales from 1e-160 to 1e160 (noise, and weights and
+        offsets by the square root), where for ``D >= 3`` the determinant of the noise
+        covariance under- or overflows float64 while log-determinants from factors do
+        not.
     """
     _check_bounds("min_data_dim", min_data_dim, "max_data_dim", max_data_dim)
     _check_bounds("min_latent_dim", min_latent_dim, "max_latent_dim", max_latent_dim)

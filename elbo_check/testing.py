@@ -291,6 +291,22 @@ def _elbo_scale(model: LinearGaussianModel, q: Gaussian, x: FloatArray) -> float
     return float(abs(t.expected_log_likelihood) + abs(t.kl_to_prior) + 1.0)
 
 
+def _with_other_prior(model: LinearGaussianModel) -> LinearGaussianModel | None:
+    """The same model with a moved prior mean and a non-diagonal, non-unit prior covariance."""
+    k = model.latent_dim
+    mixing = np.eye(k) + 0.3 * np.tril(np.ones((k, k)), -1)
+    factor = model.prior.scale_tril @ (mixing * np.linspace(1.4, 0.8, k))
+    try:
+        return LinearGaussianModel(
+            weights=model.weights,
+            bias=model.bias,
+            prior=Gaussian._trusted(model.prior.mean + 0.6 + 0.2 * np.arange(k), np.tril(factor)),
+            noise_cov=model.noise_cov,
+        )
+    except ValueError:
+        return None
+
+
 def _elbo_probes(
     fn: Callable[..., Any],
     model: LinearGaussianModel,
@@ -312,21 +328,30 @@ def _elbo_probes(
     changed_cov = Gaussian._trusted(q.mean, np.linalg.cholesky(0.5 * (new_cov + new_cov.T)))
     other_x = x + 0.9 + 0.1 * np.arange(model.data_dim)
     variants = {
-        "original": (q, x),
-        "mean moved": (moved_mean, x),
-        "cov changed": (changed_cov, x),
-        "x changed": (q, other_x),
-        "both changed": (Gaussian._trusted(moved_mean.mean, changed_cov.scale_tril), other_x),
+        "original": (model, q, x),
+        "mean moved": (model, moved_mean, x),
+        "cov changed": (model, changed_cov, x),
+        "x changed": (model, q, other_x),
+        "both changed": (
+            model,
+            Gaussian._trusted(moved_mean.mean, changed_cov.scale_tril),
+            other_x,
+        ),
     }
+    # Failures shrink to a N(0, I) prior, where "prior mean ignored" and "prior taken as
+    # standard normal" coincide: a probe with another prior tells such suspects apart.
+    other_prior = _with_other_prior(model)
+    if other_prior is not None:
+        variants["prior changed"] = (other_prior, q, x)
     probes, gaps, values = [], {}, {}
-    for label, (qq, xx) in variants.items():
+    for label, (mm, qq, xx) in variants.items():
         try:
-            got = _call(fn, model, qq, xx)
+            got = _call(fn, mm, qq, xx)
         except Exception:
             continue
-        expected = float(model.elbo(qq, xx))
-        tolerance = rtol * _elbo_scale(model, qq, xx) + atol
-        probes.append(((model, qq, xx), got, expected, tolerance))
+        expected = float(mm.elbo(qq, xx))
+        tolerance = rtol * _elbo_scale(mm, qq, xx) + atol
+        probes.append(((mm, qq, xx), got, expected, tolerance))
         gaps[label] = got - expected
         values[label] = (got, expected)
     return probes, gaps, values
@@ -635,14 +660,16 @@ def verify_log_evidence(
         if error is None:
             parts.append(_numbers(got, expected, tol))
             probes = []
-            for xx in (x, x + 1.0, x - 0.5 * np.arange(model.data_dim)):
+            variants = [(model, x), (model, x + 1.0), (model, x - 0.5 * np.arange(model.data_dim))]
+            other_prior = _with_other_prior(model)
+            if other_prior is not None:
+                variants.append((other_prior, x))
+            for mm, xx in variants:
                 try:
-                    value = _call(fn, model, xx)
+                    value = _call(fn, mm, xx)
                 except Exception:
                     continue
-                probes.append(
-                    ((model, xx), value, float(model.log_evidence(xx)), tolerance(model, xx))
-                )
+                probes.append(((mm, xx), value, float(mm.log_evidence(xx)), tolerance(mm, xx)))
             parts.append(
                 _diagnosis(match_suspects(EVIDENCE_SUSPECTS, probes), "compare term by term")
             )
@@ -1227,8 +1254,16 @@ def verify_elbo_gradient(
             rows = [
                 f"    {names[i]:>12s}: exact {expected[i]: .6g}, mean {mean[i]: .6g} "
                 f"+- {standard_error[i]:.2g} (t = {t[i]:.3g})"
+                + ("  <-- biased" if ratio[i] > 1.0 or exact_bad[i] else "")
                 for i in range(expected.size)
             ]
+            allowance = critical * standard_error + tolerance
+            suspects = [
+                suspect
+                for suspect in _gradient_suspects()
+                if np.all(np.abs(mean - suspect.predict(model, q, x)) <= allowance)
+            ]
+            rows.append(_diagnosis(suspects, "see the coordinates marked 'biased'"))
             raise AssertionError(
                 f"verify_elbo_gradient(mode='stochastic') failed: biased coordinates (seed="
                 f"{seed_value}, problem {index + 1} of {count}; critical |t| = {critical:.3g} "
