@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._errors import InvalidInputError
 from ._gaussian import Gaussian
 from ._linalg import check_scale_tril, cholesky
-from ._validation import as_real_array, check_shape, describe_shape, freeze
+from ._validation import as_event_array, as_real_array, check_shape, describe_shape, freeze
 
 __all__ = ["EncoderGradients", "LinearEncoder"]
 
@@ -119,10 +119,5 @@ class LinearEncoder:
 
     def __call__(self, x: ArrayLike) -> Gaussian:
         """:math:`q(z\\mid x)` for one row or a batch of rows (a batched Gaussian)."""
-        data = as_real_array("x", x)
-        if data.ndim == 0 or data.shape[-1] != self.data_dim:
-            raise InvalidInputError(
-                f"x must have shape (..., D) with D = {self.data_dim}; "
-                f"got shape {describe_shape(data.shape)}"
-            )
+        data = as_event_array("x", x, self.data_dim, "D")
         return Gaussian._trusted(data @ self._matrix.T + self._offset, self._scale_tril)

@@ -22,7 +22,7 @@ from ._linalg import (
     solve_tril,
     solve_tril_rows,
 )
-from ._validation import as_real_array, check_positive, describe_shape, freeze
+from ._validation import as_event_array, as_real_array, check_positive, describe_shape, freeze
 
 __all__ = ["Gaussian", "as_generator", "cross_entropy", "kl_divergence"]
 
@@ -204,12 +204,7 @@ class Gaussian:
 
     # ------------------------------------------------------------------ densities
     def _whitened_offsets(self, z: ArrayLike, name: str = "z") -> FloatArray:
-        points = as_real_array(name, z)
-        if points.ndim == 0 or points.shape[-1] != self.dim:
-            raise InvalidInputError(
-                f"{name} must have shape (..., K) with K = {self.dim}; "
-                f"got shape {describe_shape(points.shape)}"
-            )
+        points = as_event_array(name, z, self.dim, "K")
         try:
             offsets = points - self._mean
         except ValueError as err:

@@ -37,7 +37,7 @@ from ._errors import InvalidInputError, InvalidTypeError
 from ._gaussian import LOG_2PI, Gaussian, as_generator, cross_entropy, kl_divergence
 from ._linalg import gram_diag_log_term, solve_tril, solve_tril_rows, tril_of_gram
 from ._noise import NoiseCovariance
-from ._validation import as_real_array, check_shape, describe_shape, freeze
+from ._validation import as_event_array, as_real_array, check_shape, describe_shape, freeze
 
 __all__ = [
     "ElboTerms",
@@ -311,22 +311,10 @@ class LinearGaussianModel:
 
     # ------------------------------------------------------------------ validation
     def _check_x(self, x: ArrayLike, name: str = "x") -> FloatArray:
-        array = as_real_array(name, x)
-        if array.ndim == 0 or array.shape[-1] != self.data_dim:
-            raise InvalidInputError(
-                f"{name} must have shape (..., D) with D = {self.data_dim}; "
-                f"got shape {describe_shape(array.shape)}"
-            )
-        return array
+        return as_event_array(name, x, self.data_dim, "D")
 
     def _check_z(self, z: ArrayLike, name: str = "z") -> FloatArray:
-        array = as_real_array(name, z)
-        if array.ndim == 0 or array.shape[-1] != self.latent_dim:
-            raise InvalidInputError(
-                f"{name} must have shape (..., K) with K = {self.latent_dim}; "
-                f"got shape {describe_shape(array.shape)}"
-            )
-        return array
+        return as_event_array(name, z, self.latent_dim, "K")
 
     def _check_q(self, q: Any) -> Gaussian:
         if not isinstance(q, Gaussian):

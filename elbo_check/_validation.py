@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from ._errors import InvalidInputError, InvalidTypeError
 
 __all__ = [
+    "as_event_array",
     "as_real_array",
     "check_positive",
     "check_shape",
@@ -91,6 +92,21 @@ def as_real_array(
             f"entr{'y' if len(bad) == 1 else 'ies'} ({result[first]}{where})"
         )
     return result
+
+
+def as_event_array(name: str, value: Any, dim: int, symbol: str) -> FloatArray:
+    """A finite float64 array of shape ``(..., dim)``: the last axis is the event axis.
+
+    ``symbol`` names the dimension in the message, e.g. ``"D"`` gives
+    ``"x must have shape (..., D) with D = 3; got shape (4,)"``.
+    """
+    array = as_real_array(name, value)
+    if array.ndim == 0 or array.shape[-1] != dim:
+        raise InvalidInputError(
+            f"{name} must have shape (..., {symbol}) with {symbol} = {dim}; "
+            f"got shape {describe_shape(array.shape)}"
+        )
+    return array
 
 
 def check_shape(name: str, array: FloatArray, expected: tuple[int, ...], symbols: str) -> None:

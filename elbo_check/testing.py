@@ -20,6 +20,7 @@ on the drawn objects instead.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -165,7 +166,11 @@ def _describe_model(model: LinearGaussianModel) -> str:
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> float:
-    value = fn(*args)
+    return _to_scalar(fn(*args))
+
+
+def _to_scalar(value: Any) -> float:
+    """A user's result (float, numpy or torch scalar) as a float; anything else is an error."""
     if hasattr(value, "detach"):  # torch tensors
         value = value.detach().cpu().numpy()
     array = np.asarray(value, dtype=np.float64)
@@ -824,6 +829,36 @@ def _estimator_suspects(n_samples: int) -> tuple[Suspect, ...]:
     )
 
 
+def _repeated_calls(
+    name: str,
+    fn: Callable[..., Any],
+    convert: Callable[[Any], Any],
+    case: tuple[LinearGaussianModel, Gaussian, FloatArray, int],
+    seed: list[int],
+    calls: int,
+) -> FloatArray:
+    """``convert(fn(model, q, x, rng, n_samples))`` for ``calls`` independent generators
+    spawned from ``seed``, as rows of an array.
+
+    A user exception becomes an AssertionError that shows the problem it failed on.
+    """
+    model, q, x, n_samples = case
+    results = []
+    for stream in np.random.SeedSequence(seed).spawn(calls):
+        generator = np.random.Generator(np.random.PCG64(stream))
+        try:
+            results.append(convert(fn(model, q, x, generator, n_samples)))
+        except Exception as err:
+            raise AssertionError(
+                f"{name}: fn raised {type(err).__name__}: {err}\n"
+                + _describe_model(model)
+                + "\n"
+                + _describe_gaussian("q", q)
+                + f"\n  x = {_fmt(x)}\n  n_samples = {n_samples}"
+            ) from err
+    return np.asarray(results, dtype=np.float64).reshape(calls, -1)
+
+
 def _batch_t(values: FloatArray, target: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """t statistics of the mean of ``values`` (calls along axis 0) against ``target``."""
     calls = values.shape[0]
@@ -899,23 +934,17 @@ def verify_elbo_estimator(
         raise InvalidInputError(f"calls must be at least {2 * BATCHES}; got calls={total_calls!r}")
     count = problems or chosen["problems"]
     critical = float(scipy.stats.t.isf(false_alarm_rate / (2 * count), BATCHES - 1))
-    streams = np.random.SeedSequence([seed_value, 77]).spawn(count * total_calls)
     worst = 0.0
     for index, (model, q, x) in enumerate(_statistical_problems(seed_value, count, model_options)):
         expected = float(model.elbo(q, x))
-        estimates = np.empty(total_calls)
-        for call in range(total_calls):
-            generator = np.random.Generator(np.random.PCG64(streams[index * total_calls + call]))
-            try:
-                estimates[call] = _call(fn, model, q, x, generator, n_samples)
-            except Exception as err:
-                raise AssertionError(
-                    f"verify_elbo_estimator: fn raised {type(err).__name__}: {err}\n"
-                    + _describe_model(model)
-                    + "\n"
-                    + _describe_gaussian("q", q)
-                    + f"\n  x = {_fmt(x)}\n  n_samples = {n_samples}"
-                ) from err
+        estimates = _repeated_calls(
+            "verify_elbo_estimator",
+            fn,
+            _to_scalar,
+            (model, q, x, n_samples),
+            [seed_value, 77, index],
+            total_calls,
+        ).reshape(-1)
         mean, standard_error, t = (float(v) for v in _batch_t(estimates, np.array(expected)))
         scale = _elbo_scale(model, q, x)
         tolerance = rtol * scale + atol
@@ -1123,6 +1152,11 @@ def _gradient_pair(value: Any, k: int) -> tuple[FloatArray, FloatArray]:
     return grad_mean, np.tril(grad_factor)
 
 
+def _flat_gradient_pair(value: Any, k: int) -> FloatArray:
+    """A user's ``(grad_mean, grad_scale_tril)`` as one vector (lower triangle only)."""
+    return _flatten(_gradient_pair(value, k))
+
+
 def _flat_gradient(model: LinearGaussianModel, q: Gaussian, x: FloatArray) -> FloatArray:
     grads = model.elbo_grad_variational(q, x)
     rows, cols = np.tril_indices(q.dim)
@@ -1221,22 +1255,17 @@ def verify_elbo_gradient(
     cases = _statistical_problems(seed_value, count, model_options)
     comparisons = sum(q.dim + q.dim * (q.dim + 1) // 2 for _, q, _ in cases)
     critical = float(scipy.stats.t.isf(false_alarm_rate / (2 * comparisons), BATCHES - 1))
-    streams = np.random.SeedSequence([seed_value, 78]).spawn(count * total_calls)
     worst = 0.0
     for index, (model, q, x) in enumerate(cases):
         expected = _flat_gradient(model, q, x)
-        draws = np.empty((total_calls, expected.size))
-        for call in range(total_calls):
-            generator = np.random.Generator(np.random.PCG64(streams[index * total_calls + call]))
-            try:
-                draws[call] = _flatten(_gradient_pair(fn(model, q, x, generator, n_samples), q.dim))
-            except Exception as err:
-                raise AssertionError(
-                    f"verify_elbo_gradient: fn raised {type(err).__name__}: {err}\n"
-                    + _describe_model(model)
-                    + "\n"
-                    + _describe_gaussian("q", q)
-                ) from err
+        draws = _repeated_calls(
+            "verify_elbo_gradient",
+            fn,
+            functools.partial(_flat_gradient_pair, k=q.dim),
+            (model, q, x, n_samples),
+            [seed_value, 78, index],
+            total_calls,
+        )
         mean, standard_error, t = _batch_t(draws, expected)
         # Spread below the deterministic tolerance is rounding, not randomness (BLAS may
         # round a repeated computation differently): such coordinates, and any whose
@@ -1300,7 +1329,7 @@ def _verify_exact_gradient(
     model_options: dict[str, Any],
 ) -> VerificationReport:
     def compare(p: ElboProblem) -> tuple[FloatArray, FloatArray, FloatArray]:
-        got = _flatten(_gradient_pair(fn(p.model, p.q, p.x), p.model.latent_dim))
+        got = _flat_gradient_pair(fn(p.model, p.q, p.x), p.model.latent_dim)
         expected = _flat_gradient(p.model, p.q, p.x)
         return got, expected, rtol * (np.abs(expected) + 1.0) + atol
 
@@ -1323,7 +1352,7 @@ def _verify_exact_gradient(
             probes = []
             for qq in (p.q, Gaussian._trusted(p.q.mean + 0.5, p.q.scale_tril * 1.3)):
                 try:
-                    value = _flatten(_gradient_pair(fn(p.model, qq, p.x), p.model.latent_dim))
+                    value = _flat_gradient_pair(fn(p.model, qq, p.x), p.model.latent_dim)
                 except Exception:
                     continue
                 exact = _flat_gradient(p.model, qq, p.x)
