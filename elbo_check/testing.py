@@ -73,8 +73,8 @@ FloatArray = NDArray[np.float64]
 #: Named effort levels: how many examples the deterministic verifiers try, and how
 #: many calls per problem the statistical ones make. ``dev`` is the default.
 PROFILES: dict[str, dict[str, int]] = {
-    "dev": {"max_examples": 100, "calls": 400, "problems": 4},
-    "ci": {"max_examples": 300, "calls": 800, "problems": 6},
+    "dev": {"max_examples": 100, "calls": 800, "problems": 4},
+    "ci": {"max_examples": 300, "calls": 1600, "problems": 6},
     "thorough": {"max_examples": 2000, "calls": 4000, "problems": 12},
 }
 
