@@ -313,6 +313,26 @@ class LinearGaussianModel:
     def _check_x(self, x: ArrayLike, name: str = "x") -> FloatArray:
         return as_event_array(name, x, self.data_dim, "D")
 
+    def _data_rows(self, x: ArrayLike) -> FloatArray:
+        """``x`` as float64 without a copy or a finiteness pass (see :meth:`_finite_or_raise`)."""
+        return as_event_array("x", x, self.data_dim, "D", hot=True)
+
+    def _finite_or_raise(self, x: ArrayLike, results: FloatArray) -> None:
+        """A non-finite input makes a non-finite result: only then re-check the input."""
+        if not np.all(np.isfinite(results)):
+            as_event_array("x", x, self.data_dim, "D")
+
+    def _whitened_blocks(self, flat: FloatArray) -> Iterator[tuple[slice, FloatArray]]:
+        """``(rows, Psi^{-1/2}(x - W mu0 - b))`` for blocks of rows, reusing one buffer."""
+        step = max(1, BLOCK_ENTRIES // self.data_dim)
+        buffer = np.empty((min(step, flat.shape[0]), self.data_dim))
+        for block in _row_blocks(flat.shape[0], self.data_dim):
+            rows = flat[block]
+            yield (
+                block,
+                self._noise.whiten_offsets(rows, self._marginal_mean, buffer[: rows.shape[0]]),
+            )
+
     def _check_z(self, z: ArrayLike, name: str = "z") -> FloatArray:
         return as_event_array(name, z, self.latent_dim, "K")
 
@@ -391,14 +411,14 @@ class LinearGaussianModel:
         residual of the stacked least-squares problem with matrix :math:`[\tilde W; I]`,
         computed from its QR factors; cost O(N D K) for N rows with diagonal noise.
         """
-        data = self._check_x(x)
+        data = self._data_rows(x)
         flat = data.reshape(-1, self.data_dim)
         out = np.empty(flat.shape[0])
         constant = self.data_dim * LOG_2PI + self._log_det_marginal
-        for block in _row_blocks(flat.shape[0], self.data_dim):
-            whitened = self._noise.whiten(flat[block] - self._marginal_mean)
+        for block, whitened in self._whitened_blocks(flat):
             squared, _ = self._mahalanobis_whitened(whitened)
             out[block] = -0.5 * (constant + squared)
+        self._finite_or_raise(x, out)
         return _scalar_or_array(out.reshape(data.shape[:-1]))
 
     # ------------------------------------------------------------------ posterior
@@ -415,12 +435,12 @@ class LinearGaussianModel:
         :math:`\Lambda^{-1} = (L_0R^{-1})(L_0R^{-1})^\top`, whose Cholesky factor comes
         from a QR decomposition rather than from forming :math:`\Lambda`.
         """
-        data = self._check_x(x)
+        data = self._data_rows(x)
         flat = data.reshape(-1, self.data_dim)
         means = np.empty((flat.shape[0], self.latent_dim))
-        for block in _row_blocks(flat.shape[0], self.data_dim):
-            whitened = self._noise.whiten(flat[block] - self._marginal_mean)
+        for block, whitened in self._whitened_blocks(flat):
             means[block] = (whitened @ self._basis_data) @ self._posterior_map.T
+        self._finite_or_raise(x, means)
         means += self._prior.mean
         return Gaussian._trusted(
             means.reshape(*data.shape[:-1], self.latent_dim), self._posterior_scale_tril
@@ -529,8 +549,8 @@ class LinearGaussianModel:
         means = np.broadcast_to(q.mean, (*batch, self.latent_dim)).reshape(-1, self.latent_dim)
         rows = np.broadcast_to(data, (*batch, self.data_dim)).reshape(-1, self.data_dim)
         out = np.empty(rows.shape[0])
-        for block in _row_blocks(rows.shape[0], self.data_dim):
-            coefficients = self._noise.whiten(rows[block] - self._marginal_mean) @ self._basis_data
+        for block, whitened in self._whitened_blocks(rows):
+            coefficients = whitened @ self._basis_data
             offsets = (means[block] - self._prior.mean) @ precision_root.T - coefficients
             out[block] = 0.5 * (spread + np.einsum("ij,ij->i", offsets, offsets))
         return _scalar_or_array(out.reshape(batch))

@@ -96,6 +96,18 @@ class NoiseCovariance:
         flat = rows.reshape(-1, self.dim)
         return np.ascontiguousarray(solve_tril(self._factor, flat.T).T).reshape(rows.shape)
 
+    def whiten_offsets(self, rows: FloatArray, centre: FloatArray, out: FloatArray) -> FloatArray:
+        """``Psi^{-1/2} (r - centre)`` for 2-d ``rows``, in the buffer ``out`` when possible.
+
+        For isotropic and diagonal noise this is two in-place passes and no allocation;
+        full noise needs a triangular solve and returns a new array.
+        """
+        np.subtract(rows, centre, out=out)
+        if self.kind != "full":
+            np.divide(out, self._root, out=out)
+            return out
+        return np.ascontiguousarray(solve_tril(self._factor, out.T).T)
+
     def whiten_columns(self, matrix: FloatArray) -> FloatArray:
         """``Psi^{-1/2} M`` for a ``(D, n)`` matrix ``M``."""
         if self.kind != "full":

@@ -44,12 +44,18 @@ def as_real_array(
     *,
     ndim: int | tuple[int, ...] | None = None,
     copy: bool = True,
+    check_finite: bool = True,
 ) -> FloatArray:
     """Convert ``value`` to a finite float64 array or raise an error naming ``name``.
 
     Integers and floats of any precision are accepted; booleans, complex numbers,
     strings and objects are rejected with :class:`InvalidTypeError` because each of
     them is almost always a mistake in this setting.
+
+    ``copy=False, check_finite=False`` is the hot-path form for data: no copy of a
+    float64 C-contiguous input and no O(N D) boolean temporary; the caller then checks
+    its (much smaller) results and calls again with ``check_finite=True`` to report a
+    non-finite input.
     """
     if value is None:
         raise InvalidTypeError(f"{name} must be a real array; got None")
@@ -82,8 +88,11 @@ def as_real_array(
             raise InvalidInputError(
                 f"{name} must have {wanted} dimension(s); got shape {describe_shape(array.shape)}"
             )
-    result = np.array(array, dtype=np.float64, copy=copy, order="C")
-    if not np.all(np.isfinite(result)):
+    if copy:
+        result = np.array(array, dtype=np.float64, order="C")
+    else:
+        result = np.asarray(array, dtype=np.float64, order="C")
+    if check_finite and not np.all(np.isfinite(result)):
         bad = np.argwhere(~np.isfinite(result))
         first = tuple(int(i) for i in bad[0])
         where = f" at index {first}" if result.ndim else ""
@@ -94,13 +103,16 @@ def as_real_array(
     return result
 
 
-def as_event_array(name: str, value: Any, dim: int, symbol: str) -> FloatArray:
+def as_event_array(
+    name: str, value: Any, dim: int, symbol: str, *, hot: bool = False
+) -> FloatArray:
     """A finite float64 array of shape ``(..., dim)``: the last axis is the event axis.
 
     ``symbol`` names the dimension in the message, e.g. ``"D"`` gives
-    ``"x must have shape (..., D) with D = 3; got shape (4,)"``.
+    ``"x must have shape (..., D) with D = 3; got shape (4,)"``. With ``hot=True`` the
+    input is neither copied nor checked for non-finite entries (see :func:`as_real_array`).
     """
-    array = as_real_array(name, value)
+    array = as_real_array(name, value, copy=not hot, check_finite=not hot)
     if array.ndim == 0 or array.shape[-1] != dim:
         raise InvalidInputError(
             f"{name} must have shape (..., {symbol}) with {symbol} = {dim}; "

@@ -66,3 +66,27 @@ def test_no_quadratic_memory_in_d(big_model: LinearGaussianModel, operation: str
 def test_tracemalloc_sees_numpy_allocations() -> None:
     """The measuring instrument works: an 8 MB numpy array shows up in the peak."""
     assert _peak_bytes(lambda: np.ones((1000, 1000))) >= 8_000_000
+
+
+@pytest.mark.parametrize("operation", ["log_evidence", "posterior"])
+def test_working_memory_does_not_grow_with_rows(operation: str) -> None:
+    """80 MB of float64 rows are processed in blocks: no copy of x, no (N, D) temporary.
+
+    The bound is two row blocks (``BLOCK_ENTRIES`` float64 each) plus the (N,) or (N, K)
+    output, a tenth of the input's size.
+    """
+    from elbo_check._model import BLOCK_ENTRIES
+
+    rng = np.random.default_rng(7)
+    d, k, n = 500, 5, 20_000
+    model = LinearGaussianModel(
+        weights=rng.standard_normal((d, k)),
+        bias=rng.standard_normal(d),
+        prior=Gaussian.standard(k),
+        noise_cov=rng.uniform(0.5, 2.0, d),
+    )
+    x = rng.standard_normal((n, d))
+    peak = _peak_bytes(lambda: getattr(model, operation)(x))
+    bound = 2 * BLOCK_ENTRIES * 8 + n * (k + 1) * 8 * 2
+    assert peak < bound, f"{operation} peaked at {peak / 1e6:.1f} MB (bound {bound / 1e6:.1f} MB)"
+    assert bound < x.nbytes / 4
