@@ -26,7 +26,17 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class EncoderGradients:
-    """Gradients of the dataset ELBO with respect to the encoder's parameters."""
+    """Gradients of the dataset ELBO with respect to the encoder's parameters.
+
+    Attributes
+    ----------
+    matrix : ndarray, shape (K, D)
+        With respect to :math:`A`.
+    offset : ndarray, shape (K,)
+        With respect to :math:`c`.
+    scale_tril : ndarray, shape (K, K)
+        With respect to the Cholesky factor of the shared covariance (lower triangular).
+    """
 
     matrix: FloatArray
     offset: FloatArray

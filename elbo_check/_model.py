@@ -82,6 +82,17 @@ class ElboTerms:
         = \mathbb E_q[\log p(x\mid z)]
           - \underbrace{H(q, p(z))}_{\texttt{cross\_entropy}}
           + \underbrace{H(q)}_{\texttt{entropy}}.
+
+    Attributes
+    ----------
+    expected_log_likelihood : float or ndarray
+        :math:`\mathbb E_q[\log p(x\mid z)]`, the reconstruction term.
+    kl_to_prior : float or ndarray
+        :math:`\mathrm{KL}(q\,\|\,p(z))`.
+    cross_entropy : float or ndarray
+        :math:`H(q, p(z)) = -\mathbb E_q[\log p(z)]`.
+    entropy : float or ndarray
+        :math:`H(q)`, the same for every row (it does not depend on the mean).
     """
 
     expected_log_likelihood: Any
@@ -114,8 +125,13 @@ class ElboTerms:
 class VariationalGradients:
     """Gradients of the ELBO of each row with respect to q's mean and Cholesky factor.
 
-    ``mean`` has shape ``batch_shape + (K,)``; ``scale_tril`` is lower triangular with
-    shape ``batch_shape + (K, K)`` (entries above the diagonal are not parameters).
+    Attributes
+    ----------
+    mean : ndarray, shape batch_shape + (K,)
+        The gradient with respect to q's mean.
+    scale_tril : ndarray, shape batch_shape + (K, K)
+        The gradient with respect to q's Cholesky factor; lower triangular (entries
+        above the diagonal are not parameters).
     """
 
     mean: FloatArray
@@ -124,11 +140,24 @@ class VariationalGradients:
 
 @dataclass(frozen=True)
 class ModelGradients:
-    """Gradients of the ELBO, summed over all rows, with respect to the model parameters.
+    r"""Gradients of the ELBO, summed over all rows, with respect to the model parameters.
 
-    Each field has the shape of the parameter it belongs to; ``noise_cov`` has the shape
-    of the noise as given (scalar, ``(D,)`` or ``(D, D)``). Matrix gradients treat the
+    Each field has the shape of the parameter it belongs to. Matrix gradients treat the
     entries as independent (the derivative of ``f`` along ``E`` is ``sum(G * E)``).
+
+    Attributes
+    ----------
+    weights : ndarray, shape (D, K)
+        With respect to :math:`W`.
+    bias : ndarray, shape (D,)
+        With respect to :math:`b`.
+    noise_cov : float or ndarray, shape (D,) or (D, D)
+        With respect to :math:`\Psi`, in the form the noise was given: the single
+        variance, the ``D`` variances or the full matrix.
+    prior_mean : ndarray, shape (K,)
+        With respect to :math:`\mu_0`.
+    prior_cov : ndarray, shape (K, K)
+        With respect to :math:`\Sigma_0` (symmetric).
     """
 
     weights: FloatArray

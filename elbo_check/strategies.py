@@ -400,7 +400,17 @@ def observations(
 
 @dataclass(frozen=True)
 class ElboProblem:
-    """A model, a variational distribution and an observation: one ELBO to compute."""
+    """A model, a variational distribution and an observation: one ELBO to compute.
+
+    Attributes
+    ----------
+    model : LinearGaussianModel
+        The model.
+    q : Gaussian
+        A variational distribution over the model's latent space.
+    x : ndarray, shape batch_shape + (D,)
+        The observation(s).
+    """
 
     model: LinearGaussianModel
     q: Gaussian

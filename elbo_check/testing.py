@@ -91,7 +91,28 @@ BATCHES = 40
 # ---------------------------------------------------------------------- reports
 @dataclass(frozen=True)
 class VerificationReport:
-    """What a verifier checked, on how many cases, and the worst error it saw."""
+    """What a verifier checked, on how many cases, and the worst error it saw.
+
+    ``str(report)`` is a one-line summary.
+
+    Attributes
+    ----------
+    check : str
+        The verifier call, e.g. ``"verify_elbo"``.
+    cases : int
+        Hypothesis cases tried (deterministic checks) or problems tested (statistical
+        checks).
+    worst_error : float
+        The largest error seen relative to what is allowed: ``|got - expected| /
+        tolerance`` for deterministic checks, ``|t| / critical value`` for statistical
+        ones; at most 1 when the check passes.
+    tolerance : str
+        The tolerance in words.
+    seed : int
+        The seed the check ran with; pass it back to repeat the run.
+    details : dict
+        Further numbers of the check (e.g. ``calls`` and ``critical_t``).
+    """
 
     check: str
     cases: int
@@ -894,8 +915,8 @@ def verify_elbo_estimator(
     be an unbiased estimate of the ELBO. On each of ``problems`` fixed problems it is
     called ``calls`` times with independent ``numpy.random.Generator`` objects; the
     mean of the estimates is z-tested against the exact ELBO with the standard error
-    estimated from :data:`BATCHES` batch means (a t-test with BATCHES - 1 degrees of
-    freedom). The per-problem level is ``false_alarm_rate / problems`` (Bonferroni), so
+    estimated from ``BATCHES`` (40) batch means (a t-test with ``BATCHES - 1`` degrees
+    of freedom). The per-problem level is ``false_alarm_rate / problems`` (Bonferroni), so
     a correct estimator fails a call with probability at most ``false_alarm_rate``
     (up to the normal approximation of batch means of ``calls / BATCHES`` estimates).
 

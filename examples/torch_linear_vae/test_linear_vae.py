@@ -38,8 +38,9 @@ from elbo_check.testing import (  # noqa: E402
     verify_kl,
 )
 
-#: The VAE's likelihood has diagonal noise. verify_elbo and verify_elbo_gradient(mode=
-#: "exact") are told so; verify_elbo_estimator takes no model options (see diagonalised).
+#: The VAE's likelihood has diagonal noise: verify_elbo and verify_elbo_gradient(mode=
+#: "exact") are told so. The estimator checks run on full-noise models too, through the
+#: whitening adapter ``diagonalised`` (which is itself tested), so that they exercise it.
 DIAGONAL_NOISE = {"noise_kinds": ("isotropic", "diagonal")}
 
 
