@@ -351,6 +351,22 @@ class LinearGaussianModel:
         if not np.all(np.isfinite(results)):
             as_event_array("x", x, self.data_dim, "D")
 
+    def _paired_rows(
+        self, q: Gaussian, x: ArrayLike
+    ) -> tuple[tuple[int, ...], FloatArray, FloatArray]:
+        """Broadcast batch shape, and x rows ``(n, D)`` with q's means ``(n, K)`` paired.
+
+        x is read without a copy when its batch already has the broadcast shape (the
+        usual case: one q mean per row); callers check their results with
+        :meth:`_finite_or_raise`.
+        """
+        data = self._data_rows(x)
+        batch = self._batch_shape(data.shape[:-1], q.batch_shape)
+        n = int(np.prod(batch, dtype=int))
+        rows = np.broadcast_to(data, (*batch, self.data_dim)).reshape(n, self.data_dim)
+        means = np.broadcast_to(q.mean, (*batch, self.latent_dim)).reshape(n, self.latent_dim)
+        return batch, rows, means
+
     def _whitened_blocks(self, flat: FloatArray) -> Iterator[tuple[slice, FloatArray]]:
         """``(rows, Psi^{-1/2}(x - W mu0 - b))`` for blocks of rows, reusing one buffer."""
         step = max(1, BLOCK_ENTRIES // self.data_dim)
@@ -526,10 +542,20 @@ class LinearGaussianModel:
         Batches of ``x`` rows and of q's means broadcast.
         """
         q = self._check_q(q)
-        data = self._check_x(x)
-        batch = self._batch_shape(data.shape[:-1], q.batch_shape)
-        residual = self._whitened_residuals(data, q.mean)
-        squared = np.einsum("...i,...i->...", residual, residual)
+        batch, rows, means = self._paired_rows(q, x)
+        squared = np.empty(rows.shape[0])
+        step = max(1, BLOCK_ENTRIES // self.data_dim)
+        buffer = np.empty((min(step, rows.shape[0]), self.data_dim))
+        spread_buffer = np.empty_like(buffer)
+        for block in _row_blocks(rows.shape[0], self.data_dim):
+            # Psi^{-1/2}(x - b) - (Psi^{-1/2} W) m, in two reused buffers
+            n = block.stop - block.start
+            whitened = self._noise.whiten_offsets(rows[block], self._bias, buffer[:n])
+            np.matmul(means[block], self._whitened_weights.T, out=spread_buffer[:n])
+            np.subtract(whitened, spread_buffer[:n], out=whitened)
+            squared[block] = np.einsum("ij,ij->i", whitened, whitened)
+        self._finite_or_raise(x, squared)
+        squared = squared.reshape(batch)
         trace = float(np.sum((self._whitened_weights @ q.scale_tril) ** 2))
         expected = -0.5 * (self.data_dim * LOG_2PI + self._noise.logdet + squared + trace)
 
@@ -567,21 +593,19 @@ class LinearGaussianModel:
         accuracy; the posterior mean is never formed and subtracted.
         """
         q = self._check_q(q)
-        data = self._check_x(x)
-        batch = self._batch_shape(data.shape[:-1], q.batch_shape)
+        batch, rows, means = self._paired_rows(q, x)
         precision_root = self._precision_root  # G = R L0^{-1}
         triangle = scipy.linalg.qr(precision_root @ q.scale_tril, mode="r", check_finite=False)[0]
         diagonal = np.abs(np.diagonal(triangle))
         spread = float(np.sum(np.triu(triangle, k=1) ** 2)) + float(
             np.sum(gram_diag_log_term(diagonal))
         )
-        means = np.broadcast_to(q.mean, (*batch, self.latent_dim)).reshape(-1, self.latent_dim)
-        rows = np.broadcast_to(data, (*batch, self.data_dim)).reshape(-1, self.data_dim)
         out = np.empty(rows.shape[0])
         for block, whitened in self._whitened_blocks(rows):
             coefficients = whitened @ self._basis_data
             offsets = (means[block] - self._prior.mean) @ precision_root.T - coefficients
             out[block] = 0.5 * (spread + np.einsum("ij,ij->i", offsets, offsets))
+        self._finite_or_raise(x, out)
         return _scalar_or_array(out.reshape(batch))
 
     @cached_property
