@@ -12,6 +12,12 @@ import os
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from threadpoolctl import threadpool_limits
+
+# The suite makes many tiny (K x K) BLAS calls, for which OpenBLAS thread pools only
+# cost: on a loaded 2-core machine the suite took 4 min 18 s with two threads and about
+# 80 s with one. The verifiers limit themselves; this covers the rest of the tests.
+_ONE_BLAS_THREAD = threadpool_limits(limits=1, user_api="blas")
 
 settings.register_profile(
     "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]

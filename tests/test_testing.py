@@ -327,3 +327,23 @@ def test_statistical_checks_honour_model_options() -> None:
         verify_elbo_estimator(mc_elbo, max_data_dim=3)
     with pytest.raises(InvalidInputError, match="no statistical test problem has"):
         verify_elbo_estimator(mc_elbo, noise_kinds=("full",), prior_kinds=("standard",))
+
+
+def test_verifiers_run_with_one_blas_thread_and_restore_it() -> None:
+    """Tiny BLAS calls are much slower with thread pools: verifiers limit them to one."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen: list[list[int]] = []
+
+    def spying_elbo(model: LinearGaussianModel, q: Gaussian, x: np.ndarray) -> float:
+        seen.append(blas_threads())
+        return float(model.elbo(q, x))
+
+    verify_elbo(spying_elbo, max_examples=5)
+    assert seen
+    assert all(threads == [1] * len(threads) for threads in seen)
+    assert blas_threads() == before
