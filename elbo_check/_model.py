@@ -34,7 +34,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from ._encoder import EncoderGradients, LinearEncoder
 from ._errors import InvalidInputError, InvalidTypeError
-from ._gaussian import LOG_2PI, Gaussian, as_generator, cross_entropy, kl_divergence
+from ._gaussian import (
+    LOG_2PI,
+    Gaussian,
+    _scalar_or_array,
+    as_generator,
+    cross_entropy,
+    kl_divergence,
+)
 from ._linalg import gram_diag_log_term, solve_tril, solve_tril_rows, tril_of_gram
 from ._noise import NoiseCovariance
 from ._validation import as_event_array, as_real_array, check_shape, describe_shape, freeze
@@ -57,10 +64,6 @@ BLOCK_ENTRIES = 1 << 20
 #: ``log2(1/CANCELLATION_LIMIT)`` bits to cancellation, and the row is recomputed as
 #: the explicit squared norm of the least-squares residual ``(I - Q Q^T) y``.
 CANCELLATION_LIMIT = 2.0**-6
-
-
-def _scalar_or_array(values: FloatArray) -> Any:
-    return float(values) if values.ndim == 0 else values
 
 
 def _row_blocks(n_rows: int, width: int) -> Iterator[slice]:
@@ -413,12 +416,12 @@ class LinearGaussianModel:
         generator = noise_factor @ np.hstack([whitened, np.eye(self.data_dim)])
         return Gaussian._trusted(np.array(self._marginal_mean), tril_of_gram(generator))
 
-    def _mahalanobis_whitened(self, whitened: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Squared Mahalanobis norms and basis coefficients of whitened offsets (rows)."""
+    def _mahalanobis_whitened(self, whitened: FloatArray) -> FloatArray:
+        """Squared Mahalanobis norms of whitened offsets (rows)."""
         coefficients = whitened @ self._basis_data
         total = np.einsum("ij,ij->i", whitened, whitened)
         explained = np.einsum("ij,ij->i", coefficients, coefficients)
-        squared = total - explained
+        squared: FloatArray = total - explained
         lost = squared < CANCELLATION_LIMIT * total
         if np.any(lost):
             # The minimiser u = R^{-1} Q1^T y of |y - W~ u|^2 + |u|^2 (the whitened posterior
@@ -430,7 +433,7 @@ class LinearGaussianModel:
             squared[lost] = np.einsum("ij,ij->i", residual, residual) + np.einsum(
                 "ij,ij->i", offsets, offsets
             )
-        return squared, coefficients
+        return squared
 
     def log_evidence(self, x: ArrayLike) -> Any:
         r"""Exact log marginal likelihood :math:`\log p(x)`.
@@ -461,7 +464,7 @@ class LinearGaussianModel:
         out = np.empty(flat.shape[0])
         constant = self.data_dim * LOG_2PI + self._log_det_marginal
         for block, whitened in self._whitened_blocks(flat):
-            squared, _ = self._mahalanobis_whitened(whitened)
+            squared = self._mahalanobis_whitened(whitened)
             out[block] = -0.5 * (constant + squared)
         self._finite_or_raise(x, out)
         return _scalar_or_array(out.reshape(data.shape[:-1]))
