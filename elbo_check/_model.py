@@ -23,7 +23,6 @@ noise itself is a full matrix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
 
+from ._blocks import for_each_block
 from ._encoder import EncoderGradients, LinearEncoder
 from ._errors import InvalidInputError, InvalidTypeError
 from ._gaussian import (
@@ -55,21 +55,11 @@ __all__ = [
 
 FloatArray = NDArray[np.float64]
 
-#: Rows are processed in blocks of about this many float64 entries (8 MiB), so the
-#: working memory of a batched evaluation does not grow with the number of rows.
-BLOCK_ENTRIES = 1 << 20
-
 #: The Mahalanobis term is first computed as ``|y|^2 - |Q^T y|^2``; where that
 #: difference is smaller than this fraction of ``|y|^2`` it has lost more than
 #: ``log2(1/CANCELLATION_LIMIT)`` bits to cancellation, and the row is recomputed as
 #: the explicit squared norm of the least-squares residual ``(I - Q Q^T) y``.
 CANCELLATION_LIMIT = 2.0**-6
-
-
-def _row_blocks(n_rows: int, width: int) -> Iterator[slice]:
-    step = max(1, BLOCK_ENTRIES // max(1, width))
-    for start in range(0, n_rows, step):
-        yield slice(start, min(n_rows, start + step))
 
 
 @dataclass(frozen=True)
@@ -370,16 +360,9 @@ class LinearGaussianModel:
         means = np.broadcast_to(q.mean, (*batch, self.latent_dim)).reshape(n, self.latent_dim)
         return batch, rows, means
 
-    def _whitened_blocks(self, flat: FloatArray) -> Iterator[tuple[slice, FloatArray]]:
-        """``(rows, Psi^{-1/2}(x - W mu0 - b))`` for blocks of rows, reusing one buffer."""
-        step = max(1, BLOCK_ENTRIES // self.data_dim)
-        buffer = np.empty((min(step, flat.shape[0]), self.data_dim))
-        for block in _row_blocks(flat.shape[0], self.data_dim):
-            rows = flat[block]
-            yield (
-                block,
-                self._noise.whiten_offsets(rows, self._marginal_mean, buffer[: rows.shape[0]]),
-            )
+    def _whitened(self, rows: FloatArray, buffer: FloatArray) -> FloatArray:
+        """``Psi^{-1/2}(x - W mu0 - b)`` for a block of rows, in ``buffer`` when possible."""
+        return self._noise.whiten_offsets(rows, self._marginal_mean, buffer[: rows.shape[0]])
 
     def _check_z(self, z: ArrayLike, name: str = "z") -> FloatArray:
         return as_event_array(name, z, self.latent_dim, "K")
@@ -416,23 +399,67 @@ class LinearGaussianModel:
         generator = noise_factor @ np.hstack([whitened, np.eye(self.data_dim)])
         return Gaussian._trusted(np.array(self._marginal_mean), tril_of_gram(generator))
 
-    def _mahalanobis_whitened(self, whitened: FloatArray) -> FloatArray:
-        """Squared Mahalanobis norms of whitened offsets (rows)."""
-        coefficients = whitened @ self._basis_data
-        total = np.einsum("ij,ij->i", whitened, whitened)
-        explained = np.einsum("ij,ij->i", coefficients, coefficients)
-        squared: FloatArray = total - explained
-        lost = squared < CANCELLATION_LIMIT * total
-        if np.any(lost):
-            # The minimiser u = R^{-1} Q1^T y of |y - W~ u|^2 + |u|^2 (the whitened posterior
-            # offset) and the residual against the exact loadings W~, not against Q1 c.
-            offsets = scipy.linalg.solve_triangular(
-                self._r_factor, coefficients[lost].T, lower=False, check_finite=False
-            ).T
-            residual = whitened[lost] - offsets @ self._whitened_loadings.T
-            squared[lost] = np.einsum("ij,ij->i", residual, residual) + np.einsum(
-                "ij,ij->i", offsets, offsets
+    def _residual_squares(
+        self, whitened: FloatArray, coefficients: FloatArray, spread: FloatArray
+    ) -> FloatArray:
+        """``min_u |y - W~ u|^2 + |u|^2`` for whitened rows ``y`` with ``Q1^T y`` given.
+
+        The minimiser is u = R^{-1} Q1^T y (the whitened posterior offset); the residual
+        is taken against the exact loadings W~, not against Q1 c, so small rows keep
+        their relative accuracy. Overwrites ``spread`` (a buffer of ``whitened``'s shape).
+        """
+        offsets = scipy.linalg.solve_triangular(
+            self._r_factor, coefficients.T, lower=False, check_finite=False
+        ).T
+        residual = np.matmul(offsets, self._whitened_loadings.T, out=spread)
+        np.subtract(whitened, residual, out=residual)
+        squares: FloatArray = np.einsum("ij,ij->i", residual, residual) + np.einsum(
+            "ij,ij->i", offsets, offsets
+        )
+        return squares
+
+    def _mahalanobis(self, flat: FloatArray) -> FloatArray:
+        """Squared Mahalanobis norms of the rows of ``flat`` (shape ``(n, D)``) under p(x).
+
+        Fast route, per block: ``|y|^2 - |Q1^T y|^2`` with ``y`` the whitened row. Rows
+        where that difference cancelled more than ``CANCELLATION_LIMIT`` allows are
+        recomputed as the explicit least-squares residual (:meth:`_residual_squares`):
+        at once while the block is in cache when many of its rows need it, otherwise
+        collected and recomputed together after the first pass (a solve per block for
+        a row or two would cost more than the block itself).
+        """
+        n = flat.shape[0]
+        squared = np.empty(n)
+        deferred = np.zeros(n, dtype=bool)
+        coefficients = np.empty((n, self.latent_dim))
+
+        def fast(block: slice, buffer: FloatArray, spread: FloatArray) -> None:
+            whitened = self._whitened(flat[block], buffer)
+            projected = np.matmul(whitened, self._basis_data, out=coefficients[block])
+            total = np.einsum("ij,ij->i", whitened, whitened)
+            squared[block] = total - np.einsum("ij,ij->i", projected, projected)
+            lost = squared[block] < CANCELLATION_LIMIT * total
+            count = int(np.count_nonzero(lost))
+            if 8 * count >= lost.size:
+                rows = np.flatnonzero(lost)
+                squared[block][rows] = self._residual_squares(
+                    whitened[rows], projected[rows], spread[: rows.size]
+                )
+            elif count:
+                deferred[block] = lost
+
+        for_each_block(n, self.data_dim, fast, buffers=2)
+        recompute = np.flatnonzero(deferred)
+
+        def exact(block: slice, buffer: FloatArray, spread: FloatArray) -> None:
+            rows = recompute[block]
+            gathered = np.take(flat, rows, axis=0, out=buffer[: rows.size])
+            squared[rows] = self._residual_squares(
+                self._whitened(gathered, buffer), coefficients[rows], spread[: rows.size]
             )
+
+        if recompute.size:
+            for_each_block(recompute.size, self.data_dim, exact, buffers=2)
         return squared
 
     def log_evidence(self, x: ArrayLike) -> Any:
@@ -461,11 +488,8 @@ class LinearGaussianModel:
         """
         data = self._data_rows(x)
         flat = data.reshape(-1, self.data_dim)
-        out = np.empty(flat.shape[0])
         constant = self.data_dim * LOG_2PI + self._log_det_marginal
-        for block, whitened in self._whitened_blocks(flat):
-            squared = self._mahalanobis_whitened(whitened)
-            out[block] = -0.5 * (constant + squared)
+        out = -0.5 * (constant + self._mahalanobis(flat))
         self._finite_or_raise(x, out)
         return _scalar_or_array(out.reshape(data.shape[:-1]))
 
@@ -486,8 +510,12 @@ class LinearGaussianModel:
         data = self._data_rows(x)
         flat = data.reshape(-1, self.data_dim)
         means = np.empty((flat.shape[0], self.latent_dim))
-        for block, whitened in self._whitened_blocks(flat):
-            means[block] = (whitened @ self._basis_data) @ self._posterior_map.T
+
+        def work(block: slice, buffer: FloatArray) -> None:
+            coefficients = self._whitened(flat[block], buffer) @ self._basis_data
+            means[block] = coefficients @ self._posterior_map.T
+
+        for_each_block(flat.shape[0], self.data_dim, work)
         self._finite_or_raise(x, means)
         means += self._prior.mean
         return Gaussian._trusted(
@@ -547,16 +575,16 @@ class LinearGaussianModel:
         q = self._check_q(q)
         batch, rows, means = self._paired_rows(q, x)
         squared = np.empty(rows.shape[0])
-        step = max(1, BLOCK_ENTRIES // self.data_dim)
-        buffer = np.empty((min(step, rows.shape[0]), self.data_dim))
-        spread_buffer = np.empty_like(buffer)
-        for block in _row_blocks(rows.shape[0], self.data_dim):
+
+        def work(block: slice, buffer: FloatArray, spread_buffer: FloatArray) -> None:
             # Psi^{-1/2}(x - b) - (Psi^{-1/2} W) m, in two reused buffers
             n = block.stop - block.start
             whitened = self._noise.whiten_offsets(rows[block], self._bias, buffer[:n])
             np.matmul(means[block], self._whitened_weights.T, out=spread_buffer[:n])
             np.subtract(whitened, spread_buffer[:n], out=whitened)
             squared[block] = np.einsum("ij,ij->i", whitened, whitened)
+
+        for_each_block(rows.shape[0], self.data_dim, work, buffers=2)
         self._finite_or_raise(x, squared)
         squared = squared.reshape(batch)
         trace = float(np.sum((self._whitened_weights @ q.scale_tril) ** 2))
@@ -604,10 +632,13 @@ class LinearGaussianModel:
             np.sum(gram_diag_log_term(diagonal))
         )
         out = np.empty(rows.shape[0])
-        for block, whitened in self._whitened_blocks(rows):
-            coefficients = whitened @ self._basis_data
+
+        def work(block: slice, buffer: FloatArray) -> None:
+            coefficients = self._whitened(rows[block], buffer) @ self._basis_data
             offsets = (means[block] - self._prior.mean) @ precision_root.T - coefficients
             out[block] = 0.5 * (spread + np.einsum("ij,ij->i", offsets, offsets))
+
+        for_each_block(rows.shape[0], self.data_dim, work)
         self._finite_or_raise(x, out)
         return _scalar_or_array(out.reshape(batch))
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import elbo_check._blocks as blocks_module
 import elbo_check._model as model_module
 from elbo_check import Gaussian, LinearGaussianModel, kl_divergence
 from elbo_check._linalg import gram_diag_log_term
@@ -165,7 +166,7 @@ def test_row_blocks_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> No
     x = rng.standard_normal((37, 5))
     whole = model.log_evidence(x)
     means = model.posterior(x).mean
-    monkeypatch.setattr(model_module, "BLOCK_ENTRIES", 11)
+    monkeypatch.setattr(blocks_module, "BLOCK_ENTRIES", 11)
     np.testing.assert_allclose(model.log_evidence(x), whole, rtol=4 * np.finfo(float).eps)
     np.testing.assert_allclose(model.posterior(x).mean, means, rtol=1e-14, atol=1e-15)
 

@@ -75,7 +75,7 @@ def test_working_memory_does_not_grow_with_rows(operation: str) -> None:
     The bound is two row blocks (``BLOCK_ENTRIES`` float64 each) plus a few (N, K + 1)
     arrays (outputs and per-row latent quantities), under a third of the input's size.
     """
-    from elbo_check._model import BLOCK_ENTRIES
+    from elbo_check._blocks import BLOCK_ENTRIES
 
     rng = np.random.default_rng(7)
     d, k, n = 500, 5, 20_000
