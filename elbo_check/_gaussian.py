@@ -15,10 +15,10 @@ from numpy.typing import ArrayLike, NDArray
 
 from ._errors import InvalidInputError, InvalidTypeError
 from ._linalg import (
+    batched_cholesky,
     check_scale_tril,
-    cholesky,
     gram_diag_log_term,
-    logdet_from_tril,
+    logdets_from_tril,
     solve_tril,
     solve_tril_rows,
 )
@@ -53,17 +53,21 @@ class Gaussian:
     :meth:`from_precision`, :meth:`from_diagonal` or :meth:`standard`; calling the
     class directly is the same as :meth:`from_cholesky`.
 
-    The covariance is shared, but the mean may carry batch axes: a mean of shape
-    ``(N, K)`` describes ``N`` Gaussians with one covariance, as an amortised
-    variational family ``q(z | x_n)`` does. The last axis is always the event axis.
+    Both the mean and the covariance may carry batch axes, which broadcast: a mean of
+    shape ``(N, K)`` with one ``(K, K)`` factor describes ``N`` Gaussians sharing a
+    covariance (an amortised family with a learned global covariance); with factors of
+    shape ``(N, K, K)`` each member has its own (an encoder that outputs a covariance
+    per row). The last axis of the mean and the last two of the factor are the event
+    axes. Quantities that do not depend on the mean (entropy, log-determinant) are a
+    float when the covariance is shared.
 
     Parameters
     ----------
     mean : array_like, shape (..., K)
         The mean, or a batch of means.
-    scale_tril : array_like, shape (K, K)
+    scale_tril : array_like, shape (K, K) or (..., K, K)
         Lower-triangular Cholesky factor ``L`` of the covariance, with a strictly
-        positive diagonal.
+        positive diagonal; or a batch of them.
 
     Examples
     --------
@@ -74,22 +78,38 @@ class Gaussian:
     3.117685
     >>> q.log_prob([[1.0, -1.0], [0.0, 0.0]]).shape
     (2,)
+
+    A batch of three Gaussians, each with its own diagonal covariance:
+
+    >>> batch = Gaussian.from_diagonal(mean=np.zeros((3, 2)),
+    ...                                variances=[[1.0, 1.0], [2.0, 0.5], [4.0, 4.0]])
+    >>> batch.batch_shape, batch.scale_tril.shape
+    ((3,), (3, 2, 2))
+    >>> np.round(batch.entropy(), 4)
+    array([2.8379, 2.8379, 4.2242])
     """
 
     def __init__(self, mean: ArrayLike, scale_tril: ArrayLike) -> None:
-        factor = as_real_array("scale_tril", scale_tril, ndim=2)
+        factor = as_real_array("scale_tril", scale_tril)
         check_scale_tril("scale_tril", factor)
         self._init_checked(mean, factor)
 
     # ------------------------------------------------------------------ construction
     def _init_checked(self, mean: ArrayLike, factor: FloatArray) -> None:
-        k = factor.shape[0]
+        k = factor.shape[-1]
         mean_array = as_real_array("mean", mean)
         if mean_array.ndim == 0 or mean_array.shape[-1] != k:
             raise InvalidInputError(
                 f"mean must have shape (..., K) with K = {k} to match the {k}x{k} covariance; "
                 f"got shape {describe_shape(mean_array.shape)}"
             )
+        try:
+            np.broadcast_shapes(mean_array.shape[:-1], factor.shape[:-2])
+        except ValueError as err:
+            raise InvalidInputError(
+                f"the batch shapes of mean {describe_shape(mean_array.shape[:-1])} and of "
+                f"the covariance {describe_shape(factor.shape[:-2])} do not broadcast"
+            ) from err
         self._mean = freeze(mean_array)
         self._scale_tril = freeze(factor)
 
@@ -109,9 +129,9 @@ class Gaussian:
     @classmethod
     def from_covariance(cls, *, mean: ArrayLike, cov: ArrayLike) -> Gaussian:
         """A Gaussian from a symmetric positive-definite covariance matrix."""
-        cov_array = as_real_array("cov", cov, ndim=2)
+        cov_array = as_real_array("cov", cov)
         self = cls.__new__(cls)
-        self._init_checked(mean, cholesky("cov", cov_array))
+        self._init_checked(mean, batched_cholesky("cov", cov_array))
         return self
 
     @classmethod
@@ -125,24 +145,33 @@ class Gaussian:
         :math:`P = U U^\top`, hence :math:`\Sigma = U^{-\top} U^{-1}` and the lower
         factor :math:`L = U^{-\top}`; the covariance is never formed by inversion.
         """
-        precision_array = as_real_array("precision", precision, ndim=2)
-        reversed_factor = cholesky("precision", precision_array[::-1, ::-1])
-        upper = np.ascontiguousarray(reversed_factor[::-1, ::-1])
-        k = upper.shape[0]
-        factor = np.ascontiguousarray(np.tril(solve_tril(np.ascontiguousarray(upper.T), np.eye(k))))
+        precision_array = as_real_array("precision", precision)
+        reversed_factor = batched_cholesky("precision", precision_array[..., ::-1, ::-1])
+        upper = np.ascontiguousarray(reversed_factor[..., ::-1, ::-1])
+        k = upper.shape[-1]
+        lower = np.ascontiguousarray(np.swapaxes(upper, -1, -2))
+        factor = np.ascontiguousarray(np.tril(solve_tril(lower, np.eye(k))))
         self = cls.__new__(cls)
         self._init_checked(mean, factor)
         return self
 
     @classmethod
     def from_diagonal(cls, *, mean: ArrayLike, variances: ArrayLike) -> Gaussian:
-        """A Gaussian with independent coordinates of the given (positive) variances."""
-        variance_array = as_real_array("variances", variances, ndim=1)
-        if variance_array.shape[0] == 0:
-            raise InvalidInputError("variances must have at least one entry; got shape (0,)")
+        """A Gaussian with independent coordinates of the given (positive) variances.
+
+        ``variances`` of shape ``(K,)`` give one covariance; ``(..., K)`` a batch.
+        """
+        variance_array = as_real_array("variances", variances)
+        if variance_array.ndim == 0 or variance_array.shape[-1] == 0:
+            raise InvalidInputError(
+                "variances must have shape (K,) or (..., K) with K >= 1; "
+                f"got shape {describe_shape(variance_array.shape)}"
+            )
         check_positive("variances", variance_array)
+        k = variance_array.shape[-1]
+        factor = np.sqrt(variance_array)[..., :, None] * np.eye(k)
         self = cls.__new__(cls)
-        self._init_checked(mean, np.diag(np.sqrt(variance_array)))
+        self._init_checked(mean, factor)
         return self
 
     @classmethod
@@ -160,59 +189,68 @@ class Gaussian:
 
     @property
     def scale_tril(self) -> FloatArray:
-        """Lower Cholesky factor ``L`` of the covariance, shape ``(K, K)`` (read-only)."""
+        """Lower Cholesky factor ``L``: ``(K, K)``, or ``(..., K, K)`` for a batch of
+        covariances (read-only)."""
         return self._scale_tril
 
     @cached_property
     def cov(self) -> FloatArray:
-        """The covariance ``L @ L.T``, shape ``(K, K)`` (read-only)."""
+        """The covariance ``L @ L.T``, of the factor's shape (read-only)."""
         factor = self._scale_tril
-        product = factor @ factor.T
-        return freeze(0.5 * (product + product.T))
+        product = factor @ np.swapaxes(factor, -1, -2)
+        return freeze(0.5 * (product + np.swapaxes(product, -1, -2)))
 
     @cached_property
     def precision(self) -> FloatArray:
         """The precision ``inv(cov)``, computed from triangular solves (read-only)."""
         inverse_factor = solve_tril(self._scale_tril, np.eye(self.dim))
-        product = inverse_factor.T @ inverse_factor
-        return freeze(0.5 * (product + product.T))
+        product = np.swapaxes(inverse_factor, -1, -2) @ inverse_factor
+        return freeze(0.5 * (product + np.swapaxes(product, -1, -2)))
 
     @property
     def variances(self) -> FloatArray:
-        """The marginal variances ``diag(cov)``."""
-        variances: FloatArray = np.einsum("ij,ij->i", self._scale_tril, self._scale_tril)
+        """The marginal variances ``diag(cov)``, shape ``(K,)`` or ``(..., K)``."""
+        factor = self._scale_tril
+        variances: FloatArray = np.einsum("...ij,...ij->...i", factor, factor)
         return variances
 
     @property
     def dim(self) -> int:
         """The event dimension ``K``."""
-        return int(self._scale_tril.shape[0])
+        return int(self._scale_tril.shape[-1])
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
-        """Shape of the batch of means (``()`` for a single Gaussian)."""
-        return tuple(self._mean.shape[:-1])
+        """Broadcast batch shape of the means and covariances (``()`` for one Gaussian)."""
+        return tuple(np.broadcast_shapes(self._mean.shape[:-1], self._scale_tril.shape[:-2]))
 
     @property
-    def log_det_cov(self) -> float:
-        """``log det(cov)`` as ``2 * sum(log(diag(L)))``."""
-        return logdet_from_tril(self._scale_tril)
+    def shares_covariance(self) -> bool:
+        """Whether every member of the batch has the same covariance (one ``(K, K)`` factor)."""
+        return self._scale_tril.ndim == 2
+
+    @property
+    def log_det_cov(self) -> Any:
+        """``log det(cov)`` as ``2 * sum(log(diag(L)))``: a float, or an array over the
+        batch of covariances."""
+        return _scalar_or_array(logdets_from_tril(self._scale_tril))
 
     def __repr__(self) -> str:
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
-        return f"Gaussian(dim={self.dim}{batch})"
+        shared = "" if self.shares_covariance else ", one covariance per member"
+        return f"Gaussian(dim={self.dim}{batch}{shared})"
 
     # ------------------------------------------------------------------ densities
     def _whitened_offsets(self, z: ArrayLike, name: str = "z") -> FloatArray:
         points = as_event_array(name, z, self.dim, "K")
         try:
-            offsets = points - self._mean
+            np.broadcast_shapes(points.shape[:-1], self.batch_shape)
         except ValueError as err:
             raise InvalidInputError(
                 f"{name} of shape {describe_shape(points.shape)} does not broadcast against "
-                f"the batch of means of shape {describe_shape(self._mean.shape)}"
+                f"the batch of Gaussians of shape {describe_shape(self.batch_shape)}"
             ) from err
-        return solve_tril_rows(self._scale_tril, offsets)
+        return solve_tril_rows(self._scale_tril, points - self._mean)
 
     def log_prob(self, z: ArrayLike) -> Any:
         r"""Log density at ``z``; shape ``(..., K)`` broadcast against the batch of means.
@@ -226,12 +264,16 @@ class Gaussian:
         values = -0.5 * (self.dim * LOG_2PI + self.log_det_cov + squared)
         return _scalar_or_array(np.asarray(values))
 
-    def entropy(self) -> float:
+    def entropy(self) -> Any:
         r"""Differential entropy :math:`\tfrac K2 (1 + \log 2\pi) + \sum_i \log L_{ii}`.
 
-        The entropy does not depend on the mean, so a batch shares one value.
+        The entropy does not depend on the mean: a batch that shares its covariance has
+        one value (a float); with a covariance per member it is an array over the batch.
         """
-        return 0.5 * self.dim * (1.0 + LOG_2PI) + 0.5 * self.log_det_cov
+        values = 0.5 * self.dim * (1.0 + LOG_2PI) + 0.5 * logdets_from_tril(self._scale_tril)
+        if self.shares_covariance:
+            return float(values)
+        return np.broadcast_to(values, self.batch_shape).copy()
 
     def sample(self, n: int, rng: np.random.Generator | int) -> FloatArray:
         """Draw ``n`` samples; shape ``(n,) + batch_shape + (K,)``.
@@ -247,7 +289,9 @@ class Gaussian:
             raise InvalidInputError(f"n must be a non-negative integer; got n={n!r}")
         generator = as_generator(rng)
         noise = generator.standard_normal((int(n), *self.batch_shape, self.dim))
-        return self._mean + noise @ self._scale_tril.T
+        if self.shares_covariance:
+            return self._mean + noise @ self._scale_tril.T
+        return self._mean + (self._scale_tril @ noise[..., None])[..., 0]
 
 
 def _check_same_dim(p: Gaussian, q: Gaussian) -> None:
@@ -262,17 +306,31 @@ def _check_same_dim(p: Gaussian, q: Gaussian) -> None:
 
 def _mean_offsets(p: Gaussian, q: Gaussian) -> FloatArray:
     try:
-        return np.asarray(p.mean - q.mean)
+        np.broadcast_shapes(p.batch_shape, q.batch_shape)
     except ValueError as err:
         raise InvalidInputError(
             f"the batch shapes of p {p.batch_shape} and q {q.batch_shape} do not broadcast"
         ) from err
+    return np.asarray(p.mean - q.mean)
+
+
+def _factor_ratio(p: Gaussian, q: Gaussian) -> FloatArray:
+    """``L_q^{-1} L_p`` (lower triangular), for shared or batched factors."""
+    if p.scale_tril.shape == q.scale_tril.shape and np.array_equal(p.scale_tril, q.scale_tril):
+        # exact: a blocked LAPACK solve would leave O(eps) entries
+        return np.broadcast_to(np.eye(p.dim), p.scale_tril.shape)
+    return np.tril(solve_tril(q.scale_tril, p.scale_tril))
+
+
+def _sum_last_two(values: FloatArray) -> Any:
+    return np.sum(values, axis=(-2, -1))
 
 
 def kl_divergence(p: Gaussian, q: Gaussian) -> Any:
     r"""Kullback–Leibler divergence :math:`\mathrm{KL}(p \,\|\, q)` between two Gaussians.
 
-    Batches of means broadcast; a float is returned when neither is batched.
+    Batches of means and of covariances broadcast; a float is returned when neither
+    argument is batched.
 
     Notes
     -----
@@ -303,15 +361,16 @@ def kl_divergence(p: Gaussian, q: Gaussian) -> Any:
     0.5
     """
     _check_same_dim(p, q)
-    if np.array_equal(p.scale_tril, q.scale_tril):
-        ratio = np.eye(p.dim)  # exact: a triangular solve would leave O(eps) entries
-    else:
-        ratio = np.tril(solve_tril(q.scale_tril, p.scale_tril))
-    off_diagonal = float(np.sum(np.tril(ratio, k=-1) ** 2))
-    diagonal = float(np.sum(gram_diag_log_term(np.diagonal(ratio))))
-    whitened = solve_tril_rows(q.scale_tril, _mean_offsets(p, q))
+    offsets = _mean_offsets(p, q)
+    ratio = _factor_ratio(p, q)
+    off_diagonal = _sum_last_two(np.tril(ratio, k=-1) ** 2)
+    diagonal_terms = gram_diag_log_term(np.diagonal(ratio, axis1=-2, axis2=-1))
+    whitened = solve_tril_rows(q.scale_tril, offsets)
     squared = np.einsum("...i,...i->...", whitened, whitened)
-    return _scalar_or_array(np.asarray(0.5 * (off_diagonal + diagonal + squared)))
+    values = 0.5 * (off_diagonal + np.sum(diagonal_terms, axis=-1) + squared)
+    return _scalar_or_array(
+        np.broadcast_to(values, np.broadcast_shapes(p.batch_shape, q.batch_shape)).copy()
+    )
 
 
 def cross_entropy(p: Gaussian, q: Gaussian) -> Any:
@@ -324,9 +383,11 @@ def cross_entropy(p: Gaussian, q: Gaussian) -> Any:
     It equals ``kl_divergence(p, q) + p.entropy()``.
     """
     _check_same_dim(p, q)
-    ratio = solve_tril(q.scale_tril, p.scale_tril)
-    trace = float(np.sum(ratio**2))
-    whitened = solve_tril_rows(q.scale_tril, _mean_offsets(p, q))
+    offsets = _mean_offsets(p, q)
+    trace = _sum_last_two(solve_tril(q.scale_tril, p.scale_tril) ** 2)
+    whitened = solve_tril_rows(q.scale_tril, offsets)
     squared = np.einsum("...i,...i->...", whitened, whitened)
-    values = 0.5 * (p.dim * LOG_2PI + q.log_det_cov + trace + squared)
-    return _scalar_or_array(np.asarray(values))
+    values = 0.5 * (p.dim * LOG_2PI + logdets_from_tril(q.scale_tril) + trace + squared)
+    return _scalar_or_array(
+        np.broadcast_to(values, np.broadcast_shapes(p.batch_shape, q.batch_shape)).copy()
+    )

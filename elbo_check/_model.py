@@ -587,7 +587,7 @@ class LinearGaussianModel:
         for_each_block(rows.shape[0], self.data_dim, work, buffers=2)
         self._finite_or_raise(x, squared)
         squared = squared.reshape(batch)
-        trace = float(np.sum((self._whitened_weights @ q.scale_tril) ** 2))
+        trace = self._spread_trace(q.scale_tril)
         expected = -0.5 * (self.data_dim * LOG_2PI + self._noise.logdet + squared + trace)
 
         def spread(value: Any) -> Any:
@@ -599,6 +599,23 @@ class LinearGaussianModel:
             cross_entropy=spread(cross_entropy(q, self._prior)),
             entropy=spread(q.entropy()),
         )
+
+    @cached_property
+    def _weights_gram_root(self) -> FloatArray:
+        """Upper-triangular ``R_w`` with ``R_w^T R_w = W^T Psi^{-1} W``, shape ``(K, K)``."""
+        root: FloatArray = np.asarray(np.linalg.qr(self._whitened_weights, mode="r"))
+        if root.shape[0] < self.latent_dim:  # D < K: pad with zero rows, same Gram
+            root = np.vstack([root, np.zeros((self.latent_dim - root.shape[0], self.latent_dim))])
+        return freeze(root)
+
+    def _spread_trace(self, scale_tril: FloatArray) -> Any:
+        """``tr(W^T Psi^{-1} W S)`` = ``|Psi^{-1/2} W L|_F^2`` for one factor or a batch.
+
+        Through the ``(K, K)`` root of the Gram matrix (orthogonal invariance of the
+        Frobenius norm), so a batch of covariances costs O(K^3) each, not O(D K^2).
+        """
+        spread = self._weights_gram_root @ scale_tril
+        return _scalar_or_array(np.sum(spread**2, axis=(-2, -1)))
 
     def elbo(self, q: Gaussian, x: ArrayLike) -> Any:
         r"""Exact ELBO :math:`\mathbb E_q[\log p(x,z) - \log q(z)]`, with no sampling.
@@ -626,17 +643,18 @@ class LinearGaussianModel:
         q = self._check_q(q)
         batch, rows, means = self._paired_rows(q, x)
         precision_root = self._precision_root  # G = R L0^{-1}
-        triangle = scipy.linalg.qr(precision_root @ q.scale_tril, mode="r", check_finite=False)[0]
-        diagonal = np.abs(np.diagonal(triangle))
-        spread = float(np.sum(np.triu(triangle, k=1) ** 2)) + float(
-            np.sum(gram_diag_log_term(diagonal))
+        triangle = np.linalg.qr(precision_root @ q.scale_tril, mode="r")
+        diagonal = np.abs(np.diagonal(triangle, axis1=-2, axis2=-1))
+        spread = np.sum(np.triu(triangle, k=1) ** 2, axis=(-2, -1)) + np.sum(
+            gram_diag_log_term(diagonal), axis=-1
         )
+        spread_rows = np.broadcast_to(spread, batch).reshape(-1)
         out = np.empty(rows.shape[0])
 
         def work(block: slice, buffer: FloatArray) -> None:
             coefficients = self._whitened(rows[block], buffer) @ self._basis_data
             offsets = (means[block] - self._prior.mean) @ precision_root.T - coefficients
-            out[block] = 0.5 * (spread + np.einsum("ij,ij->i", offsets, offsets))
+            out[block] = 0.5 * (spread_rows[block] + np.einsum("ij,ij->i", offsets, offsets))
 
         for_each_block(rows.shape[0], self.data_dim, work)
         self._finite_or_raise(x, out)
@@ -679,8 +697,10 @@ class LinearGaussianModel:
         )
         mean_grad = np.broadcast_to(mean_grad, (*batch, self.latent_dim)).copy()
         scale = q.scale_tril
-        factor_grad = np.tril(-self.posterior_precision @ scale) + np.diag(1.0 / np.diagonal(scale))
-        factor_grad = np.broadcast_to(factor_grad, (*batch, *scale.shape)).copy()
+        factor_grad = np.tril(-self.posterior_precision @ scale)
+        diagonal = np.arange(self.latent_dim)
+        factor_grad[..., diagonal, diagonal] += 1.0 / np.diagonal(scale, axis1=-2, axis2=-1)
+        factor_grad = np.broadcast_to(factor_grad, (*batch, *scale.shape[-2:])).copy()
         return VariationalGradients(mean=mean_grad, scale_tril=factor_grad)
 
     def elbo_grad_model(self, q: Gaussian, x: ArrayLike) -> ModelGradients:
@@ -688,18 +708,19 @@ class LinearGaussianModel:
 
         Notes
         -----
-        With :math:`r_n = x_n - Wm_n - b`, :math:`\delta_n = m_n-\mu_0`, :math:`S` the
-        covariance of q and :math:`N` rows:
+        With :math:`r_n = x_n - Wm_n - b`, :math:`\delta_n = m_n-\mu_0`, :math:`S_n` the
+        covariance of row n's q (the same for every row when q shares one) and :math:`N`
+        rows:
 
         .. math::
             \nabla_b = \textstyle\sum_n \Psi^{-1}r_n,\qquad
-            \nabla_W = \textstyle\sum_n \Psi^{-1}r_nm_n^\top - N\Psi^{-1}WS,
+            \nabla_W = \textstyle\sum_n \Psi^{-1}(r_nm_n^\top - WS_n),
 
-            \nabla_\Psi = \tfrac12\textstyle\sum_n\bigl(\Psi^{-1}(r_nr_n^\top + WSW^\top)
+            \nabla_\Psi = \tfrac12\textstyle\sum_n\bigl(\Psi^{-1}(r_nr_n^\top + WS_nW^\top)
               \Psi^{-1} - \Psi^{-1}\bigr),
 
             \nabla_{\mu_0} = \textstyle\sum_n\Sigma_0^{-1}\delta_n,\qquad
-            \nabla_{\Sigma_0} = \tfrac12\textstyle\sum_n\bigl(\Sigma_0^{-1}(S+\delta_n
+            \nabla_{\Sigma_0} = \tfrac12\textstyle\sum_n\bigl(\Sigma_0^{-1}(S_n+\delta_n
               \delta_n^\top)\Sigma_0^{-1} - \Sigma_0^{-1}\bigr).
 
         For diagonal noise the gradient is taken with respect to the variances (the
@@ -714,19 +735,25 @@ class LinearGaussianModel:
         rows = np.broadcast_to(data, (*batch, self.data_dim)).reshape(n, self.data_dim)
         residual = rows - self._bias - means @ self._weights.T
         solved = self._noise.solve(residual)  # Psi^{-1} r_n, shape (n, D)
-        cov = q.cov
+        k = self.latent_dim
+        if q.shares_covariance:
+            cov_total = n * q.cov  # sum of q's covariances over the rows
+        else:
+            cov_total = np.broadcast_to(q.cov, (*batch, k, k)).reshape(n, k, k).sum(axis=0)
         noise_solved_weights = self._noise.solve(self._weights.T).T  # Psi^{-1} W, (D, K)
         grad_bias = solved.sum(axis=0)
-        grad_weights = solved.T @ means - n * noise_solved_weights @ cov
-        spread = noise_solved_weights @ q.scale_tril  # Psi^{-1} W L_q
+        grad_weights = solved.T @ means - noise_solved_weights @ cov_total
+        spread = noise_solved_weights @ cov_total  # Psi^{-1} W sum_n S_n
         if self._noise.kind == "full":
             precision = self._noise.solve(np.eye(self.data_dim))
             precision = 0.5 * (precision + precision.T)
-            grad_noise: Any = 0.5 * (solved.T @ solved + n * spread @ spread.T - n * precision)
+            spread_outer = spread @ noise_solved_weights.T
+            spread_outer = 0.5 * (spread_outer + spread_outer.T)
+            grad_noise: Any = 0.5 * (solved.T @ solved + spread_outer - n * precision)
         else:
             per_dim = 0.5 * (
                 np.sum(solved**2, axis=0)
-                + n * np.sum(spread**2, axis=1)
+                + np.einsum("ij,ij->i", spread, noise_solved_weights)
                 - n / self._noise.variances
             )
             grad_noise = float(np.sum(per_dim)) if self._noise.kind == "isotropic" else per_dim
@@ -734,8 +761,8 @@ class LinearGaussianModel:
         prior_solved = self._prior_solve_rows(offsets)  # Sigma0^{-1} delta_n
         grad_prior_mean = prior_solved.sum(axis=0)
         prior_precision = self._prior.precision
-        cov_part = self._prior_solve_rows(self._prior_solve_rows(cov).T)  # S0^-1 S S0^-1
-        grad_prior_cov = 0.5 * (n * cov_part + prior_solved.T @ prior_solved - n * prior_precision)
+        cov_part = self._prior_solve_rows(self._prior_solve_rows(cov_total).T)  # S0^-1 S S0^-1
+        grad_prior_cov = 0.5 * (cov_part + prior_solved.T @ prior_solved - n * prior_precision)
         grad_prior_cov = 0.5 * (grad_prior_cov + grad_prior_cov.T)
         return ModelGradients(
             weights=grad_weights,

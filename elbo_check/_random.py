@@ -70,11 +70,22 @@ def random_gaussian(
     condition_number: float = 10.0,
     mean_scale: float = 1.0,
     cov_scale: float = 1.0,
+    shared_covariance: bool = True,
 ) -> Gaussian:
-    """A Gaussian with a non-zero mean and a full covariance of the given conditioning."""
+    """A Gaussian with a non-zero mean and a full covariance of the given conditioning.
+
+    With ``shared_covariance=False`` every member of the batch gets its own covariance.
+    """
     mean = mean_scale * rng.standard_normal((*batch_shape, dim))
-    cov = random_spd(rng, dim, condition_number=condition_number, scale=cov_scale)
-    return Gaussian._trusted(mean, cholesky("cov", cov))
+    if shared_covariance:
+        cov = random_spd(rng, dim, condition_number=condition_number, scale=cov_scale)
+        return Gaussian._trusted(mean, cholesky("cov", cov))
+    covs = [
+        random_spd(rng, dim, condition_number=condition_number, scale=cov_scale)
+        for _ in range(int(np.prod(batch_shape, dtype=int)))
+    ]
+    factors = np.array([cholesky("cov", c) for c in covs]).reshape(*batch_shape, dim, dim)
+    return Gaussian._trusted(mean, factors)
 
 
 def random_model(

@@ -820,7 +820,7 @@ def _expected_log_ratio(
         offset = mean - g.mean
         return -0.5 * (
             k * LOG_2PI
-            + g.log_det_cov
+            + float(g.log_det_cov)
             + float(np.trace(precision @ cov))
             + float(offset @ precision @ offset)
         )

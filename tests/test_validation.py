@@ -63,7 +63,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "cov not square",
         lambda: Gaussian.from_covariance(mean=[0, 0], cov=np.ones((2, 3))),
         InvalidInputError,
-        "cov must be a square matrix; got shape (2, 3)",
+        "cov must be a square matrix or a batch of them, shape (..., K, K); got shape (2, 3)",
     ),
     (
         "cov empty",
