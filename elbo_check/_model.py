@@ -61,6 +61,60 @@ FloatArray = NDArray[np.float64]
 #: the explicit squared norm of the least-squares residual ``(I - Q Q^T) y``.
 CANCELLATION_LIMIT = 2.0**-6
 
+#: Where the least-squares residual is still smaller than this fraction of ``|y|^2``
+#: (more than 10 bits of ``y - W~ u`` cancel), rounding ``y`` and ``W~`` alone costs
+#: ``eps |y| / |r|`` of its relative accuracy; such rows form it again in data
+#: coordinates, ``x - W mu0 - b - W L0 u``, in doubled precision (:func:`_minus_products`).
+DOUBLING_LIMIT = 2.0**-20
+
+_VELTKAMP = 134217729.0  # 2**27 + 1
+
+
+def _halves(a: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Veltkamp's split ``a = hi + lo`` into halves of 26 bits: their products are exact."""
+    scaled = _VELTKAMP * a
+    high = scaled - (scaled - a)
+    return high, a - high
+
+
+def _two_sum(a: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """``a + b`` and its rounding error, exactly (Knuth's TwoSum)."""
+    total = a + b
+    virtual = total - a
+    return total, (a - (total - virtual)) + (b - virtual)
+
+
+def _minus_products(
+    total: FloatArray,
+    error: FloatArray,
+    matrix: FloatArray,
+    halves: tuple[FloatArray, FloatArray],
+    vectors: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """``(total + error) - vectors @ matrix.T`` as an unevaluated pair ``(total, error)``.
+
+    Dot2 of Ogita, Rump & Oishi (2005): every product and every sum is split into its
+    rounded value and its exact error (Dekker's product from the Veltkamp ``halves`` of
+    ``matrix``, Knuth's TwoSum), the errors are summed apart, and ``total + error`` is
+    as accurate as if computed in twice the working precision. ``matrix`` is ``(D, K)``,
+    ``vectors`` ``(n, K)``; ``total`` and ``error`` broadcast to ``(n, D)``. About 20
+    flops per product without a fused multiply-add.
+    """
+    matrix_high, matrix_low = halves
+    vector_high, vector_low = _halves(vectors)
+    error = np.array(np.broadcast_to(error, (vectors.shape[0], matrix.shape[0])))
+    for j in range(matrix.shape[1]):
+        a, a_high, a_low = matrix[:, j], matrix_high[:, j], matrix_low[:, j]
+        b, b_high, b_low = vectors[:, j, None], vector_high[:, j, None], vector_low[:, j, None]
+        product = b * a
+        product_error = ((b_high * a_high - product) + b_low * a_high + b_high * a_low) + (
+            b_low * a_low
+        )
+        total, sum_error = _two_sum(total, -product)
+        error += sum_error
+        error -= product_error
+    return total, error
+
 
 @dataclass(frozen=True)
 class ElboTerms:
@@ -274,6 +328,18 @@ class LinearGaussianModel:
         self._posterior_scale_tril = freeze(tril_of_gram(posterior_map))
         self._marginal_mean = freeze(self._weights @ self._prior.mean + self._bias)
 
+    @cached_property
+    def _doubled_parts(self) -> tuple[tuple[FloatArray, FloatArray], tuple[FloatArray, FloatArray]]:
+        """Veltkamp halves of W, and W mu0 + b as an unevaluated sum ``(high, low)``: what
+        :meth:`_residual_squares` needs for residuals in doubled precision (built on first use)."""
+        weights_high, weights_low = _halves(self._weights)
+        halves = (freeze(weights_high), freeze(weights_low))
+        high, low = _minus_products(
+            self._bias, np.zeros(self.data_dim), self._weights, halves, -self._prior.mean[None]
+        )
+        high, low = _two_sum(high[0], low[0])
+        return halves, (freeze(high), freeze(low))
+
     # ------------------------------------------------------------------ attributes
     @property
     def weights(self) -> FloatArray:
@@ -400,22 +466,39 @@ class LinearGaussianModel:
         return Gaussian._trusted(np.array(self._marginal_mean), tril_of_gram(generator))
 
     def _residual_squares(
-        self, whitened: FloatArray, coefficients: FloatArray, spread: FloatArray
+        self,
+        whitened: FloatArray,
+        coefficients: FloatArray,
+        spread: FloatArray,
+        raw: FloatArray,
+        index: Any,
     ) -> FloatArray:
         """``min_u |y - W~ u|^2 + |u|^2`` for whitened rows ``y`` with ``Q1^T y`` given.
 
         The minimiser is u = R^{-1} Q1^T y (the whitened posterior offset); the residual
         is taken against the exact loadings W~, not against Q1 c, so small rows keep
-        their relative accuracy. Overwrites ``spread`` (a buffer of ``whitened``'s shape).
+        their relative accuracy. Rows where it still cancels by more than
+        ``DOUBLING_LIMIT`` form it again from their data rows ``raw[index]`` in doubled
+        precision; the value is stationary in u, so u's own error enters only squared.
+        Overwrites ``spread`` (a buffer of ``whitened``'s shape).
         """
         offsets = scipy.linalg.solve_triangular(
             self._r_factor, coefficients.T, lower=False, check_finite=False
         ).T
         residual = np.matmul(offsets, self._whitened_loadings.T, out=spread)
         np.subtract(whitened, residual, out=residual)
-        squares: FloatArray = np.einsum("ij,ij->i", residual, residual) + np.einsum(
-            "ij,ij->i", offsets, offsets
-        )
+        offset_squares = np.einsum("ij,ij->i", offsets, offsets)
+        squares: FloatArray = np.einsum("ij,ij->i", residual, residual) + offset_squares
+        deep = np.flatnonzero(squares < DOUBLING_LIMIT * np.einsum("ij,ij->i", whitened, whitened))
+        if deep.size:
+            latent = offsets[deep] @ self._prior.scale_tril.T  # L0 u
+            halves, (high, low) = self._doubled_parts
+            with np.errstate(all="ignore"):  # where a split overflows, keep the first value
+                total, error = _two_sum(np.take(raw, np.asarray(index)[deep], axis=0), -high)
+                total, error = _minus_products(total, error - low, self._weights, halves, latent)
+                doubled = self._noise.whiten(total + error)
+                again = np.einsum("ij,ij->i", doubled, doubled) + offset_squares[deep]
+            squares[deep] = np.where(np.isfinite(again), again, squares[deep])
         return squares
 
     def _mahalanobis(self, flat: FloatArray) -> FloatArray:
@@ -443,7 +526,7 @@ class LinearGaussianModel:
             if 8 * count >= lost.size:
                 rows = np.flatnonzero(lost)
                 squared[block][rows] = self._residual_squares(
-                    whitened[rows], projected[rows], spread[: rows.size]
+                    whitened[rows], projected[rows], spread[: rows.size], flat[block], rows
                 )
             elif count:
                 deferred[block] = lost
@@ -454,8 +537,9 @@ class LinearGaussianModel:
         def exact(block: slice, buffer: FloatArray, spread: FloatArray) -> None:
             rows = recompute[block]
             gathered = np.take(flat, rows, axis=0, out=buffer[: rows.size])
+            whitened = self._whitened(gathered, buffer)
             squared[rows] = self._residual_squares(
-                self._whitened(gathered, buffer), coefficients[rows], spread[: rows.size]
+                whitened, coefficients[rows], spread[: rows.size], flat, rows
             )
 
         if recompute.size:
