@@ -96,6 +96,12 @@ def _check_kinds(name: str, value: Any, allowed: Sequence[str]) -> tuple[str, ..
     return tuple(kind for kind in allowed if kind in kinds)
 
 
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgument(f"{name}={value!r} must be True or False")
+    return bool(value)
+
+
 def _dims(name: str, dim: _Dim) -> st.SearchStrategy[int]:
     if isinstance(dim, st.SearchStrategy):
         return dim
@@ -176,23 +182,32 @@ def _gaussian(
     min_scale: float,
     max_scale: float,
     cov_kinds: tuple[str, ...],
+    shared_covariance: bool = True,
 ) -> Gaussian:
-    size = int(np.prod(batch_shape, dtype=int)) * dim
+    count = int(np.prod(batch_shape, dtype=int))
+    size = count * dim
     mean = np.array(
         draw(st.lists(_unit_floats(max_abs_mean), min_size=size, max_size=size)),
         dtype=np.float64,
     ).reshape(*batch_shape, dim)
-    kind = draw(st.sampled_from(cov_kinds))
-    if kind == "isotropic":
+
+    def covariance() -> FloatArray:
+        kind = draw(st.sampled_from(cov_kinds))
+        if kind == "full":
+            full: FloatArray = draw(_spd(dim, max_condition_number, min_scale, max_scale))
+            return full
         log_scale = draw(st.floats(math.log10(min_scale), math.log10(max_scale)))
-        cov = np.eye(dim) * 10.0**log_scale
-    elif kind == "diagonal":
-        log_scale = draw(st.floats(math.log10(min_scale), math.log10(max_scale)))
-        exponents = draw(st.lists(st.floats(0.0, 1.0), min_size=dim, max_size=dim))
-        cov = np.diag(10.0**log_scale * max_condition_number ** np.array(exponents))
-    else:
-        cov = draw(_spd(dim, max_condition_number, min_scale, max_scale))
-    return Gaussian._trusted(mean, cholesky("cov", cov))
+        if kind == "isotropic":
+            variances = np.full(dim, 10.0**log_scale)
+        else:
+            exponents = draw(st.lists(st.floats(0.0, 1.0), min_size=dim, max_size=dim))
+            variances = 10.0**log_scale * max_condition_number ** np.array(exponents)
+        return np.diag(variances)
+
+    if shared_covariance:
+        return Gaussian._trusted(mean, cholesky("cov", covariance()))
+    factors = np.array([cholesky("cov", covariance()) for _ in range(count)])
+    return Gaussian._trusted(mean, factors.reshape(*batch_shape, dim, dim))
 
 
 COV_KINDS = ("isotropic", "diagonal", "full")
@@ -207,11 +222,14 @@ def gaussians(
     min_scale: float = 0.1,
     max_scale: float = 10.0,
     cov_kinds: Sequence[str] = COV_KINDS,
+    shared_covariance: bool = True,
 ) -> st.SearchStrategy[Gaussian]:
     """Gaussians with non-zero means and (by default) full covariances.
 
     ``cov_kinds`` selects among ``"isotropic"``, ``"diagonal"`` and ``"full"``;
-    examples shrink toward a zero mean and an isotropic covariance.
+    examples shrink toward a zero mean and an isotropic covariance. With a
+    ``batch_shape``, the members share one covariance unless
+    ``shared_covariance=False``, which draws one per member (each of its own kind).
     """
     _check_real("max_abs_mean", max_abs_mean, minimum=0.0)
     _check_real("max_condition_number", max_condition_number, minimum=1.0)
@@ -223,6 +241,7 @@ def gaussians(
     if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in batch_shape):
         raise InvalidArgument(f"batch_shape={batch_shape!r} must be a tuple of integers >= 0")
     shape = tuple(int(s) for s in batch_shape)
+    shared = _check_flag("shared_covariance", shared_covariance)
     return _dims("dim", dim).flatmap(
         lambda d: _gaussian(
             d,
@@ -232,6 +251,7 @@ def gaussians(
             float(min_scale),
             float(max_scale),
             kinds,
+            shared,
         )
     )
 
@@ -356,11 +376,14 @@ def variational_gaussians(
     min_scale: float = 0.05,
     max_scale: float = 5.0,
     cov_kinds: Sequence[str] = COV_KINDS,
+    shared_covariance: bool = True,
 ) -> st.SearchStrategy[Gaussian]:
     """Variational distributions ``q(z)`` over the latent space of ``model``.
 
     Means are centred on the prior mean (so they are of the model's scale) and
-    shrink to it; covariances are full by default and shrink toward isotropic.
+    shrink to it; covariances are full by default and shrink toward isotropic. A
+    batch shares one covariance unless ``shared_covariance=False`` (an encoder that
+    outputs a covariance per row).
     """
     model = _check_model(model)
     base = gaussians(
@@ -371,6 +394,7 @@ def variational_gaussians(
         min_scale=min_scale,
         max_scale=max_scale,
         cov_kinds=cov_kinds,
+        shared_covariance=shared_covariance,
     )
     centre = model.prior.mean
     return base.map(lambda g: Gaussian._trusted(g.mean + centre, g.scale_tril))
@@ -418,15 +442,23 @@ class ElboProblem:
 
 
 def elbo_problems(
-    *, batch_shape: tuple[int, ...] = (), **model_options: Any
+    *,
+    batch_shape: tuple[int, ...] = (),
+    shared_covariance: bool = True,
+    **model_options: Any,
 ) -> st.SearchStrategy[ElboProblem]:
-    """``(model, q, x)`` triples; ``model_options`` go to :func:`linear_gaussian_models`."""
+    """``(model, q, x)`` triples; ``model_options`` go to :func:`linear_gaussian_models`.
+
+    With a ``batch_shape``, ``q`` and ``x`` are batches of that shape (one q per row of
+    x), and the q's have a covariance each when ``shared_covariance=False``.
+    """
     models = linear_gaussian_models(**model_options)
+    shared = _check_flag("shared_covariance", shared_covariance)
 
     @st.composite
     def problems(draw: st.DrawFn) -> ElboProblem:
         model = draw(models)
-        q = draw(variational_gaussians(model, batch_shape=batch_shape))
+        q = draw(variational_gaussians(model, batch_shape=batch_shape, shared_covariance=shared))
         x = draw(observations(model, batch_shape=batch_shape))
         return ElboProblem(model, q, x)
 

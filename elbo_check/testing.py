@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -35,6 +35,14 @@ from hypothesis.errors import NoSuchExample
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
+from ._batching import (
+    BadReturn,
+    as_values,
+    check_batch_size,
+    evaluate_members,
+    member,
+    stack_gaussians,
+)
 from ._config import default_profile, default_seed
 from ._diagnosis import (
     ELBO_SUSPECTS,
@@ -45,8 +53,8 @@ from ._diagnosis import (
     match_suspects,
 )
 from ._errors import InvalidInputError
-from ._gaussian import Gaussian
-from ._linalg import cholesky
+from ._gaussian import Gaussian, kl_divergence
+from ._linalg import cholesky, solve_tril, solve_tril_rows
 from ._model import LinearGaussianModel
 from ._random import random_gaussian, random_model
 from .strategies import (
@@ -219,7 +227,7 @@ def _to_scalar(value: Any) -> float:
         value = value.detach().cpu().numpy()
     array = np.asarray(value, dtype=np.float64)
     if array.size != 1:
-        raise InvalidInputError(f"fn must return a scalar; got an array of shape {array.shape}")
+        raise BadReturn(f"fn must return a scalar; got an array of shape {array.shape}")
     return float(array.reshape(()))
 
 
@@ -313,6 +321,8 @@ def _deterministic_check(
         error = err
     message = explain(failing, got, expected, tolerance, error)
     header = f"{name} failed (seed={seed}; minimal example after {tracker.cases} cases)"
+    if isinstance(error, BadReturn):
+        raise AssertionError(f"{header}: {error}\n{message}") from error
     if error is not None:
         raise AssertionError(
             f"{header}: fn raised {type(error).__name__}: {error}\n{message}"
@@ -356,19 +366,11 @@ def _with_other_prior(model: LinearGaussianModel) -> LinearGaussianModel | None:
         return None
 
 
-def _elbo_probes(
-    fn: Callable[..., Any],
-    model: LinearGaussianModel,
-    q: Gaussian,
-    x: FloatArray,
-    rtol: float,
-    atol: float,
-) -> tuple[
-    list[tuple[tuple[Any, ...], float, float, float]],
-    dict[str, float],
-    dict[str, tuple[float, float]],
-]:
-    """Evaluate fn on the failing case and on variations of it."""
+_Problem = tuple[LinearGaussianModel, Gaussian, FloatArray]
+
+
+def _elbo_variants(model: LinearGaussianModel, q: Gaussian, x: FloatArray) -> dict[str, _Problem]:
+    """The failing case and variations of it that each change one thing."""
     k = model.latent_dim
     rng = np.random.default_rng(12345)
     rotation = np.linalg.qr(rng.standard_normal((k, k)))[0]
@@ -392,11 +394,66 @@ def _elbo_probes(
     other_prior = _with_other_prior(model)
     if other_prior is not None:
         variants["prior changed"] = (other_prior, q, x)
+    return variants
+
+
+def _one_at_a_time(fn: Callable[..., Any]) -> Callable[[list[Any]], list[float | None]]:
+    """The user's unbatched function on each tuple of arguments (None where it raises)."""
+
+    def values(problems: list[Any]) -> list[float | None]:
+        out: list[float | None] = []
+        for problem in problems:
+            try:
+                out.append(_call(fn, *problem))
+            except Exception:
+                out.append(None)
+        return out
+
+    return values
+
+
+def _packed(fn: Callable[..., Any], size: int) -> Callable[[list[_Problem]], list[float | None]]:
+    """The user's batched ELBO on each single problem, packed ``size`` to a call."""
+
+    def values(problems: list[_Problem]) -> list[float | None]:
+        out: list[float | None] = [None] * len(problems)
+        for model in {id(m): m for m, _, _ in problems}.values():
+            indices = [i for i, (m, _, _) in enumerate(problems) if m is model]
+
+            def build(
+                members: Sequence[tuple[Gaussian, FloatArray]], model: LinearGaussianModel = model
+            ) -> tuple[Any, ...]:
+                return (
+                    model,
+                    stack_gaussians([q for q, _ in members]),
+                    np.stack([x for _, x in members]),
+                )
+
+            got = evaluate_members(
+                fn, build, [(problems[i][1], problems[i][2]) for i in indices], size, "ELBO"
+            )
+            for i, value in zip(indices, got, strict=True):
+                out[i] = None if np.isnan(value) else float(value)
+        return out
+
+    return values
+
+
+def _elbo_probes(
+    values_of: Callable[[list[_Problem]], list[float | None]],
+    variants: dict[str, _Problem],
+    rtol: float,
+    atol: float,
+) -> tuple[
+    list[tuple[tuple[Any, ...], float, float, float]],
+    dict[str, float],
+    dict[str, tuple[float, float]],
+]:
+    """The user's values on the variants, with the exact ones, for the suspect matcher."""
     probes, gaps, values = [], {}, {}
-    for label, (mm, qq, xx) in variants.items():
-        try:
-            got = _call(fn, mm, qq, xx)
-        except Exception:
+    got_values = values_of(list(variants.values()))
+    for (label, (mm, qq, xx)), got in zip(variants.items(), got_values, strict=True):
+        if got is None:
             continue
         expected = float(mm.elbo(qq, xx))
         tolerance = rtol * _elbo_scale(mm, qq, xx) + atol
@@ -438,10 +495,16 @@ def verify_elbo(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     up_to_constant: bool = False,
+    batch_size: int | None = None,
     problems: st.SearchStrategy[ElboProblem] | None = None,
     **model_options: Any,
 ) -> VerificationReport:
     """Check ``fn(model, q, x) -> float``, an ELBO for one observation ``x`` of shape (D,).
+
+    With ``batch_size=B``, check batched code instead: ``fn(model, q, x)`` receives
+    ``x`` of shape ``(B, D)`` and a ``q`` with ``q.mean`` of shape ``(B, K)`` and one
+    covariance per row (``q.scale_tril`` and ``q.cov`` of shape ``(B, K, K)``), and
+    must return the ``B`` ELBOs, shape ``(B,)``.
 
     Parameters
     ----------
@@ -459,6 +522,10 @@ def verify_elbo(
     up_to_constant : bool
         For code that drops additive constants: pass when ``got - expected`` is the
         same (within tolerance) for three different q at the same model and x.
+    batch_size : int, optional
+        Check a batched ``fn`` on batches of this many rows. Every member is compared;
+        a failure names the member, and the diagnosis says whether the members'
+        values depend on each other (a reduction or a transpose over the batch axis).
     problems : strategy, optional
         Your own strategy of :class:`~elbo_check.strategies.ElboProblem`.
     **model_options
@@ -479,6 +546,17 @@ def verify_elbo(
     chosen = _profile(profile)
     seed_value = _seed(seed)
     examples = max_examples or chosen["max_examples"]
+    size = check_batch_size(batch_size)
+    if size is not None:
+        if up_to_constant:
+            raise InvalidInputError(
+                "up_to_constant=True and batch_size cannot be combined; check the "
+                "constant-free code unbatched (batch_size=None)"
+            )
+        batched = problems or elbo_problems(
+            batch_shape=(size,), shared_covariance=False, **model_options
+        )
+        return _verify_batched_elbo(fn, size, batched, seed_value, examples, rtol, atol)
     base = problems if problems is not None else elbo_problems(**model_options)
 
     if not up_to_constant:
@@ -501,7 +579,9 @@ def verify_elbo(
                     f"{float(t.kl_to_prior):.6g}, cross-entropy = {float(t.cross_entropy):.6g}, "
                     f"entropy = {float(t.entropy):.6g}"
                 )
-                probes, gaps, values = _elbo_probes(fn, p.model, p.q, p.x, rtol, atol)
+                probes, gaps, values = _elbo_probes(
+                    _one_at_a_time(fn), _elbo_variants(p.model, p.q, p.x), rtol, atol
+                )
                 parts.append(
                     _diagnosis(
                         match_suspects(ELBO_SUSPECTS, probes), describe_gap(gaps, values, tol)
@@ -561,7 +641,9 @@ def verify_elbo(
                 f"  got - exact varies by {got:.6g} across q (tolerance {tol:.3g}): "
                 "the difference depends on q, so it is not a dropped constant"
             )
-            probes, gaps, values = _elbo_probes(fn, p.model, p.q, p.x, rtol, atol)
+            probes, gaps, values = _elbo_probes(
+                _one_at_a_time(fn), _elbo_variants(p.model, p.q, p.x), rtol, atol
+            )
             # A constant offset is allowed here, so compare gaps to the first probe's.
             offset = gaps.get("original", 0.0)
             shifted = [(args, g - offset, e, t) for args, g, e, t in probes]
@@ -583,7 +665,176 @@ def verify_elbo(
     )
 
 
+def _worst_member(got: FloatArray, expected: FloatArray, tolerance: FloatArray) -> int:
+    """The member that fails worst: the first non-finite value, else the largest gap/tol."""
+    bad = ~np.isfinite(got)
+    if np.any(bad):
+        return int(np.flatnonzero(bad)[0])
+    return int(np.argmax(np.abs(got - expected) / tolerance))
+
+
+def _failing_members(got: FloatArray, expected: FloatArray, tolerance: FloatArray) -> int:
+    return int(np.count_nonzero(~(np.abs(got - expected) <= tolerance)))
+
+
+_BATCH_AXIS_HINT = (
+    "Hint: an error that appears only with batches usually comes from an operation on "
+    "the wrong axis: np.diagonal(a) and a.T act on the first axes of a (B, K, K) array "
+    "(use np.diagonal(a, axis1=-2, axis2=-1) and a.swapaxes(-1, -2)); sums and means "
+    "need axis=-1 for the latent axis"
+)
+
+
+def _interaction(
+    values_of: Callable[[list[Any]], list[float | None]],
+    single: Any,
+    others: list[Any],
+    got: float,
+    tolerance: float,
+    size: int,
+) -> str | None:
+    """A diagnosis if a member's value changes with the rest of its batch.
+
+    The member is evaluated first in a batch of copies of itself, then in a batch
+    with ``others`` (different problems) after it; a correct batched function gives
+    the same value in both and in the original batch.
+    """
+    if size == 1 or not others:
+        return None
+    fill = [others[i % len(others)] for i in range(size - 1)]
+    among_copies = values_of([single] * size)[0]
+    among_others = values_of([single, *fill])[0]
+    seen = [v for v in (among_copies, among_others) if v is not None]
+    if all(abs(v - got) <= tolerance for v in seen):
+        return None
+    contexts = [f"{got:.12g} in its batch"]
+    if among_copies is not None:
+        contexts.append(f"{among_copies:.12g} in a batch of {size} copies of it")
+    if among_others is not None:
+        contexts.append(f"{among_others:.12g} in a batch with other members")
+    return (
+        f"Diagnosis: the members of a batch interact: this member's value is "
+        f"{', '.join(contexts)}.\n"
+        "  Fix: compute each member from its own row only; look for a sum or mean over "
+        "the batch axis (axis 0) where the latent axis was meant, broadcasting of a "
+        "(B,) array against (B, K), np.diagonal or .T on a (B, K, K) array (both act on "
+        "the first axes; use np.diagonal(a, axis1=-2, axis2=-1) and a.swapaxes(-1, -2)), "
+        "or q.scale_tril[0] used for every row"
+    )
+
+
+def _verify_batched_elbo(
+    fn: Callable[..., Any],
+    size: int,
+    strategy: st.SearchStrategy[ElboProblem],
+    seed: int,
+    max_examples: int,
+    rtol: float,
+    atol: float,
+) -> VerificationReport:
+    def compare(p: ElboProblem) -> tuple[FloatArray, FloatArray, FloatArray]:
+        got = as_values(fn(p.model, p.q, p.x), size, "ELBO")
+        terms = p.model.elbo_terms(p.q, p.x)
+        expected = np.asarray(terms.elbo, dtype=np.float64)
+        scale = np.abs(terms.expected_log_likelihood) + np.abs(terms.kl_to_prior) + 1.0
+        return got, expected, rtol * scale + atol
+
+    def evaluate(p: ElboProblem) -> tuple[float, float, float]:
+        got, expected, tolerance = compare(p)
+        i = _worst_member(got, expected, tolerance)
+        return float(got[i]), float(expected[i]), float(tolerance[i])
+
+    def explain(
+        p: ElboProblem, got: float, expected: float, tol: float, error: BaseException | None
+    ) -> str:
+        parts = [_describe_model(p.model)]
+        if error is not None:
+            parts.append(
+                f"  a batch of {size}: q.mean {p.q.mean.shape}, q.scale_tril "
+                f"{p.q.scale_tril.shape}, x {p.x.shape}"
+            )
+            parts.append(_BATCH_AXIS_HINT)
+            return "\n".join(parts)
+        got_all, expected_all, tolerance_all = compare(p)
+        i = _worst_member(got_all, expected_all, tolerance_all)
+        q_i, x_i = member(p.q, i), np.array(p.x[i])
+        failing = _failing_members(got_all, expected_all, tolerance_all)
+        parts += [
+            f"  member {i} of the batch of {size} ({failing} of {size} members fail):",
+            _describe_gaussian("q", q_i),
+            f"  x = {_fmt(x_i)}",
+            _numbers(got, expected, tol),
+        ]
+        t = p.model.elbo_terms(q_i, x_i)
+        parts.append(
+            "  exact terms: E_q[log p(x|z)] = "
+            f"{float(t.expected_log_likelihood):.6g}, KL(q||p(z)) = "
+            f"{float(t.kl_to_prior):.6g}, cross-entropy = {float(t.cross_entropy):.6g}, "
+            f"entropy = {float(t.entropy):.6g}"
+        )
+        values_of = _packed(fn, size)
+        variants = _elbo_variants(p.model, q_i, x_i)
+        same_model = [v for v in variants.values() if v[0] is p.model][1:]
+        mixing = _interaction(values_of, variants["original"], same_model, got, tol, size)
+        if mixing is not None:
+            parts.append(mixing)
+            return "\n".join(parts)
+        probes, gaps, values = _elbo_probes(values_of, variants, rtol, atol)
+        parts.append(
+            _diagnosis(match_suspects(ELBO_SUSPECTS, probes), describe_gap(gaps, values, tol))
+        )
+        return "\n".join(parts)
+
+    return _deterministic_check(
+        name=f"verify_elbo(batch_size={size})",
+        strategy=strategy,
+        evaluate=evaluate,
+        explain=explain,
+        seed=seed,
+        max_examples=max_examples,
+        tolerance_text=f"rtol={rtol:g} of the term magnitudes + atol={atol:g}, per member",
+    )
+
+
 # ---------------------------------------------------------------------- KL
+def _kl_scale(p: Gaussian, q: Gaussian) -> Any:
+    """The magnitudes KL(p || q) is made of (per member for batches): the tolerance scale."""
+    ratio = solve_tril(q.scale_tril, p.scale_tril)
+    w = solve_tril_rows(q.scale_tril, np.asarray(p.mean - q.mean))
+    log_dets = np.abs(np.asarray(q.log_det_cov) - np.asarray(p.log_det_cov))
+    return np.sum(ratio**2, axis=(-2, -1)) + np.sum(w**2, axis=-1) + p.dim + log_dets + 1
+
+
+_Pair = tuple[Gaussian, Gaussian]
+
+
+def _kl_variants(p: Gaussian, q: Gaussian) -> list[_Pair]:
+    """The failing pair, swapped, and three unrelated pairs of its dimension."""
+    rng = np.random.default_rng(7)
+    variants = [(p, q), (q, p)]
+    for _ in range(3):
+        # Random scales too: for K = 1 a condition number alone fixes the covariance.
+        first, second = (
+            random_gaussian(
+                rng, p.dim, condition_number=10.0, cov_scale=float(rng.uniform(0.3, 3.0))
+            )
+            for _ in range(2)
+        )
+        variants.append((first, second))
+    return variants
+
+
+def _kl_diagnosis(
+    values: list[float | None], variants: list[_Pair], rtol: float, atol: float
+) -> str:
+    probes = [
+        ((pp, qq), value, float(kl_divergence(pp, qq)), rtol * float(_kl_scale(pp, qq)) + atol)
+        for (pp, qq), value in zip(variants, values, strict=True)
+        if value is not None
+    ]
+    return _diagnosis(match_suspects(KL_SUSPECTS, probes), "compare term by term")
+
+
 @_single_blas_thread
 def verify_kl(
     fn: Callable[[Gaussian, Gaussian], Any],
@@ -595,72 +846,98 @@ def verify_kl(
     atol: float = 1e-8,
     max_dim: int = 6,
     max_condition_number: float = 100.0,
+    batch_size: int | None = None,
 ) -> VerificationReport:
     """Check ``fn(p, q) -> float``, the KL divergence KL(p || q) between two Gaussians.
 
     ``p`` and ``q`` are :class:`~elbo_check.Gaussian` objects of the same dimension
     with non-zero means and full covariances (read ``.mean``, ``.cov``,
     ``.scale_tril``). Tolerance: ``rtol * (KL + tr + Mahalanobis + K + 1) + atol``.
+
+    With ``batch_size=B``, ``p`` and ``q`` are batches of ``B`` Gaussians, each with its
+    own covariance (``.mean`` of shape ``(B, K)``, ``.scale_tril`` ``(B, K, K)``), and
+    ``fn`` must return the ``B`` divergences, shape ``(B,)``; each member is compared.
     """
     __tracebackhide__ = True
     _check_callable(fn)
     chosen = _profile(profile)
     seed_value = _seed(seed)
+    size = check_batch_size(batch_size)
+    shape = () if size is None else (size,)
     dims = st.integers(1, max_dim)
     pairs = dims.flatmap(
         lambda k: st.tuples(
-            gaussians(k, max_condition_number=max_condition_number),
-            gaussians(k, max_condition_number=max_condition_number),
+            *[
+                gaussians(
+                    k,
+                    batch_shape=shape,
+                    max_condition_number=max_condition_number,
+                    shared_covariance=size is None,
+                )
+                for _ in range(2)
+            ]
         )
     )
 
-    def scale(p: Gaussian, q: Gaussian) -> float:
-        ratio = np.linalg.solve(q.scale_tril, p.scale_tril)
-        w = np.linalg.solve(q.scale_tril, p.mean - q.mean)
-        return float(np.sum(ratio**2) + w @ w + p.dim + abs(q.log_det_cov - p.log_det_cov) + 1)
-
-    def evaluate(pair: tuple[Gaussian, Gaussian]) -> tuple[float, float, float]:
+    def compare(pair: _Pair) -> tuple[FloatArray, FloatArray, FloatArray]:
         p, q = pair
-        from ._gaussian import kl_divergence
+        if size is None:
+            got = np.array([_call(fn, p, q)])
+        else:
+            got = as_values(fn(p, q), size, "KL divergence")
+        expected = np.asarray(kl_divergence(p, q), dtype=np.float64).reshape(got.shape)
+        return got, expected, np.reshape(rtol * _kl_scale(p, q) + atol, got.shape)
 
-        return _call(fn, p, q), float(kl_divergence(p, q)), rtol * scale(p, q) + atol
+    def evaluate(pair: _Pair) -> tuple[float, float, float]:
+        got, expected, tolerance = compare(pair)
+        i = _worst_member(got, expected, tolerance)
+        return float(got[i]), float(expected[i]), float(tolerance[i])
 
     def explain(
-        pair: tuple[Gaussian, Gaussian],
-        got: float,
-        expected: float,
-        tol: float,
-        error: BaseException | None,
+        pair: _Pair, got: float, expected: float, tol: float, error: BaseException | None
     ) -> str:
         p, q = pair
-        parts = [f"  K = {p.dim}", _describe_gaussian("p", p), _describe_gaussian("q", q)]
-        if error is None:
+        if error is not None:
+            described = [f"  K = {p.dim}", _describe_gaussian("p", p), _describe_gaussian("q", q)]
+            return "\n".join(described if size is None else [*described, _BATCH_AXIS_HINT])
+        if size is None:
+            parts = [f"  K = {p.dim}", _describe_gaussian("p", p), _describe_gaussian("q", q)]
             parts.append(_numbers(got, expected, tol))
-            from ._gaussian import kl_divergence
+            variants = _kl_variants(p, q)
+            values = _one_at_a_time(fn)(list(variants))
+            parts.append(_kl_diagnosis(values, variants, rtol, atol))
+            return "\n".join(parts)
+        got_all, expected_all, tolerance_all = compare(pair)
+        i = _worst_member(got_all, expected_all, tolerance_all)
+        p_i, q_i = member(p, i), member(q, i)
+        failing = _failing_members(got_all, expected_all, tolerance_all)
+        parts = [
+            f"  K = {p.dim}; member {i} of the batch of {size} ({failing} of {size} members fail):",
+            _describe_gaussian("p", p_i),
+            _describe_gaussian("q", q_i),
+            _numbers(got, expected, tol),
+        ]
 
-            probes = []
-            rng = np.random.default_rng(7)
-            variants = [(p, q), (q, p)]
-            for _ in range(3):
-                variants.append(
-                    (
-                        random_gaussian(rng, p.dim, condition_number=10.0),
-                        random_gaussian(rng, p.dim, condition_number=10.0),
-                    )
+        def values_of(cases: list[_Pair]) -> list[float | None]:
+            def build(members: Sequence[_Pair]) -> tuple[Any, ...]:
+                return stack_gaussians([a for a, _ in members]), stack_gaussians(
+                    [b for _, b in members]
                 )
-            for pp, qq in variants:
-                try:
-                    value = _call(fn, pp, qq)
-                except Exception:
-                    continue
-                probes.append(
-                    ((pp, qq), value, float(kl_divergence(pp, qq)), rtol * scale(pp, qq) + atol)
-                )
-            parts.append(_diagnosis(match_suspects(KL_SUSPECTS, probes), "compare term by term"))
+
+            got_values = evaluate_members(fn, build, cases, size, "KL divergence")
+            return [None if np.isnan(v) else float(v) for v in got_values]
+
+        variants = _kl_variants(p_i, q_i)
+        mixing = _interaction(values_of, variants[0], variants[1:], got, tol, size)
+        if mixing is not None:
+            parts.append(mixing)
+        else:
+            parts.append(_kl_diagnosis(values_of(variants), variants, rtol, atol))
         return "\n".join(parts)
 
+    name = "verify_kl" if size is None else f"verify_kl(batch_size={size})"
     return _deterministic_check(
-        name="verify_kl",
+        name=name,
         strategy=pairs,
         evaluate=evaluate,
         explain=explain,

@@ -142,6 +142,30 @@ def test_shrinking_an_spd_matrix_removes_the_rotation() -> None:
     assert np.array_equal(matrix, np.diag(np.diagonal(matrix)))
 
 
+@given(
+    gaussians(
+        st.integers(1, 4), batch_shape=(3,), shared_covariance=False, max_condition_number=1e4
+    )
+)
+def test_a_covariance_per_member_when_asked(g: Gaussian) -> None:
+    assert g.batch_shape == (3,)
+    assert g.scale_tril.shape == (3, g.dim, g.dim)
+    assert np.all(np.triu(g.scale_tril, 1) == 0)
+    assert np.all(np.diagonal(g.scale_tril, axis1=-2, axis2=-1) > 0)
+    assert np.all(np.linalg.cond(g.cov) <= 1e4 * (1 + 1e-9))
+
+
+def test_members_shrink_to_one_isotropic_covariance_each() -> None:
+    """The minimal batch with differing covariances is isotropic members of two scales."""
+    g = find(
+        gaussians(2, batch_shape=(2,), shared_covariance=False),
+        lambda g: not np.allclose(g.cov[0], g.cov[1]),
+        settings=FIND,
+    )
+    for cov in g.cov:
+        assert np.array_equal(cov, cov[0, 0] * np.eye(2))
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -166,6 +190,11 @@ def test_shrinking_an_spd_matrix_removes_the_rotation() -> None:
         (lambda: linear_gaussian_models(max_abs_bias=float("nan")), "max_abs_bias=nan must be"),
         (lambda: variational_gaussians("model"), "model='model' must be a LinearGaussianModel"),
         (lambda: observations(None), "model=None must be a LinearGaussianModel"),
+        (
+            lambda: gaussians(2, shared_covariance="no"),
+            "shared_covariance='no' must be True or False",
+        ),
+        (lambda: elbo_problems(shared_covariance=1), "shared_covariance=1 must be True or False"),
     ],
 )
 def test_bad_arguments_echo_name_and_value(make: object, message: str) -> None:
