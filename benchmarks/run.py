@@ -131,6 +131,7 @@ class Problem:
     x: np.ndarray  # (N, D)
     q_mean: np.ndarray  # (N, K) means of q
     q_scale_tril: np.ndarray  # (K, K) shared Cholesky factor of q's covariance
+    q_scale_trils: np.ndarray  # (N, K, K) one Cholesky factor per row
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -156,7 +157,10 @@ def make_problem(n: int, d: int, k: int, seed: int = 0) -> Problem:
     q_scale_tril = np.tril(0.1 * rng.standard_normal((k, k)), -1) + np.diag(
         rng.uniform(0.3, 1.0, k)
     )
-    return Problem(w, psi, mu, x, q_mean, q_scale_tril)
+    q_scale_trils = np.tril(0.1 * rng.standard_normal((n, k, k)), -1)
+    diagonal = np.arange(k)
+    q_scale_trils[:, diagonal, diagonal] = rng.uniform(0.3, 1.0, (n, k))
+    return Problem(w, psi, mu, x, q_mean, q_scale_tril, q_scale_trils)
 
 
 # =========================================================================== methods
@@ -198,6 +202,10 @@ def _elbo_check_model(p: Problem) -> Any:
 
 def _elbo_check_with_q(p: Problem) -> tuple[Any, Gaussian]:
     return _elbo_check_model(p), Gaussian.from_cholesky(mean=p.q_mean, scale_tril=p.q_scale_tril)
+
+
+def _elbo_check_with_q_per_row(p: Problem) -> tuple[Any, Gaussian]:
+    return _elbo_check_model(p), Gaussian.from_cholesky(mean=p.q_mean, scale_tril=p.q_scale_trils)
 
 
 # --- scipy: the dense marginal covariance
@@ -308,6 +316,22 @@ METHODS: tuple[Method, ...] = (
         lambda s, x: s[0].kl_to_posterior(s[1], x),
     ),
     Method(
+        "elbo_per_row",
+        "elbo_check `elbo`, a covariance per row",
+        "elbo_check",
+        "elbo",
+        _elbo_check_with_q_per_row,
+        lambda s, x: s[0].elbo(s[1], x),
+    ),
+    Method(
+        "kl_per_row",
+        "elbo_check `kl_to_posterior`, a covariance per row",
+        "elbo_check",
+        "kl",
+        _elbo_check_with_q_per_row,
+        lambda s, x: s[0].kl_to_posterior(s[1], x),
+    ),
+    Method(
         "scipy_dense",
         "scipy `multivariate_normal(mean, C).logpdf`",
         "peer",
@@ -369,16 +393,32 @@ def textbook_posterior_means(p: Problem, x: np.ndarray) -> np.ndarray:
     return np.linalg.solve(precision, ((x - p.mu) @ noise_weights).T).T
 
 
-def textbook_elbo(p: Problem, x: np.ndarray) -> np.ndarray:
-    """E_q log p(x|z) - KL(q || N(0, I)) from the definitions, for FA with q = N(m_n, S)."""
+def textbook_elbo(p: Problem, x: np.ndarray, per_row: bool = False) -> np.ndarray:
+    """E_q log p(x|z) - KL(q || N(0, I)) from the definitions, for FA with q = N(m_n, S_n).
+
+    ``per_row`` takes each row's own factor from ``p.q_scale_trils`` (a dense
+    ``(N, D, K)`` product, in row blocks), else the shared ``p.q_scale_tril``.
+    """
     d, k = p.w.shape
-    lq = p.q_scale_tril
     residual = x - p.q_mean @ p.w.T - p.mu
-    trace = float(np.sum((p.w / np.sqrt(p.psi)[:, None] @ lq) ** 2))
+    whitened_w = p.w / np.sqrt(p.psi)[:, None]
+    if per_row:
+        lq = p.q_scale_trils
+        trace = np.concatenate(
+            [
+                np.sum((whitened_w @ lq[start : start + 256]) ** 2, axis=(1, 2))
+                for start in range(0, lq.shape[0], 256)
+            ]
+        )
+        log_det = 2.0 * np.sum(np.log(np.diagonal(lq, axis1=1, axis2=2)), axis=1)
+        frobenius = np.sum(lq**2, axis=(1, 2))
+    else:
+        lq = p.q_scale_tril
+        trace = float(np.sum((whitened_w @ lq) ** 2))
+        log_det = 2.0 * np.sum(np.log(np.diag(lq)))
+        frobenius = np.sum(lq**2)
     expected = -0.5 * (d * LOG_2PI + np.sum(np.log(p.psi)) + (residual**2) @ (1.0 / p.psi) + trace)
-    kl_prior = 0.5 * (
-        np.sum(lq**2) + np.sum(p.q_mean**2, axis=1) - k - 2.0 * np.sum(np.log(np.diag(lq)))
-    )
+    kl_prior = 0.5 * (frobenius + np.sum(p.q_mean**2, axis=1) - k - log_det)
     return expected - kl_prior
 
 
@@ -398,21 +438,28 @@ def cross_check(name: str, values: Any, p: Problem, log_p: np.ndarray) -> float:
         expected = textbook_posterior_means(p, p.x)
         scale = np.max(np.abs(expected))
         return float(np.max(np.abs(values.mean - expected)) / scale)
-    if name == "elbo":
-        return max_relative_error(values, textbook_elbo(p, p.x))
-    if name == "kl_to_posterior":
+    per_row = name in ("elbo_per_row", "kl_per_row")
+    if name in ("elbo", "elbo_per_row"):
+        return max_relative_error(values, textbook_elbo(p, p.x, per_row))
+    if name in ("kl_to_posterior", "kl_per_row"):
         independent_log_p = TextbookWoodbury.build(p.w, p.psi, p.mu).log_prob(p.x)
-        elbo = textbook_elbo(p, p.x)
+        elbo = textbook_elbo(p, p.x, per_row)
         gap = np.abs(values - (independent_log_p - elbo))
         return float(np.max(gap / (np.abs(independent_log_p) + np.abs(elbo) + np.abs(values))))
     return 0.0  # floors
 
 
 def identity_error(p: Problem) -> float:
-    """max |ELBO + KL - log p(x)| / (|ELBO| + KL + |log p(x)|) over the rows of p."""
-    model, q = _elbo_check_with_q(p)
-    log_p, elbo, kl = model.log_evidence(p.x), model.elbo(q, p.x), model.kl_to_posterior(q, p.x)
-    return float(np.max(np.abs(elbo + kl - log_p) / (np.abs(elbo) + kl + np.abs(log_p))))
+    """max |ELBO + KL - log p(x)| / (|ELBO| + KL + |log p(x)|) over the rows of p, with q
+    sharing one covariance and with a covariance per row."""
+    worst = 0.0
+    for build in (_elbo_check_with_q, _elbo_check_with_q_per_row):
+        model, q = build(p)
+        log_p, elbo = model.log_evidence(p.x), model.elbo(q, p.x)
+        kl = model.kl_to_posterior(q, p.x)
+        gap = np.abs(elbo + kl - log_p) / (np.abs(elbo) + kl + np.abs(log_p))
+        worst = max(worst, float(np.max(gap)))
+    return worst
 
 
 def residual_path_fraction(p: Problem, log_p: np.ndarray) -> float:
@@ -1354,14 +1401,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if size["d"] < 1000:
                 continue
             for name, value in speedups(size).items():
-                if isinstance(value, str):
+                if isinstance(value, str) or name not in ISSUE_PEERS:
                     continue
                 if worst is None or value["call"] < worst[0]:
                     worst = (value["call"], name, _size_label(size))
         if worst is not None:
             out.append(
                 {
-                    "target": f"≥ 10× faster than every peer at D ≥ 1000, {MODE_TITLES[key]}",
+                    "target": f"≥ 10× faster than every peer (scipy, sklearn, torch) at "
+                    f"D ≥ 1000, {MODE_TITLES[key]}",
                     "value": f"smallest speed-up {worst[0]:.1f}×, vs "
                     f"{METHOD_BY_NAME[worst[1]].label} at {worst[2]}",
                     "met": worst[0] >= 10.0,
@@ -1396,6 +1444,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 MODE_TITLES = {"default": "default threading", "one_thread": "one thread"}
 
+#: The peers the "10x faster" target names: libraries a user would call. The textbook
+#: Woodbury code is the issue's own same-work reference ("a careful implementation"),
+#: shown for comparison but not a peer of that target.
+ISSUE_PEERS = ("scipy_dense", "sklearn_fa", "torch_lowrank")
+
 
 def analysis_section(results: dict[str, Any]) -> list[str]:
     modes = results["speed"]
@@ -1423,8 +1476,10 @@ def analysis_section(results: dict[str, Any]) -> list[str]:
                     + " the time of `log_evidence`."
                 )
     lines.append(
-        "- **Memory.** elbo_check works through $X$ in row blocks of about 8 MB, so its extra"
-        " memory is a few blocks plus the output, whatever $N$, and never $D \\times D$. The"
+        "- **Memory.** elbo_check works through $X$ in row blocks of about 1 MB (one or two"
+        " per thread), so its extra memory is a few blocks plus $O(NK)$ outputs, whatever $N$,"
+        " and never $D \\times D$; a $q$ with a covariance per row adds $O(NK^2)$, the size of"
+        " its own input. The"
         " dense peers hold $D \\times D$ matrices and $N \\times D$ temporaries; torch and the"
         " textbook Woodbury code $N \\times D$ temporaries."
     )
