@@ -684,22 +684,28 @@ class LinearGaussianModel:
             entropy=spread(q.entropy()),
         )
 
-    @cached_property
-    def _weights_gram_root(self) -> FloatArray:
-        """Upper-triangular ``R_w`` with ``R_w^T R_w = W^T Psi^{-1} W``, shape ``(K, K)``."""
-        root: FloatArray = np.asarray(np.linalg.qr(self._whitened_weights, mode="r"))
-        if root.shape[0] < self.latent_dim:  # D < K: pad with zero rows, same Gram
-            root = np.vstack([root, np.zeros((self.latent_dim - root.shape[0], self.latent_dim))])
-        return freeze(root)
-
     def _spread_trace(self, scale_tril: FloatArray) -> Any:
         """``tr(W^T Psi^{-1} W S)`` = ``|Psi^{-1/2} W L|_F^2`` for one factor or a batch.
 
-        Through the ``(K, K)`` root of the Gram matrix (orthogonal invariance of the
-        Frobenius norm), so a batch of covariances costs O(K^3) each, not O(D K^2).
+        Formed as the product itself, whose entries are accurate componentwise (a route
+        through the (K, K) root of ``W^T Psi^{-1} W`` costs O(K^3) instead of O(D K^2)
+        per covariance but is only normwise accurate, and lost 600 eps of the ELBO for
+        noise variances spread over 11 decades). A batch goes in blocks of members.
         """
-        spread = self._weights_gram_root @ scale_tril
-        return _scalar_or_array(np.sum(spread**2, axis=(-2, -1)))
+        weights = self._whitened_weights
+        if scale_tril.ndim == 2:
+            return float(np.sum((weights @ scale_tril) ** 2))
+        d, k = weights.shape
+        factors = scale_tril.reshape(-1, k, k)
+        out = np.empty(factors.shape[0])
+
+        def work(block: slice, buffer: FloatArray) -> None:
+            n = block.stop - block.start
+            spread = np.matmul(weights, factors[block], out=buffer[:n].reshape(n, d, k))
+            out[block] = np.einsum("bdk,bdk->b", spread, spread)
+
+        for_each_block(factors.shape[0], d * k, work)
+        return out.reshape(scale_tril.shape[:-2])
 
     def elbo(self, q: Gaussian, x: ArrayLike) -> Any:
         r"""Exact ELBO :math:`\mathbb E_q[\log p(x,z) - \log q(z)]`, with no sampling.
