@@ -1,4 +1,4 @@
-"""The README's example runs as printed (with a correct ``my_elbo`` standing in)."""
+"""The README's example runs as printed (correct ``my_elbo``, ``my_batched_elbo``)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,22 @@ def test_readme_has_one_example() -> None:
 def test_readme_example_runs_and_its_verifier_catches_a_bug() -> None:
     """With a correct ELBO the example passes; with the entropy dropped it raises."""
     (source,) = _python_blocks()
-    exec(source, {"my_elbo": lambda model, q, x: model.elbo(q, x)})
+
+    def correct(model: object, q: object, x: object) -> object:
+        return model.elbo(q, x)  # type: ignore[attr-defined]
+
+    def mean_reduced(model: object, q: object, x: object) -> object:
+        values = model.elbo(q, x)  # type: ignore[attr-defined]
+        return values * 0 + values.mean()  # BUG: one value for the whole batch
+
+    exec(source, {"my_elbo": correct, "my_batched_elbo": correct})
     with pytest.raises(AssertionError, match="entropy term H\\(q\\) is missing"):
-        exec(source, {"my_elbo": lambda model, q, x: model.elbo(q, x) - q.entropy()})
+        exec(
+            source,
+            {
+                "my_elbo": lambda model, q, x: model.elbo(q, x) - q.entropy(),
+                "my_batched_elbo": correct,
+            },
+        )
+    with pytest.raises(AssertionError, match="the members of a batch interact"):
+        exec(source, {"my_elbo": correct, "my_batched_elbo": mean_reduced})
