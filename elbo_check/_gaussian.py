@@ -319,7 +319,7 @@ def _factor_ratio(p: Gaussian, q: Gaussian) -> FloatArray:
     if p.scale_tril.shape == q.scale_tril.shape and np.array_equal(p.scale_tril, q.scale_tril):
         # exact: a blocked LAPACK solve would leave O(eps) entries
         return np.broadcast_to(np.eye(p.dim), p.scale_tril.shape)
-    return np.tril(solve_tril(q.scale_tril, p.scale_tril))
+    return solve_tril(q.scale_tril, p.scale_tril)  # lower triangular: exact zeros above
 
 
 def _sum_last_two(values: FloatArray) -> Any:
