@@ -1183,6 +1183,20 @@ def _repeated_calls(
     return np.asarray(results, dtype=np.float64).reshape(calls, -1)
 
 
+def _statistical_budget(
+    chosen: dict[str, int], calls: int | None, problems: int | None, n_samples: int
+) -> tuple[int, int]:
+    """Validated ``(calls per problem, problems)`` of a statistical check."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise InvalidInputError(
+            f"n_samples must be a positive integer; got n_samples={n_samples!r}"
+        )
+    total_calls = calls or chosen["calls"]
+    if total_calls < 2 * BATCHES:
+        raise InvalidInputError(f"calls must be at least {2 * BATCHES}; got calls={total_calls!r}")
+    return total_calls, problems or chosen["problems"]
+
+
 def _batch_t(values: FloatArray, target: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """t statistics of the mean of ``values`` (calls along axis 0) against ``target``."""
     calls = values.shape[0]
@@ -1250,14 +1264,7 @@ def verify_elbo_estimator(
         )
     if mode != "statistical":
         raise InvalidInputError(f"mode must be 'statistical' or 'pathwise'; got mode={mode!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise InvalidInputError(
-            f"n_samples must be a positive integer; got n_samples={n_samples!r}"
-        )
-    total_calls = calls or chosen["calls"]
-    if total_calls < 2 * BATCHES:
-        raise InvalidInputError(f"calls must be at least {2 * BATCHES}; got calls={total_calls!r}")
-    count = problems or chosen["problems"]
+    total_calls, count = _statistical_budget(chosen, calls, problems, n_samples)
     critical = float(scipy.stats.t.isf(false_alarm_rate / (2 * count), BATCHES - 1))
     worst = 0.0
     for index, (model, q, x) in enumerate(_statistical_problems(seed_value, count, model_options)):
@@ -1574,10 +1581,7 @@ def verify_elbo_gradient(
         )
     if mode != "stochastic":
         raise InvalidInputError(f"mode must be 'exact' or 'stochastic'; got mode={mode!r}")
-    total_calls = calls or chosen["calls"]
-    if total_calls < 2 * BATCHES:
-        raise InvalidInputError(f"calls must be at least {2 * BATCHES}; got calls={total_calls!r}")
-    count = problems or chosen["problems"]
+    total_calls, count = _statistical_budget(chosen, calls, problems, n_samples)
     cases = _statistical_problems(seed_value, count, model_options)
     comparisons = sum(q.dim + q.dim * (q.dim + 1) // 2 for _, q, _ in cases)
     critical = float(scipy.stats.t.isf(false_alarm_rate / (2 * comparisons), BATCHES - 1))

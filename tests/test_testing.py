@@ -160,6 +160,14 @@ def test_kl_and_evidence_verifiers_pass_correct_code() -> None:
         (lambda: verify_elbo_estimator(mc_elbo, calls=10), "calls must be at least 80"),
         (lambda: verify_elbo_estimator(mc_elbo, false_alarm_rate=0.0), "false_alarm_rate must"),
         (lambda: verify_elbo_gradient(mc_elbo, mode="numeric"), "mode must be 'exact' or"),
+        (
+            lambda: verify_elbo_gradient(mc_elbo, mode="stochastic", n_samples=-2),
+            "n_samples must be a positive integer; got n_samples=-2",
+        ),
+        (
+            lambda: verify_elbo_gradient(mc_elbo, mode="stochastic", calls=40),
+            "calls must be at least 80; got calls=40",
+        ),
     ],
 )
 def test_bad_options_are_rejected(call: object, message: str) -> None:
