@@ -39,6 +39,8 @@ KINDS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "pathwise": (testing.verify_elbo_estimator, {"mode": "pathwise"}),
     "gradient": (testing.verify_elbo_gradient, {"mode": "exact"}),
     "stochastic_gradient": (testing.verify_elbo_gradient, {"mode": "stochastic"}),
+    "batched_elbo": (testing.verify_elbo, {"batch_size": 4}),
+    "batched_kl": (testing.verify_kl, {"batch_size": 4}),
 }
 
 SIGNATURES = {
@@ -49,6 +51,8 @@ SIGNATURES = {
     "pathwise": "fn(model, q, x, eps)",
     "gradient": "fn(model, q, x) -> (grad_mean, grad_scale_tril)",
     "stochastic_gradient": "fn(model, q, x, rng, n_samples) -> (grad_mean, grad_scale_tril)",
+    "batched_elbo": "fn(model, q, x) -> (B,): x (B, D), q.scale_tril (B, K, K)",
+    "batched_kl": "fn(p, q) -> (B,): batches of B Gaussians, a covariance each",
 }
 
 
@@ -512,6 +516,64 @@ def stochastic_gradient_wrong_sign(
     return -grad_mean, -grad_factor
 
 
+# --------------------------------------------------------------------------- batched
+# Minibatch code: x (B, D), q.mean (B, K), q.scale_tril (B, K, K) -> B values.
+def _batched_logdet(factor: FloatArray, bug: str) -> FloatArray:
+    if bug == "np.diagonal on the batch":
+        return 2 * np.sum(np.log(np.abs(np.diagonal(factor))), axis=0)  # axes 0 and 1
+    return 2 * np.sum(np.log(np.diagonal(factor, axis1=-2, axis2=-1)), axis=-1)
+
+
+def batched_elbo(model: Any, q: Any, x: FloatArray, bug: str = "") -> Any:
+    w, b = model.weights, model.bias
+    d, k = w.shape
+    psi = noise_matrix(model)
+    psi_inv = np.linalg.inv(psi)
+    m, factor = q.mean, q.scale_tril
+    if bug == "first row's covariance for all":
+        factor = np.broadcast_to(factor[0], factor.shape)
+    cov = factor @ np.swapaxes(factor, -1, -2)
+    if bug == ".T on the batch":
+        cov = factor @ factor.T  # (B, K, K) @ (K, K, B): wrong for B > 1
+    r = x - m @ w.T - b
+    trace = np.einsum("ij,bji->b", w.T @ psi_inv @ w, cov)
+    ell = -0.5 * (d * LOG_2PI + logdet(psi) + np.einsum("bi,ij,bj->b", r, psi_inv, r) + trace)
+    s0, mu0 = model.prior.cov, model.prior.mean
+    s0_inv = np.linalg.inv(s0)
+    delta = m - mu0
+    kl_terms = np.einsum("ij,bji->b", s0_inv, cov) + np.einsum("bi,ij,bj->b", delta, s0_inv, delta)
+    kl = 0.5 * (kl_terms - k + logdet(s0) - _batched_logdet(factor, bug))
+    if bug == "KL averaged over the batch":
+        kl = np.full_like(kl, kl.mean())
+    if bug == "summed over the batch":
+        return float(np.sum(ell - kl))
+    if bug == "entropy missing":  # E_q log p(x, z) only: KL replaced by the cross-entropy
+        kl = kl + (0.5 * k * (1 + LOG_2PI) + 0.5 * _batched_logdet(factor, ""))
+    return ell - kl
+
+
+def batched_kl(p: Any, q: Any, bug: str = "") -> Any:
+    k = p.dim
+    q_inv = np.linalg.inv(q.cov)
+    delta = q.mean - p.mean
+    trace = np.einsum("bij,bji->b", q_inv, p.cov)
+    if bug == "summed over the batch axis":
+        trace = np.full_like(trace, np.einsum("bij,bji->", q_inv, p.cov))
+    mahalanobis = np.einsum("bi,bij,bj->b", delta, q_inv, delta)
+    log_dets = np.linalg.slogdet(q.cov)[1] - np.linalg.slogdet(p.cov)[1]
+    if bug == "arguments swapped":
+        log_dets = -log_dets
+    return 0.5 * (trace + mahalanobis - k + log_dets)
+
+
+def _batched(fn: Callable[..., Any], bug: str) -> Callable[..., Any]:
+    def with_bug(*args: Any) -> Any:
+        return fn(*args, bug=bug)
+
+    with_bug.__name__ = f"{fn.__name__}[{bug}]"
+    return with_bug
+
+
 # =========================================================================== catalogue
 CORRECT: tuple[Implementation, ...] = (
     Implementation("elbo_correct", "elbo", "closed-form reconstruction - KL", elbo_correct),
@@ -532,7 +594,13 @@ CORRECT: tuple[Implementation, ...] = (
         "reparameterisation gradient + exact entropy gradient",
         stochastic_gradient_correct,
     ),
+    Implementation(
+        "batched_elbo_correct", "batched_elbo", "minibatch ELBO, a q per row", batched_elbo
+    ),
+    Implementation("batched_kl_correct", "batched_kl", "minibatch Gaussian KL", batched_kl),
 )
+
+_INTERACT = "the members of a batch interact"
 
 BUGS: tuple[Implementation, ...] = (
     # ----------------------------------------------------------------- ELBO
@@ -779,6 +847,48 @@ BUGS: tuple[Implementation, ...] = (
         stochastic_gradient_wrong_sign,
         diagnosis="the gradient has the wrong sign",
     ),
+    # ----------------------------------------------------------------- batched
+    Implementation(
+        "batched_kl_averaged_over_batch",
+        "batched_elbo",
+        "the KL averaged over the batch, as a loss wants, subtracted from per-row terms",
+        _batched(batched_elbo, "KL averaged over the batch"),
+        diagnosis=_INTERACT,
+    ),
+    Implementation(
+        "batched_first_row_covariance",
+        "batched_elbo",
+        "q.scale_tril[0] used for every row",
+        _batched(batched_elbo, "first row's covariance for all"),
+        diagnosis=_INTERACT,
+    ),
+    Implementation(
+        "batched_transpose",
+        "batched_elbo",
+        "S = L @ L.T on a (B, K, K) array (.T reverses every axis)",
+        _batched(batched_elbo, ".T on the batch"),
+        diagnosis=_INTERACT,
+    ),
+    Implementation(
+        "batched_np_diagonal",
+        "batched_elbo",
+        "log det from np.diagonal(L), which takes axes 0 and 1 of (B, K, K)",
+        _batched(batched_elbo, "np.diagonal on the batch"),
+    ),
+    Implementation(
+        "batched_entropy_missing",
+        "batched_elbo",
+        "E_q log p(x, z) without H(q), per row",
+        _batched(batched_elbo, "entropy missing"),
+        diagnosis="the entropy term H(q) is missing",
+    ),
+    Implementation(
+        "batched_kl_trace_summed_over_batch",
+        "batched_kl",
+        "tr(S_q^-1 S_p) summed over the batch axis too",
+        _batched(batched_kl, "summed over the batch axis"),
+        diagnosis=_INTERACT,
+    ),
 )
 
 
@@ -795,8 +905,11 @@ def suspect_names(kind: str) -> tuple[str, ...]:
         "pathwise": testing._pathwise_suspects(),
         "gradient": testing._gradient_suspects(),
         "stochastic_gradient": testing._gradient_suspects(),
+        "batched_elbo": _diagnosis.ELBO_SUSPECTS,
+        "batched_kl": _diagnosis.KL_SUSPECTS,
     }
-    return tuple(suspect.name for suspect in catalogues[kind])
+    names = tuple(suspect.name for suspect in catalogues[kind])
+    return (*names, _INTERACT) if kind.startswith("batched") else names
 
 
 def diagnosed_names(message: str) -> list[str]:
