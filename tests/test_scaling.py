@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from elbo_check import Gaussian, LinearGaussianModel
 
@@ -68,14 +69,22 @@ def test_tracemalloc_sees_numpy_allocations() -> None:
     assert _peak_bytes(lambda: np.ones((1000, 1000))) >= 8_000_000
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("operation", ["log_evidence", "posterior", "elbo", "kl_to_posterior"])
-def test_working_memory_does_not_grow_with_rows(operation: str) -> None:
+def test_working_memory_does_not_grow_with_rows(
+    operation: str, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """80 MB of float64 rows are processed in blocks: no copy of x, no (N, D) temporary.
 
-    The bound is two row blocks (``BLOCK_ENTRIES`` float64 each) plus a few (N, K + 1)
-    arrays (outputs and per-row latent quantities), under a third of the input's size.
+    The bound is two row blocks (``BLOCK_ENTRIES`` float64 each) per thread plus a few
+    (N, K + 1) arrays (outputs and per-row latent quantities), under a third of the
+    input's size; with two threads each has its own scratch blocks.
     """
+    import elbo_check._blocks as blocks
     from elbo_check._blocks import BLOCK_ENTRIES
+
+    monkeypatch.setattr(blocks, "_usable_cpus", lambda: threads)
+    limits = threadpool_limits(limits=threads, user_api="blas")
 
     rng = np.random.default_rng(7)
     d, k, n = 500, 5, 20_000
@@ -93,7 +102,11 @@ def test_working_memory_does_not_grow_with_rows(operation: str) -> None:
         "elbo": lambda: model.elbo(q, x),
         "kl_to_posterior": lambda: model.kl_to_posterior(q, x),
     }
-    peak = _peak_bytes(calls[operation])
-    bound = 2 * BLOCK_ENTRIES * 8 + 8 * n * (k + 1) * 8
+    try:
+        assert blocks.worker_count(1000) == threads
+        peak = _peak_bytes(calls[operation])
+    finally:
+        limits.restore_original_limits()
+    bound = 2 * threads * BLOCK_ENTRIES * 8 + 8 * n * (k + 1) * 8
     assert peak < bound, f"{operation} peaked at {peak / 1e6:.1f} MB (bound {bound / 1e6:.1f} MB)"
     assert bound < x.nbytes / 3
