@@ -673,6 +673,19 @@ def _worst_member(got: FloatArray, expected: FloatArray, tolerance: FloatArray) 
     return int(np.argmax(np.abs(got - expected) / tolerance))
 
 
+def _worst_of(
+    compare: Callable[[Any], tuple[FloatArray, FloatArray, FloatArray]],
+) -> Callable[[Any], tuple[float, float, float]]:
+    """``evaluate`` for a per-member ``compare``: the worst member's (got, expected, tol)."""
+
+    def evaluate(case: Any) -> tuple[float, float, float]:
+        got, expected, tolerance = compare(case)
+        i = _worst_member(got, expected, tolerance)
+        return float(got[i]), float(expected[i]), float(tolerance[i])
+
+    return evaluate
+
+
 def _failing_members(got: FloatArray, expected: FloatArray, tolerance: FloatArray) -> int:
     return int(np.count_nonzero(~(np.abs(got - expected) <= tolerance)))
 
@@ -739,11 +752,6 @@ def _verify_batched_elbo(
         scale = np.abs(terms.expected_log_likelihood) + np.abs(terms.kl_to_prior) + 1.0
         return got, expected, rtol * scale + atol
 
-    def evaluate(p: ElboProblem) -> tuple[float, float, float]:
-        got, expected, tolerance = compare(p)
-        i = _worst_member(got, expected, tolerance)
-        return float(got[i]), float(expected[i]), float(tolerance[i])
-
     def explain(
         p: ElboProblem, got: float, expected: float, tol: float, error: BaseException | None
     ) -> str:
@@ -788,7 +796,7 @@ def _verify_batched_elbo(
     return _deterministic_check(
         name=f"verify_elbo(batch_size={size})",
         strategy=strategy,
-        evaluate=evaluate,
+        evaluate=_worst_of(compare),
         explain=explain,
         seed=seed,
         max_examples=max_examples,
@@ -888,11 +896,6 @@ def verify_kl(
         expected = np.asarray(kl_divergence(p, q), dtype=np.float64).reshape(got.shape)
         return got, expected, np.reshape(rtol * _kl_scale(p, q) + atol, got.shape)
 
-    def evaluate(pair: _Pair) -> tuple[float, float, float]:
-        got, expected, tolerance = compare(pair)
-        i = _worst_member(got, expected, tolerance)
-        return float(got[i]), float(expected[i]), float(tolerance[i])
-
     def explain(
         pair: _Pair, got: float, expected: float, tol: float, error: BaseException | None
     ) -> str:
@@ -939,7 +942,7 @@ def verify_kl(
     return _deterministic_check(
         name=name,
         strategy=pairs,
-        evaluate=evaluate,
+        evaluate=_worst_of(compare),
         explain=explain,
         seed=seed_value,
         max_examples=max_examples or chosen["max_examples"],
