@@ -41,9 +41,8 @@ def check_batch_size(batch_size: Any) -> int | None:
     """``None`` (unbatched) or an integer >= 1."""
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise InvalidInputError(f"batch_size must be None or an int >= 1; got {batch_size!r}")
-    if batch_size < 1:
+    is_int = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+    if not is_int or batch_size < 1:
         raise InvalidInputError(f"batch_size must be None or an int >= 1; got {batch_size!r}")
     return int(batch_size)
 

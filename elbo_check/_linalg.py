@@ -156,16 +156,16 @@ def check_scale_tril(name: str, factor: FloatArray) -> None:
         )
 
 
-def logdet_from_tril(factor: FloatArray) -> float:
-    """``log det(L @ L.T)`` as ``2 * sum(log(diag(L)))`` for one ``(K, K)`` factor."""
-    return float(2.0 * np.sum(np.log(np.diagonal(factor))))
-
-
 def logdets_from_tril(factor: FloatArray) -> FloatArray:
-    """:func:`logdet_from_tril` for each factor of a batch ``(..., K, K)``."""
+    """``log det(L @ L.T)`` as ``2 * sum(log(diag(L)))`` for each factor of ``(..., K, K)``."""
     diagonal = np.diagonal(factor, axis1=-2, axis2=-1)
     result: FloatArray = 2.0 * np.sum(np.log(diagonal), axis=-1)
     return result
+
+
+def logdet_from_tril(factor: FloatArray) -> float:
+    """:func:`logdets_from_tril` of one ``(K, K)`` factor, as a float."""
+    return float(logdets_from_tril(factor))
 
 
 def _substitute(factor: FloatArray, rhs: FloatArray, trans: bool) -> FloatArray:

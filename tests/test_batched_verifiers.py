@@ -36,30 +36,29 @@ def test_every_member_has_its_own_covariance() -> None:
     assert not all(identical for _, identical in seen)  # not one covariance copied
 
 
-def test_one_number_for_the_whole_batch_is_named() -> None:
-    """The other batch-axis bugs are in the kill matrix (tests/buggy_implementations.py)."""
+@pytest.mark.parametrize(
+    ("bug", "expected"),
+    [
+        (
+            "summed over the batch",
+            "fn must return one ELBO per batch member, shape (4,); got shape ()",
+        ),
+        ("np.diagonal on the batch", "Hint: an error that appears only with batches"),
+    ],
+)
+def test_batch_shape_mistakes_are_explained(bug: str, expected: str) -> None:
+    """A scalar for the batch, and an error raised only by batched input (np.diagonal on
+    (B, K, K) takes log(0) off the diagonal). The other batch-axis bugs are in the kill
+    matrix (tests/buggy_implementations.py)."""
 
-    def summed(model: LinearGaussianModel, q: Gaussian, x: np.ndarray) -> Any:
-        return batched_elbo(model, q, x, "summed over the batch")
+    def buggy(model: LinearGaussianModel, q: Gaussian, x: np.ndarray) -> Any:
+        return batched_elbo(model, q, x, bug)
 
     with pytest.raises(AssertionError) as caught:
-        verify_elbo(summed, batch_size=4)
+        verify_elbo(buggy, batch_size=4)
     message = str(caught.value)
-    assert "fn must return one ELBO per batch member, shape (4,); got shape ()" in message
+    assert expected in message, message
     assert "a batch of 4" in message
-
-
-def test_an_error_only_with_batches_gets_the_axis_hint() -> None:
-    def transposed(model: LinearGaussianModel, q: Gaussian, x: np.ndarray) -> Any:
-        return batched_elbo(model, q, x, "np.diagonal on the batch")
-
-    with pytest.raises(AssertionError) as caught:
-        verify_elbo(transposed, batch_size=4)
-    message = str(caught.value)
-    assert (
-        "the members of a batch interact" in message
-        or "Hint: an error that appears only with batches" in message
-    ), message
 
 
 def test_the_failing_member_is_reported() -> None:
