@@ -7,7 +7,7 @@ whitening, entropy, samples and KL divergences are all derived from that factor.
 from __future__ import annotations
 
 import math
-from functools import cached_property
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -17,10 +17,12 @@ from ._errors import InvalidInputError, InvalidTypeError
 from ._linalg import (
     batched_cholesky,
     check_scale_tril,
+    check_square,
     gram_diag_log_term,
     logdets_from_tril,
     solve_tril,
     solve_tril_rows,
+    symmetric_part,
 )
 from ._validation import as_event_array, as_real_array, check_positive, describe_shape, freeze
 
@@ -31,14 +33,25 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 def as_generator(rng: Any, name: str = "rng") -> np.random.Generator:
-    """Accept a :class:`numpy.random.Generator` or an integer seed; nothing else."""
+    """Accept a :class:`numpy.random.Generator` or a non-negative integer seed.
+
+    Raises
+    ------
+    InvalidInputError
+        For a negative integer (numpy's ``default_rng`` would reject it with a bare
+        ``ValueError``).
+    InvalidTypeError
+        For anything else, booleans and floats included (``True`` and ``1.0`` are
+        almost always a mistake, not a seed).
+    """
     if isinstance(rng, np.random.Generator):
         return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+    requirement = f"{name} must be a numpy.random.Generator or a non-negative int seed"
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+        if rng < 0:
+            raise InvalidInputError(f"{requirement}; got {int(rng)}")
         return np.random.default_rng(int(rng))
-    raise InvalidTypeError(
-        f"{name} must be a numpy.random.Generator or an int seed; got {type(rng).__name__}"
-    )
+    raise InvalidTypeError(f"{requirement}; got {reprlib.repr(rng)} ({type(rng).__name__})")
 
 
 def _scalar_or_array(values: FloatArray) -> Any:
@@ -117,8 +130,8 @@ class Gaussian:
     def _trusted(cls, mean: FloatArray, scale_tril: FloatArray) -> Gaussian:
         """Build from arrays already known to be valid (internal fast path)."""
         self = cls.__new__(cls)
-        self._mean = freeze(np.ascontiguousarray(mean, dtype=np.float64))
-        self._scale_tril = freeze(np.ascontiguousarray(scale_tril, dtype=np.float64))
+        self._mean = freeze(np.asarray(mean, dtype=np.float64))
+        self._scale_tril = freeze(np.asarray(scale_tril, dtype=np.float64))
         return self
 
     @classmethod
@@ -146,7 +159,10 @@ class Gaussian:
         factor :math:`L = U^{-\top}`; the covariance is never formed by inversion.
         """
         precision_array = as_real_array("precision", precision)
-        reversed_factor = batched_cholesky("precision", precision_array[..., ::-1, ::-1])
+        check_square("precision", precision_array, batched=True)
+        # checked before the reversal, so that a message names the caller's indices
+        symmetric = symmetric_part("precision", precision_array)
+        reversed_factor = batched_cholesky("precision", symmetric[..., ::-1, ::-1])
         upper = np.ascontiguousarray(reversed_factor[..., ::-1, ::-1])
         k = upper.shape[-1]
         lower = np.ascontiguousarray(np.swapaxes(upper, -1, -2))
@@ -193,26 +209,31 @@ class Gaussian:
         covariances (read-only)."""
         return self._scale_tril
 
-    @cached_property
+    @property
     def cov(self) -> FloatArray:
-        """The covariance ``L @ L.T``, of the factor's shape (read-only)."""
-        factor = self._scale_tril
-        product = factor @ np.swapaxes(factor, -1, -2)
-        return freeze(0.5 * (product + np.swapaxes(product, -1, -2)))
+        """The covariance ``L @ L.T``, of the factor's shape (read-only, computed once)."""
+        cached: FloatArray | None = self.__dict__.get("_cov")
+        if cached is None:
+            factor = self._scale_tril
+            product = factor @ np.swapaxes(factor, -1, -2)
+            cached = self._cov = freeze(0.5 * product + 0.5 * np.swapaxes(product, -1, -2))
+        return cached
 
-    @cached_property
+    @property
     def precision(self) -> FloatArray:
-        """The precision ``inv(cov)``, computed from triangular solves (read-only)."""
-        inverse_factor = solve_tril(self._scale_tril, np.eye(self.dim))
-        product = np.swapaxes(inverse_factor, -1, -2) @ inverse_factor
-        return freeze(0.5 * (product + np.swapaxes(product, -1, -2)))
+        """The precision ``inv(cov)``, computed once from triangular solves (read-only)."""
+        cached: FloatArray | None = self.__dict__.get("_precision")
+        if cached is None:
+            inverse_factor = solve_tril(self._scale_tril, np.eye(self.dim))
+            product = np.swapaxes(inverse_factor, -1, -2) @ inverse_factor
+            cached = self._precision = freeze(0.5 * product + 0.5 * np.swapaxes(product, -1, -2))
+        return cached
 
     @property
     def variances(self) -> FloatArray:
-        """The marginal variances ``diag(cov)``, shape ``(K,)`` or ``(..., K)``."""
+        """The marginal variances ``diag(cov)``, shape ``(K,)`` or ``(..., K)`` (read-only)."""
         factor = self._scale_tril
-        variances: FloatArray = np.einsum("...ij,...ij->...i", factor, factor)
-        return variances
+        return freeze(np.einsum("...ij,...ij->...i", factor, factor))
 
     @property
     def dim(self) -> int:

@@ -7,33 +7,65 @@ terms are triangular solves, and nothing ever calls ``inv`` or ``det``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 from numpy.typing import NDArray
 
 from ._errors import InvalidInputError
 from ._validation import describe_shape
 
 __all__ = [
+    "SINGULAR_CONDITION",
     "SYMMETRY_RTOL",
     "batched_cholesky",
     "check_scale_tril",
     "cholesky",
+    "condition_limit",
     "gram_diag_log_term",
     "logdet_from_tril",
     "logdets_from_tril",
     "solve_tril",
     "solve_tril_rows",
+    "symmetric_part",
     "tril_of_gram",
 ]
 
 FloatArray = NDArray[np.float64]
 
-#: A matrix ``A`` counts as symmetric when ``max|A - A.T| <= SYMMETRY_RTOL * max|A|``.
-#: Products such as ``W @ S @ W.T`` computed in float64 are asymmetric at the level of
-#: a few ulps; anything larger is a bug in the caller (a transposed factor, a
+#: A matrix ``A`` counts as symmetric when, for every entry,
+#: ``|A[i, j] - A[j, i]| <= SYMMETRY_RTOL * sqrt(A[i, i] * A[j, j])``. The bound is
+#: relative to the diagonal because a positive-definite matrix has
+#: ``|A[i, j]| <= sqrt(A[i, i] * A[j, j])``: it is the natural scale of entry ``(i, j)``
+#: whatever the scales of the other rows (a test relative to ``max|A|`` would let a
+#: large variance hide an asymmetry of order one in a small block). Products such as
+#: ``W @ S @ W.T`` computed in float64 are asymmetric at the level of a few ulps of
+#: that scale; anything larger is a bug in the caller (a transposed factor, a
 #: one-sided update) and is reported rather than silently symmetrised.
 SYMMETRY_RTOL = 1e-10
+
+#: A symmetric positive-definite ``A`` of order ``K`` is rejected as numerically
+#: singular when the (estimated, 1-norm) condition number of its unit-diagonal scaling
+#: ``H = D^{-1/2} A D^{-1/2}``, ``D = diag(A)``, exceeds ``SINGULAR_CONDITION / K``,
+#: i.e. ``1 / (K * eps)`` with ``eps = 2.2e-16`` (``1.5e15`` for ``K = 3``).
+#:
+#: The accuracy of a Cholesky factor is governed by ``cond(H)``, not ``cond(A)``
+#: (van der Sluis 1969; Demmel 1989): the computed factor is the exact factor of
+#: ``A + E`` with ``|E[i, j]| <= c K eps sqrt(A[i, i] A[j, j])``, so
+#: ``diag(1, 1e-17)`` and ``diag(1e-160, 1e160)`` (``H = I``) are exactly determined,
+#: while once ``K * eps * cond(H)`` reaches one that perturbation can move the
+#: smallest eigenvalue of ``H`` to zero: the matrix is indistinguishable from a
+#: singular one, and its log-determinant and inverse are noise. ``cond(H)`` is
+#: estimated in O(K^2) from the factor ``L_H = D^{-1/2} L`` by LAPACK's ``dpocon``.
+SINGULAR_CONDITION = 1.0 / float(np.finfo(np.float64).eps)
+
+
+def condition_limit(k: int) -> float:
+    """Largest accepted condition number of the unit-diagonal scaling of a ``K x K``
+    matrix: ``SINGULAR_CONDITION / K`` (see :data:`SINGULAR_CONDITION`)."""
+    return SINGULAR_CONDITION / k
 
 
 def check_square(name: str, matrix: FloatArray, *, batched: bool = False) -> None:
@@ -52,12 +84,104 @@ def check_square(name: str, matrix: FloatArray, *, batched: bool = False) -> Non
         )
 
 
+def _member_name(name: str, index: tuple[int, ...]) -> str:
+    """``name`` for a single matrix, ``name[3]`` or ``name[1, 2]`` for a batch member."""
+    return f"{name}[{', '.join(map(str, index))}]" if index else name
+
+
 def _members(name: str, matrix: FloatArray) -> list[tuple[str, FloatArray]]:
     """``(name[i, j], member)`` for every matrix of a batch ``(..., K, K)``."""
-    return [
-        (f"{name}[{', '.join(map(str, index))}]", matrix[index])
-        for index in np.ndindex(*matrix.shape[:-2])
-    ]
+    return [(_member_name(name, index), matrix[index]) for index in np.ndindex(*matrix.shape[:-2])]
+
+
+def _eigenvalue_text(matrix: FloatArray) -> str:
+    """The smallest eigenvalue of a symmetric ``matrix`` whose Cholesky factorisation
+    failed, formatted without overflow.
+
+    The eigenvalues are computed for ``matrix / max|matrix|`` (no entry can overflow)
+    and scaled back; if scaling back overflows, the product is shown unevaluated. A
+    non-negative smallest eigenvalue (of a matrix that is singular to working
+    precision) is said to be so, rather than shown as if it were the reason.
+    """
+    scale = float(np.max(np.abs(matrix)))
+    smallest = float(np.linalg.eigvalsh(matrix / scale)[0]) if scale > 0 else 0.0
+    value = smallest * scale
+    text = f"{value:.3g}" if math.isfinite(value) else f"{smallest:.3g} * {scale:.3g}"
+    if smallest >= 0:
+        return f"smallest eigenvalue {text}, zero to rounding: it is numerically singular"
+    return f"smallest eigenvalue {text}"
+
+
+def symmetric_part(name: str, matrix: FloatArray) -> FloatArray:
+    """Check that ``matrix`` (``(K, K)`` or a batch ``(..., K, K)``) can be symmetric
+    positive definite and return its symmetric part, computed without overflow.
+
+    Each diagonal entry must be positive (a positive-definite matrix has a positive
+    diagonal) and each pair must satisfy the :data:`SYMMETRY_RTOL` test. The
+    off-diagonal entries are averaged as ``0.5 * a + 0.5 * b`` (the same for either
+    order, and finite for every finite input); the diagonal is kept exactly.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``name`` (and the batch member), the index of the first bad diagonal
+        entry, or the pair whose asymmetry is largest relative to its scale.
+    """
+    diagonal = np.diagonal(matrix, axis1=-2, axis2=-1)
+    if not np.all(diagonal > 0):
+        *member, i = (int(v) for v in np.argwhere(~(diagonal > 0))[0])
+        label = _member_name(name, tuple(member))
+        raise InvalidInputError(
+            f"{label} must be symmetric positive definite; its diagonal entry "
+            f"{label}[{i}, {i}] is {diagonal[(*member, i)]:.3g}, not positive"
+        )
+    transposed = np.swapaxes(matrix, -1, -2)
+    with np.errstate(over="ignore"):
+        asymmetry = np.abs(matrix - transposed)  # inf only where the test fails anyway
+    roots = np.sqrt(diagonal)
+    allowed = SYMMETRY_RTOL * (roots[..., :, None] * roots[..., None, :])
+    if not np.all(asymmetry <= allowed):
+        ratio = asymmetry / allowed
+        worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+        *member, i, j = (int(v) for v in worst)
+        label = _member_name(name, tuple(member))
+        largest = float(np.max(asymmetry[tuple(member)]))
+        i, j = min(i, j), max(i, j)
+        raise InvalidInputError(
+            f"{label} must be symmetric; largest |{label} - {label}.T| is {largest:.3g}; "
+            f"|{label}[{i}, {j}] - {label}[{j}, {i}]| = {asymmetry[(*member, i, j)]:.3g} "
+            f"is more than SYMMETRY_RTOL * sqrt({label}[{i}, {i}] * {label}[{j}, {j}]) = "
+            f"{float(allowed[(*member, i, j)]):.3g}"
+        )
+    symmetric: FloatArray = 0.5 * matrix + 0.5 * transposed
+    k = matrix.shape[-1]
+    symmetric[..., np.arange(k), np.arange(k)] = diagonal
+    return symmetric
+
+
+def _check_resolvable(name: str, factor: FloatArray, symmetric: FloatArray) -> None:
+    """Raise if ``symmetric`` (with lower Cholesky factor ``factor``; either may be a
+    batch) is numerically singular: :data:`SINGULAR_CONDITION` explains the test."""
+    k = factor.shape[-1]
+    limit = condition_limit(k)
+    roots = np.sqrt(np.diagonal(symmetric, axis1=-2, axis2=-1))
+    scaled_factor = factor / roots[..., :, None]  # L_H = D^{-1/2} L: entries in [-1, 1]
+    scaled = symmetric / roots[..., :, None] / roots[..., None, :]  # H, unit diagonal
+    norms = np.max(np.sum(np.abs(scaled), axis=-2), axis=-1)  # ||H||_1, O(K^2)
+    for index in np.ndindex(*factor.shape[:-2]):
+        member = np.asfortranarray(scaled_factor[index])
+        rcond, info = scipy.linalg.lapack.dpocon(member, float(norms[index]), uplo="L")
+        if info != 0:  # pragma: no cover - only for invalid arguments
+            raise AssertionError(f"dpocon failed with info={info}")
+        if rcond * limit >= 1.0:
+            continue
+        tiny = float(np.finfo(np.float64).tiny)
+        seen = f"about {1.0 / rcond:.2g}" if rcond > tiny else "beyond the float64 range"
+        raise InvalidInputError(
+            f"{_member_name(name, index)} must be symmetric positive definite; it is "
+            f"numerically singular: condition number of its unit-diagonal scaling {seen}, "
+            f"more than the {limit:.2g} float64 can resolve for K = {k}"
+        )
 
 
 def batched_cholesky(name: str, matrix: FloatArray) -> FloatArray:
@@ -69,58 +193,54 @@ def batched_cholesky(name: str, matrix: FloatArray) -> FloatArray:
     check_square(name, matrix, batched=True)
     if matrix.ndim == 2:
         return cholesky(name, matrix)
-    scale = np.max(np.abs(matrix), axis=(-2, -1))
-    asymmetry = np.max(np.abs(matrix - np.swapaxes(matrix, -1, -2)), axis=(-2, -1))
-    factor = None
-    if np.all(asymmetry <= SYMMETRY_RTOL * scale):
-        symmetric = 0.5 * (matrix + np.swapaxes(matrix, -1, -2))
-        try:
-            factor = np.linalg.cholesky(symmetric)
-        except np.linalg.LinAlgError:
-            factor = None
-    if factor is not None:
-        diagonal = np.diagonal(factor, axis1=-2, axis2=-1)
-        if np.all(diagonal > 0) and np.all(np.isfinite(factor)):
-            return np.ascontiguousarray(factor)
-    for member_name, member in _members(name, matrix):
-        cholesky(member_name, member)  # raises for the first invalid member
-    raise InvalidInputError(f"{name} must be a batch of symmetric positive-definite matrices")
+    symmetric = symmetric_part(name, matrix)
+    try:
+        factor = np.asarray(np.linalg.cholesky(symmetric), dtype=np.float64)
+    except np.linalg.LinAlgError:
+        for member_name, member in _members(name, symmetric):
+            cholesky(member_name, member)  # raises for the first invalid member
+        raise  # pragma: no cover - every member factored on its own
+    _check_factor(name, factor, symmetric)
+    return np.ascontiguousarray(factor)
+
+
+def _check_factor(name: str, factor: FloatArray, symmetric: FloatArray) -> None:
+    """Raise unless ``factor`` (of ``symmetric``) is finite with a positive diagonal and
+    ``symmetric`` is not numerically singular."""
+    diagonal = np.diagonal(factor, axis1=-2, axis2=-1)
+    if not (np.all(diagonal > 0) and np.all(np.isfinite(factor))):
+        for index in np.ndindex(*factor.shape[:-2]):
+            if not (np.all(diagonal[index] > 0) and np.all(np.isfinite(factor[index]))):
+                raise InvalidInputError(
+                    f"{_member_name(name, index)} must be symmetric positive definite; "
+                    f"{_eigenvalue_text(symmetric[index])}"
+                )
+    _check_resolvable(name, factor, symmetric)
 
 
 def cholesky(name: str, matrix: FloatArray) -> FloatArray:
     """Lower Cholesky factor of a symmetric positive-definite ``matrix``.
 
-    The input is symmetrised (after the :data:`SYMMETRY_RTOL` check) so that the
-    factor does not depend on which triangle the caller happened to round.
+    The input is checked and symmetrised by :func:`symmetric_part`, so that the factor
+    does not depend on which triangle the caller happened to round, and a numerically
+    singular matrix is rejected (see :data:`SINGULAR_CONDITION`).
 
     Raises
     ------
     InvalidInputError
-        If ``matrix`` is not square, not symmetric, or not positive definite; the
-        message names ``name`` and shows the asymmetry or the smallest eigenvalue.
+        If ``matrix`` is not square, not symmetric, not positive definite or
+        numerically singular; the message names ``name`` and shows the offending
+        entry, the smallest eigenvalue or the condition number.
     """
     check_square(name, matrix)
-    scale = float(np.max(np.abs(matrix)))
-    asymmetry = float(np.max(np.abs(matrix - matrix.T)))
-    if asymmetry > SYMMETRY_RTOL * scale:
-        raise InvalidInputError(
-            f"{name} must be symmetric; largest |{name} - {name}.T| is {asymmetry:.3g} "
-            f"while largest |{name}| is {scale:.3g}"
-        )
-    symmetric = 0.5 * (matrix + matrix.T)
+    symmetric = symmetric_part(name, matrix)
     try:
         factor = scipy.linalg.cholesky(symmetric, lower=True, check_finite=False)
     except np.linalg.LinAlgError as err:
-        smallest = float(np.linalg.eigvalsh(symmetric)[0])
         raise InvalidInputError(
-            f"{name} must be symmetric positive definite; smallest eigenvalue {smallest:.3g}"
+            f"{name} must be symmetric positive definite; {_eigenvalue_text(symmetric)}"
         ) from err
-    diagonal = np.diagonal(factor)
-    if not np.all(diagonal > 0) or not np.all(np.isfinite(factor)):
-        smallest = float(np.linalg.eigvalsh(symmetric)[0])
-        raise InvalidInputError(
-            f"{name} must be symmetric positive definite; smallest eigenvalue {smallest:.3g}"
-        )
+    _check_factor(name, factor, symmetric)
     return np.ascontiguousarray(factor)
 
 

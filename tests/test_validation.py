@@ -6,6 +6,7 @@ Each row builds something invalid and states the exception type and the exact me
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +46,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "cov not symmetric",
         lambda: Gaussian.from_covariance(mean=[0, 0], cov=[[1.0, 0.5], [0.0, 1.0]]),
         InvalidInputError,
-        "cov must be symmetric; largest |cov - cov.T| is 0.5 while largest |cov| is 1",
+        "cov must be symmetric; largest |cov - cov.T| is 0.5; |cov[0, 1] - cov[1, 0]| = 0.5 "
+        "is more than SYMMETRY_RTOL * sqrt(cov[0, 0] * cov[1, 1]) = 1e-10",
     ),
     (
         "cov indefinite",
@@ -57,7 +59,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "cov singular",
         lambda: Gaussian.from_covariance(mean=[0, 0], cov=[[1.0, 1.0], [1.0, 1.0]]),
         InvalidInputError,
-        "cov must be symmetric positive definite; smallest eigenvalue",
+        "cov must be symmetric positive definite; smallest eigenvalue 0, zero to rounding: "
+        "it is numerically singular",
     ),
     (
         "cov not square",
@@ -124,7 +127,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "precision indefinite",
         lambda: Gaussian.from_precision(mean=[0, 0], precision=[[1.0, 0.0], [0.0, -1.0]]),
         InvalidInputError,
-        "precision must be symmetric positive definite; smallest eigenvalue -1",
+        "precision must be symmetric positive definite; its diagonal entry precision[1, 1] "
+        "is -1, not positive",
     ),
     (
         "complex covariance",
@@ -160,7 +164,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "sample with a float rng",
         lambda: Q.sample(3, rng=0.5),  # type: ignore[arg-type]
         InvalidTypeError,
-        "rng must be a numpy.random.Generator or an int seed; got float",
+        "rng must be a numpy.random.Generator or a non-negative int seed; got 0.5 (float)",
     ),
     (
         "sample a negative count",
@@ -264,7 +268,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "full noise not positive definite",
         lambda: model(noise_cov=np.diag([1.0, 1.0, -1.2e-3])),
         InvalidInputError,
-        "noise_cov must be symmetric positive definite; smallest eigenvalue -0.0012",
+        "noise_cov must be symmetric positive definite; its diagonal entry noise_cov[2, 2] "
+        "is -0.0012, not positive",
     ),
     (
         "full noise not symmetric",
@@ -427,7 +432,7 @@ def test_errors_are_builtin_subclasses() -> None:
 def test_linalg_error_is_chained_not_raw() -> None:
     """The LinAlgError from a failed Cholesky is kept as the cause, never raised bare."""
     with pytest.raises(InvalidInputError) as caught:
-        model(noise_cov=-np.eye(3))
+        model(noise_cov=[[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     assert isinstance(caught.value.__cause__, np.linalg.LinAlgError)
 
 
@@ -464,3 +469,156 @@ def test_model_copies_its_input() -> None:
     weights[:] = 0.0
     assert m.log_evidence(np.zeros(3)) == before
     assert re.search("noise_kind='isotropic'", repr(m))
+
+
+# ---------------------------------------------------------------- matrix checks
+RANK_TWO = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_numerically_singular_covariance_is_rejected(batched: bool) -> None:
+    """A A^T of rank 2 factors on rounding alone; it is rejected with its condition number.
+
+    The estimate of cond(H), H the unit-diagonal scaling, is about 8e16 (3.4e16 exactly
+    computed by numpy from the rounded factor), far above 1 / (3 eps) = 1.5e15.
+    """
+    cov = RANK_TWO @ RANK_TWO.T
+    label = "cov"
+    if batched:
+        cov, label = np.stack([np.eye(3), cov]), "cov[1]"
+    with pytest.raises(InvalidInputError) as caught:
+        Gaussian.from_covariance(mean=np.zeros(3), cov=cov)
+    message = str(caught.value)
+    pattern = (
+        rf"{re.escape(label)} must be symmetric positive definite; it is numerically "
+        r"singular: condition number of its unit-diagonal scaling about (\S+), more than "
+        r"the 1\.5e\+15 float64 can resolve for K = 3$"
+    )
+    found = re.match(pattern, message)
+    assert found, message
+    assert float(found.group(1)) > 1e16
+
+
+def test_singular_precision_and_noise_are_rejected() -> None:
+    """The same test guards the precision and full-noise routes."""
+    singular = RANK_TWO @ RANK_TWO.T
+    with pytest.raises(InvalidInputError, match=r"^precision must be .* numerically singular"):
+        Gaussian.from_precision(mean=np.zeros(3), precision=singular)
+    with pytest.raises(InvalidInputError, match=r"^noise_cov must be .* numerically singular"):
+        model(noise_cov=singular)
+
+
+@pytest.mark.parametrize(
+    ("diagonal", "log_det"),
+    [
+        ([1.0, 1e-17], math.log(1e-17)),
+        ([1e-160, 1e160], math.log(1e-160) + math.log(1e160)),
+        ([1e-300, 1.0, 1e300], math.log(1e-300) + math.log(1e300)),
+    ],
+)
+def test_badly_scaled_but_well_determined_matrices_are_accepted(
+    diagonal: list[float], log_det: float
+) -> None:
+    """cond(A) is huge but the unit-diagonal scaling is I: every digit is determined."""
+    for build in (
+        lambda: Gaussian.from_covariance(mean=np.zeros(len(diagonal)), cov=np.diag(diagonal)),
+        lambda: Gaussian.from_precision(
+            mean=np.zeros(len(diagonal)), precision=np.diag(1.0 / np.array(diagonal))
+        ),
+        lambda: Gaussian.from_covariance(
+            mean=np.zeros(len(diagonal)), cov=np.stack([np.diag(diagonal)] * 2)
+        ),
+    ):
+        g = build()
+        assert np.allclose(g.log_det_cov, log_det, rtol=1e-15, atol=1e-13)
+
+
+@pytest.mark.parametrize("k", [2, 3, 6, 10])
+def test_ill_conditioned_but_resolvable_matrices_are_accepted(k: int) -> None:
+    """cond(A) = 1e13 (the largest the test suites use) stays accepted up to K = 10."""
+    from elbo_check._random import random_spd
+
+    rng = np.random.default_rng(k)
+    for _ in range(20):
+        cov = random_spd(rng, k, condition_number=1e13, scale=float(rng.uniform(0.1, 10)))
+        Gaussian.from_covariance(mean=np.zeros(k), cov=cov)
+        model_cov = random_spd(rng, 3, condition_number=1e13, scale=1.0)
+        model(noise_cov=model_cov)
+
+
+def test_asymmetry_is_judged_entry_by_entry() -> None:
+    """A large variance elsewhere does not hide an asymmetry of order one in a small block."""
+    with pytest.raises(InvalidInputError) as caught:
+        Gaussian.from_covariance(mean=[0, 0], cov=[[1e10, 0.5], [0.0, 1.0]])
+    assert str(caught.value) == (
+        "cov must be symmetric; largest |cov - cov.T| is 0.5; |cov[0, 1] - cov[1, 0]| = 0.5 "
+        "is more than SYMMETRY_RTOL * sqrt(cov[0, 0] * cov[1, 1]) = 1e-05"
+    )
+    cov = np.diag([1e10, 1.0, 1.0])
+    cov[2, 1], cov[1, 2] = 0.25, 0.25 + 1e-6  # hidden by a tolerance of 1e-10 * 1e10
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^cov\[1\] must be symmetric; .*\|cov\[1\]\[1, 2\] - cov\[1\]\[2, 1\]\| = 1e-06",
+    ):
+        Gaussian.from_covariance(mean=np.zeros(3), cov=np.stack([np.eye(3), cov]))
+    # tiny asymmetry at the level of each entry's own scale is accepted (and averaged)
+    cov = np.array([[1e-20, 3e-21], [3e-21 * (1 + 1e-14), 1e-20]])
+    g = Gaussian.from_covariance(mean=[0, 0], cov=cov)
+    assert g.cov[0, 1] == g.cov[1, 0]
+
+
+def test_precision_messages_name_the_callers_indices() -> None:
+    """from_precision factors a reversed matrix; its messages still use the caller's indices."""
+    with pytest.raises(InvalidInputError) as caught:
+        Gaussian.from_precision(mean=[0, 0, 0], precision=np.diag([1.0, 2.0, 0.0]))
+    assert str(caught.value).startswith(
+        "precision must be symmetric positive definite; its diagonal entry precision[2, 2] is 0"
+    )
+    precision = np.eye(3)
+    precision[0, 1] = 0.5
+    with pytest.raises(InvalidInputError) as caught:
+        Gaussian.from_precision(mean=[0, 0, 0], precision=precision)
+    assert "|precision[0, 1] - precision[1, 0]| = 0.5" in str(caught.value)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_zero_or_negative_diagonal_entry_is_named(batched: bool) -> None:
+    """A non-positive diagonal entry rules out positive definiteness; its index is named."""
+    cov = np.diag([1.0, 1.0, 0.0])
+    label, build_cov = "cov", cov
+    if batched:
+        label, build_cov = "cov[1]", np.stack([np.eye(3), cov])
+    with pytest.raises(InvalidInputError) as caught:
+        Gaussian.from_covariance(mean=np.zeros(3), cov=build_cov)
+    assert str(caught.value) == (
+        f"{label} must be symmetric positive definite; its diagonal entry {label}[2, 2] "
+        "is 0, not positive"
+    )
+
+
+def test_huge_entries_do_not_overflow_the_symmetrisation() -> None:
+    """0.5 * (A + A.T) overflows for 1.5e308; the covariance is still accepted exactly."""
+    g = Gaussian.from_covariance(mean=[0.0], cov=[[1.5e308]])
+    assert g.log_det_cov == pytest.approx(math.log(1.5e308), rel=1e-15)
+    cov = np.array([[1.5e308, 1e308], [1e308, 1.5e308]])
+    g = Gaussian.from_covariance(mean=[0.0, 0.0], cov=cov)
+    expected = math.log(1.25) + 2 * math.log(1e308)  # det = (1.5^2 - 1) 1e616
+    assert g.log_det_cov == pytest.approx(expected, rel=1e-14)
+    batch = Gaussian.from_covariance(mean=[0.0, 0.0], cov=np.stack([cov, np.eye(2)]))
+    assert batch.log_det_cov[0] == pytest.approx(expected, rel=1e-14)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_an_eigenvalue_message_is_finite_for_finite_input(batched: bool) -> None:
+    """The smallest eigenvalue of this matrix is -2.4e308: shown without overflowing."""
+    cov = np.full((3, 3), -1.7e308)
+    np.fill_diagonal(cov, 1e308)
+    if batched:
+        cov = np.stack([np.eye(3), cov])
+    with pytest.raises(InvalidInputError) as caught:
+        Gaussian.from_covariance(mean=np.zeros(3), cov=cov)
+    message = str(caught.value)
+    assert "must be symmetric positive definite; smallest eigenvalue" in message
+    assert "inf" not in message, message
+    assert "nan" not in message, message
+    assert message.endswith("smallest eigenvalue -1.41 * 1.7e+308"), message
