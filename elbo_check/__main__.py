@@ -8,24 +8,54 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ._version import __version__
 
-__all__ = ["main"]
+__all__ = ["PIPE_CLOSED_STATUS", "main"]
+
+#: Exit status when the reader of stdout goes away (``elbo-check demo --json | head``):
+#: 128 + SIGPIPE, what the shell reports for a program that the signal ended.
+PIPE_CLOSED_STATUS = 141
+
+
+def _parse_int(text: str, minimum: int, requirement: str) -> int:
+    """``int(text)`` if it is at least ``minimum``; else an error stating ``requirement``."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {requirement}; got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
+    """argparse ``type=`` for counts: an integer >= 1."""
+    return _parse_int(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse ``type=`` for seeds: an integer >= 0 (what numpy's ``default_rng`` takes)."""
+    return _parse_int(text, 0, "a non-negative integer")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose messages for a bad option value read
+    ``--n must be a positive integer; got 'abc'`` (argparse itself would print
+    ``argument --n: must be ...``)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(re.sub(r"^argument ([^:]+): must ", r"\1 must ", message))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="elbo-check",
         description="Exact ELBO / KL / log-evidence oracle for linear-Gaussian latent models.",
     )
@@ -42,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
             "if any check fails."
         ),
     )
-    selftest.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    selftest.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="random seed (default: 0)"
+    )
     selftest.add_argument(
         "--n", type=_positive_int, default=3, help="random models per case (default: 3)"
     )
@@ -60,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(needs matplotlib: pip install elbo_check[plot])."
         ),
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     demo.add_argument("--plot", metavar="FILE", help="write the two-phase figure as a PNG")
     demo.add_argument("--json", action="store_true", help="print every step as JSON")
     return parser
@@ -88,9 +120,7 @@ def _run_demo(seed: int, plot: str | None, as_json: bool) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     if args.command == "selftest":
         from ._selftest import run_selftest
 
@@ -103,6 +133,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return _run_demo(args.seed, args.plot, args.json)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
+
+
+def _discard_stdout() -> None:
+    """Point the stdout file descriptor at the null device, so that the interpreter's
+    final flush of what is still buffered cannot fail a second time."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout (tests)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, descriptor)
+    finally:
+        os.close(null)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status.
+
+    If the reader of stdout closes the pipe early (``elbo-check demo --json | head``),
+    the run ends quietly with :data:`PIPE_CLOSED_STATUS` instead of a traceback (see
+    "Note on SIGPIPE" in the documentation of Python's :mod:`signal` module).
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        status = _run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return PIPE_CLOSED_STATUS
+    return status
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import elbo_check._selftest as selftest
-from elbo_check.__main__ import main
+from elbo_check.__main__ import PIPE_CLOSED_STATUS, main
 
 
 def test_selftest_passes_and_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,12 +61,62 @@ def test_selftest_fails_loudly_when_an_identity_breaks(
     assert "ELBO + KL = log p(x)" in out
 
 
-def test_bad_arguments_exit_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
-    """--n 0 is rejected by the parser with a message naming the option."""
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["selftest", "--n", "0"], "--n must be a positive integer; got '0'"),
+        (["selftest", "--n", "abc"], "--n must be a positive integer; got 'abc'"),
+        (["selftest", "--n", "1.5"], "--n must be a positive integer; got '1.5'"),
+        (["selftest", "--seed", "-1"], "--seed must be a non-negative integer; got '-1'"),
+        (["selftest", "--seed", "x"], "--seed must be a non-negative integer; got 'x'"),
+        (["demo", "--seed", "-3"], "--seed must be a non-negative integer; got '-3'"),
+    ],
+)
+def test_bad_arguments_exit_with_usage(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad option value is rejected by the parser with a message naming the option."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["selftest", "--n", "0"])
+        main(argv)
     assert exit_info.value.code == 2
-    assert "--n: must be a positive integer; got 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(f"error: {message}"), err
+
+
+def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "elbo_check", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_negative_seed_gives_usage_not_a_traceback() -> None:
+    """``selftest --seed -1`` used to reach numpy's default_rng and print a traceback."""
+    done = _run_module("selftest", "--seed", "-1")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "--seed must be a non-negative integer; got '-1'" in done.stderr
+
+
+def test_a_closed_stdout_pipe_exits_quietly() -> None:
+    """``demo --json | head -c 10``: the reader is gone before anything is written.
+
+    The read end is closed at once, while the child is still importing, so its first
+    write fails with EPIPE; it must end with status 141 and nothing on stderr.
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "elbo_check", "demo", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    assert child.stderr is not None
+    child.stdout.close()
+    stderr = child.stderr.read().decode()
+    child.stderr.close()
+    status = child.wait(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    assert stderr == ""
+    assert status == PIPE_CLOSED_STATUS
 
 
 def test_module_entry_point_runs() -> None:
