@@ -22,6 +22,7 @@ __all__ = [
     "check_shape",
     "describe_shape",
     "freeze",
+    "is_frozen",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -32,10 +33,79 @@ def describe_shape(shape: Sequence[int]) -> str:
     return str(tuple(int(s) for s in shape))
 
 
+def is_frozen(array: NDArray[Any]) -> bool:
+    """Whether ``array`` is a view of an immutable ``bytes`` buffer (see :func:`freeze`).
+
+    Such an array can never be made writeable again: numpy refuses
+    ``flags.writeable = True`` on it and on every array of its ``.base`` chain, and no
+    writeable view of its memory exists.
+    """
+    current: Any = array
+    while isinstance(current, np.ndarray):
+        if current.flags.owndata or current.flags.writeable:
+            return False
+        current = current.base
+    return type(current) is bytes
+
+
 def freeze(array: FloatArray) -> FloatArray:
-    """Mark ``array`` read-only so shared factors cannot be changed behind our back."""
-    array.flags.writeable = False
-    return array
+    """A read-only copy of ``array`` that can never be made writeable again.
+
+    Clearing ``flags.writeable`` is not enough: anyone may set it back and edit a
+    shared factor behind our back. The copy returned here is backed by an immutable
+    ``bytes`` object, so numpy refuses to make it (or any array on its ``.base``
+    chain) writeable. An array that is already frozen is returned as it is.
+
+    Callers must use the return value: ``array`` itself is left unchanged.
+    """
+    if is_frozen(array):
+        return array
+    contiguous = np.ascontiguousarray(array)
+    frozen: FloatArray = np.frombuffer(contiguous.tobytes(), dtype=contiguous.dtype).reshape(
+        contiguous.shape
+    )
+    return frozen
+
+
+def _from_tensor(name: str, value: Any) -> Any:
+    """A numpy array from a torch-like tensor (``detach``/``cpu``/``numpy`` methods).
+
+    Converted explicitly rather than through ``__array__``, so that a tensor which
+    requires grad gives no RuntimeError. numpy has no bfloat16 (and torch refuses some
+    narrow float types in ``.numpy()``); such a floating tensor is widened with
+    ``.float()`` to float32 first, which is exact for every float type of at most 32
+    bits (bfloat16, float16, float8), and then to float64 by the caller.
+    """
+    tensor = value.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError as err:
+        dtype = getattr(tensor, "dtype", None)
+        is_float = bool(getattr(dtype, "is_floating_point", False))
+        is_complex = bool(getattr(dtype, "is_complex", False))
+        if is_float and not is_complex and hasattr(tensor, "float"):
+            try:
+                return tensor.float().numpy()
+            except TypeError:
+                pass  # reported below, with the original error
+        raise InvalidTypeError(
+            f"{name} must be a real (float or integer) array; got a {type(value).__name__} "
+            f"of dtype {dtype} that cannot be converted to numpy: {err}"
+        ) from err
+
+
+def _unmasked(name: str, value: np.ma.MaskedArray[Any, Any]) -> Any:
+    """The data of a masked array that has no masked entry; raise for any masked one."""
+    mask = np.ma.getmaskarray(value)
+    count = int(np.count_nonzero(mask))
+    if count:
+        verb = "is" if count == 1 else "are"
+        raise InvalidInputError(
+            f"{name} must have no masked entries (elbo_check has no notion of missing "
+            f"values); {count} of {mask.size} entries {verb} masked: fill them with "
+            f"{name}.filled(value) or drop the rows that hold them"
+        )
+    return np.ma.getdata(value)
 
 
 def as_real_array(
@@ -48,9 +118,11 @@ def as_real_array(
 ) -> FloatArray:
     """Convert ``value`` to a finite float64 array or raise an error naming ``name``.
 
-    Integers and floats of any precision are accepted; booleans, complex numbers,
-    strings and objects are rejected with :class:`InvalidTypeError` because each of
-    them is almost always a mistake in this setting.
+    Integers and floats of any precision are accepted (torch tensors too, bfloat16
+    included); booleans, complex numbers, strings and objects are rejected with
+    :class:`InvalidTypeError` because each of them is almost always a mistake in this
+    setting. A numpy masked array is accepted only if no entry is masked: its mask
+    would otherwise be silently dropped and the hidden values used.
 
     ``copy=False, check_finite=False`` is the hot-path form for data: no copy of a
     float64 C-contiguous input and no O(N D) boolean temporary; the caller then checks
@@ -59,10 +131,10 @@ def as_real_array(
     """
     if value is None:
         raise InvalidTypeError(f"{name} must be a real array; got None")
-    if hasattr(value, "detach") and hasattr(value, "numpy"):
-        # torch tensors: convert explicitly rather than through __array__, so that a
-        # tensor which requires grad gives a clear error instead of a RuntimeError.
-        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ma.MaskedArray):
+        value = _unmasked(name, value)
+    elif hasattr(value, "detach") and hasattr(value, "numpy"):
+        value = _from_tensor(name, value)
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as err:  # ragged nested sequences

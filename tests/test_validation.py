@@ -321,7 +321,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ),
     (
         "q given as a tuple",
-        lambda: model().kl_to_posterior((np.zeros(2), np.eye(2)), np.zeros(3)),
+        lambda: model().kl_to_posterior((np.zeros(2), np.eye(2)), np.zeros(3)),  # type: ignore[arg-type]
         InvalidTypeError,
         "q must be a Gaussian; got tuple",
     ),
@@ -520,7 +520,7 @@ def test_badly_scaled_but_well_determined_matrices_are_accepted(
     diagonal: list[float], log_det: float
 ) -> None:
     """cond(A) is huge but the unit-diagonal scaling is I: every digit is determined."""
-    for build in (
+    builds: tuple[Callable[[], Gaussian], ...] = (
         lambda: Gaussian.from_covariance(mean=np.zeros(len(diagonal)), cov=np.diag(diagonal)),
         lambda: Gaussian.from_precision(
             mean=np.zeros(len(diagonal)), precision=np.diag(1.0 / np.array(diagonal))
@@ -528,7 +528,8 @@ def test_badly_scaled_but_well_determined_matrices_are_accepted(
         lambda: Gaussian.from_covariance(
             mean=np.zeros(len(diagonal)), cov=np.stack([np.diag(diagonal)] * 2)
         ),
-    ):
+    )
+    for build in builds:
         g = build()
         assert np.allclose(g.log_det_cov, log_det, rtol=1e-15, atol=1e-13)
 
@@ -622,3 +623,220 @@ def test_an_eigenvalue_message_is_finite_for_finite_input(batched: bool) -> None
     assert "inf" not in message, message
     assert "nan" not in message, message
     assert message.endswith("smallest eigenvalue -1.41 * 1.7e+308"), message
+
+
+# ---------------------------------------------------------------- masked arrays
+PPCA = ppca(weights=[[1.0], [0.5], [0.2]], mean=[0.0, 0.0, 0.0], noise_variance=1.0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        PPCA.log_evidence,  # the hot path: as_event_array(..., hot=True)
+        PPCA.posterior,
+        lambda x: PPCA.elbo(Gaussian.standard(1), x),
+    ],
+    ids=["log_evidence", "posterior", "elbo"],
+)
+def test_a_masked_entry_is_rejected_not_used(call: Callable[[Any], object]) -> None:
+    """The masked 999 used to be read as data; now the mask is reported."""
+    x = np.ma.masked_array([1.0, 999.0, 2.0], mask=[False, True, False])
+    with pytest.raises(InvalidInputError) as caught:
+        call(x)
+    assert str(caught.value) == (
+        "x must have no masked entries (elbo_check has no notion of missing values); "
+        "1 of 3 entries is masked: fill them with x.filled(value) or drop the rows that "
+        "hold them"
+    )
+
+
+def test_masked_entries_are_counted_and_an_unmasked_array_passes() -> None:
+    """Several masked entries are counted; a masked array with none is its data."""
+    x = np.ma.masked_array(np.ones((4, 3)), mask=np.eye(4, 3, dtype=bool))
+    with pytest.raises(InvalidInputError, match="; 3 of 12 entries are masked"):
+        PPCA.log_evidence(x)
+    with pytest.raises(InvalidInputError, match=r"^mean must have no masked entries"):
+        Gaussian.from_diagonal(mean=np.ma.masked_less([0.0, -1.0], 0), variances=[1.0, 1.0])
+    clean = np.ma.masked_array([1.0, 999.0, 2.0], mask=False)
+    assert PPCA.log_evidence(clean) == PPCA.log_evidence(np.array([1.0, 999.0, 2.0]))
+
+
+# ---------------------------------------------------------------- seeds
+@pytest.mark.parametrize(
+    ("rng", "error", "message"),
+    [
+        (-1, InvalidInputError, "got -1"),
+        (np.int64(-5), InvalidInputError, "got -5"),
+        (True, InvalidTypeError, "got True (bool)"),
+        (np.bool_(False), InvalidTypeError, "got np.False_ (bool)"),
+        (1.0, InvalidTypeError, "got 1.0 (float)"),
+        ("0", InvalidTypeError, "got '0' (str)"),
+    ],
+)
+def test_rng_must_be_a_generator_or_a_non_negative_seed(
+    rng: object, error: type[Exception], message: str
+) -> None:
+    """Gaussian.sample and model.sample used to hand -1 to numpy (a bare ValueError)."""
+    prefix = "rng must be a numpy.random.Generator or a non-negative int seed; "
+    samplers: tuple[Callable[[int, Any], object], ...] = (Q.sample, model().sample)
+    for sample in samplers:
+        with pytest.raises(error) as caught:
+            sample(3, rng)
+        assert str(caught.value) == prefix + message
+
+
+def test_seed_zero_and_numpy_integers_are_accepted() -> None:
+    """0 is a seed; numpy integers are seeds; the same seed gives the same draws."""
+    seed: Any = np.uint8(0)
+    np.testing.assert_array_equal(Q.sample(2, 0), Q.sample(2, seed))
+
+
+@pytest.fixture
+def clean_config(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """No configured defaults (the pytest plugin sets some) and no environment values."""
+    from elbo_check import _config
+
+    monkeypatch.setattr(_config, "_settings", {"seed": None, "profile": None})
+    monkeypatch.delenv(_config.SEED_ENV, raising=False)
+    monkeypatch.delenv(_config.PROFILE_ENV, raising=False)
+    return _config
+
+
+@pytest.mark.parametrize("text", ["abc", "-1", "1.5", " -0x1 "])
+def test_a_bad_seed_in_the_environment_is_named(
+    text: str, clean_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ELBO_CHECK_SEED=abc used to give int()'s bare ValueError."""
+    monkeypatch.setenv("ELBO_CHECK_SEED", text)
+    with pytest.raises(InvalidInputError) as caught:
+        clean_config.default_seed()
+    assert str(caught.value) == (
+        f"the environment variable ELBO_CHECK_SEED must be a non-negative integer; got {text!r}"
+    )
+
+
+def test_environment_defaults_are_read(clean_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Good values (surrounding blanks allowed) are used; unset or blank gives the default."""
+    assert (clean_config.default_seed(), clean_config.default_profile()) == (0, "dev")
+    monkeypatch.setenv("ELBO_CHECK_SEED", " 17 ")
+    monkeypatch.setenv("ELBO_CHECK_PROFILE", "thorough")
+    assert (clean_config.default_seed(), clean_config.default_profile()) == (17, "thorough")
+    monkeypatch.setenv("ELBO_CHECK_SEED", "")
+    monkeypatch.setenv("ELBO_CHECK_PROFILE", " ")
+    assert (clean_config.default_seed(), clean_config.default_profile()) == (0, "dev")
+
+
+def test_an_unknown_profile_in_the_environment_is_named(
+    clean_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ELBO_CHECK_PROFILE=fast is reported where it is read, with the valid names."""
+    monkeypatch.setenv("ELBO_CHECK_PROFILE", "fast")
+    with pytest.raises(InvalidInputError) as caught:
+        clean_config.default_profile()
+    assert str(caught.value) == (
+        "the environment variable ELBO_CHECK_PROFILE must be one of 'dev', 'ci', 'thorough'; "
+        "got 'fast'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"seed": -1}, InvalidInputError, "seed must be a non-negative integer; got -1"),
+        ({"seed": 1.0}, InvalidTypeError, "seed must be a non-negative integer or None"),
+        ({"seed": True}, InvalidTypeError, "seed must be a non-negative integer or None"),
+        ({"profile": "fast"}, InvalidInputError, "profile must be one of 'dev', 'ci'"),
+    ],
+)
+def test_configure_rejects_bad_values_and_changes_nothing(
+    kwargs: dict[str, Any], error: type[Exception], message: str, clean_config: Any
+) -> None:
+    """configure(seed=-1) used to be stored and fail later, far from its cause."""
+    clean_config.configure(seed=3, profile="ci")
+    with pytest.raises(error, match=f"^{re.escape(message)}"):
+        clean_config.configure(**kwargs)
+    assert (clean_config.default_seed(), clean_config.default_profile()) == (3, "ci")
+    clean_config.configure(seed=np.int64(4))
+    assert clean_config.default_seed() == 4
+
+
+def test_profile_names_agree_with_the_profiles() -> None:
+    """_config repeats the profile names so as not to import hypothesis; they agree."""
+    from elbo_check._config import PROFILE_NAMES
+    from elbo_check.pytest_plugin import PROFILE_CHOICES
+    from elbo_check.testing import PROFILES
+
+    assert set(PROFILE_NAMES) == set(PROFILES) == set(PROFILE_CHOICES)
+
+
+# ---------------------------------------------------------------- torch tensors
+class _FakeDtype:
+    """Mimics ``torch.dtype``: a name and the two predicates used."""
+
+    def __init__(self, name: str, *, floating: bool = True, complex_: bool = False) -> None:
+        self.name, self.is_floating_point, self.is_complex = name, floating, complex_
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+FAKE_FLOAT32 = _FakeDtype("float32")
+
+
+class _FakeTensor:
+    """Mimics a torch tensor whose dtype numpy does not have (``.numpy()`` raises
+    TypeError as torch does for bfloat16); ``.float()`` widens to float32."""
+
+    def __init__(self, values: Any, dtype: _FakeDtype) -> None:
+        self.values, self.dtype = np.asarray(values, dtype=np.float32), dtype
+        self.requires_grad = True
+
+    def detach(self) -> _FakeTensor:
+        return _FakeTensor(self.values, self.dtype)
+
+    def cpu(self) -> _FakeTensor:
+        return self
+
+    def numpy(self) -> np.ndarray:
+        if self.dtype is not FAKE_FLOAT32:
+            raise TypeError(f"Got unsupported ScalarType {self.dtype.name}")
+        return self.values
+
+    def float(self) -> _FakeTensor:
+        if self.dtype.is_complex:
+            raise AssertionError("a complex tensor must not be narrowed to its real part")
+        return _FakeTensor(self.values, FAKE_FLOAT32)
+
+
+def test_a_tensor_of_a_dtype_numpy_lacks_is_widened_exactly() -> None:
+    """bfloat16 gave 'unsupported ScalarType'; it is widened through float32 (exact)."""
+    values = [0.5, -1.25, 3.0e38, 2.0**-133]  # representable in bfloat16
+    tensor: Any = _FakeTensor(values, _FakeDtype("bfloat16"))
+    g = Gaussian.from_diagonal(mean=tensor, variances=[1.0] * 4)
+    np.testing.assert_array_equal(g.mean, np.array(values, dtype=np.float32))
+    assert g.mean.dtype == np.float64
+    half: Any = _FakeTensor([0.0, 1.0, 2.0], _FakeDtype("float16"))
+    assert model().log_evidence(half) == (model().log_evidence([0.0, 1.0, 2.0]))
+
+
+def test_a_tensor_that_cannot_be_converted_is_a_clear_type_error() -> None:
+    """A complex (or non-floating) tensor numpy cannot take is named, never narrowed."""
+    for dtype in (_FakeDtype("complex32", complex_=True), _FakeDtype("qint8", floating=False)):
+        mean: Any = _FakeTensor([1.0], dtype)
+        with pytest.raises(InvalidTypeError) as caught:
+            Gaussian.from_diagonal(mean=mean, variances=[1.0])
+        assert str(caught.value) == (
+            f"mean must be a real (float or integer) array; got a _FakeTensor of dtype "
+            f"torch.{dtype.name} that cannot be converted to numpy: "
+            f"Got unsupported ScalarType {dtype.name}"
+        )
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16", "float32", "float64"])
+def test_real_torch_tensors_are_converted(dtype_name: str) -> None:
+    """With torch installed: every floating dtype, requires_grad included."""
+    torch = pytest.importorskip("torch")
+    values = [0.5, -1.25, 2.0]
+    tensor = torch.tensor(values, dtype=getattr(torch, dtype_name), requires_grad=True)
+    g = Gaussian.from_diagonal(mean=tensor, variances=[1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(g.mean, values)
