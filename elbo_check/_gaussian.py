@@ -254,7 +254,7 @@ class Gaussian:
     def log_det_cov(self) -> Any:
         """``log det(cov)`` as ``2 * sum(log(diag(L)))``: a float, or an array over the
         batch of covariances."""
-        return _scalar_or_array(logdets_from_tril(self._scale_tril))
+        return _scalar_or_array(freeze(logdets_from_tril(self._scale_tril)))
 
     def __repr__(self) -> str:
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""

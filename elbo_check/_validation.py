@@ -60,7 +60,7 @@ def freeze(array: FloatArray) -> FloatArray:
     """
     if is_frozen(array):
         return array
-    contiguous = np.ascontiguousarray(array)
+    contiguous = np.asarray(array, order="C")  # not ascontiguousarray: it makes 0-d 1-d
     frozen: FloatArray = np.frombuffer(contiguous.tobytes(), dtype=contiguous.dtype).reshape(
         contiguous.shape
     )
