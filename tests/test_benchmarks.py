@@ -44,37 +44,41 @@ def _check(bench: ModuleType, name: str, n: int, d: int, k: int) -> float:
     log_p = bench._elbo_check_model(problem).log_evidence(problem.x)
     method = bench.METHOD_BY_NAME[name]
     values = method.call(method.setup(problem), problem.x)
-    return bench.cross_check(name, values, problem, log_p)
+    return float(bench.cross_check(name, values, problem, log_p))
 
 
 @pytest.mark.parametrize(("n", "d", "k"), SIZES)
 @pytest.mark.parametrize(
     "name", ["log_evidence", "posterior", "elbo", "kl_to_posterior", "scipy_dense", "woodbury"]
 )
-def test_elbo_check_and_numpy_peers_pass_the_cross_checks(bench, name, n, d, k):
+def test_elbo_check_and_numpy_peers_pass_the_cross_checks(
+    bench: ModuleType, name: str, n: int, d: int, k: int
+) -> None:
     """elbo_check's four timed operations against the textbook formulas; scipy and the
     textbook Woodbury code against elbo_check's log_evidence."""
     assert _check(bench, name, n, d, k) <= bench.CHECK_RTOL
 
 
 @pytest.mark.parametrize(("n", "d", "k"), SIZES)
-def test_sklearn_factor_analysis_agrees(bench, n, d, k):
+def test_sklearn_factor_analysis_agrees(bench: ModuleType, n: int, d: int, k: int) -> None:
     pytest.importorskip("sklearn")
     assert _check(bench, "sklearn_fa", n, d, k) <= bench.CHECK_RTOL
 
 
 @pytest.mark.parametrize(("n", "d", "k"), SIZES)
-def test_torch_low_rank_mvn_agrees(bench, n, d, k):
+def test_torch_low_rank_mvn_agrees(bench: ModuleType, n: int, d: int, k: int) -> None:
     pytest.importorskip("torch")
     assert _check(bench, "torch_lowrank", n, d, k) <= bench.CHECK_RTOL
 
 
 @pytest.mark.parametrize(("n", "d", "k"), SIZES)
-def test_elbo_plus_kl_is_log_evidence_on_the_benchmark_problems(bench, n, d, k):
+def test_elbo_plus_kl_is_log_evidence_on_the_benchmark_problems(
+    bench: ModuleType, n: int, d: int, k: int
+) -> None:
     assert bench.identity_error(bench.make_problem(n, d, k, seed=4)) <= bench.CHECK_RTOL
 
 
-def test_cross_checks_catch_a_wrong_value(bench):
+def test_cross_checks_catch_a_wrong_value(bench: ModuleType) -> None:
     """A relative error of 1e-6 in a peer's log p(x), or a biased posterior or KL, fails."""
     problem = bench.make_problem(40, 10, 2, seed=5)
     model = bench._elbo_check_model(problem)
@@ -93,7 +97,9 @@ def test_cross_checks_catch_a_wrong_value(bench):
 
 @pytest.mark.parametrize("family", ["ppca", "fa_signal", "fa_graded"])
 @pytest.mark.parametrize("exponent", [2, 8, 13])
-def test_conditioned_problems_reach_their_decade(bench, family, exponent):
+def test_conditioned_problems_reach_their_decade(
+    bench: ModuleType, family: str, exponent: int
+) -> None:
     """The accuracy study's models have cond(C) within a decade of the one asked for."""
     rng = np.random.default_rng(exponent)
     w, psi, mu = bench.conditioned_problem(family, exponent, rng)
@@ -103,7 +109,9 @@ def test_conditioned_problems_reach_their_decade(bench, family, exponent):
 
 
 @pytest.mark.parametrize("family", ["ppca", "fa_signal", "fa_graded"])
-def test_mpmath_reference_and_every_method_agree_when_well_conditioned(bench, family):
+def test_mpmath_reference_and_every_method_agree_when_well_conditioned(
+    bench: ModuleType, family: str
+) -> None:
     """At cond(C) ~ 1e2 the 50-digit reference and every method agree to ~1e-13."""
     rng = np.random.default_rng(11)
     w, psi, mu = bench.conditioned_problem(family, 2, rng)
@@ -132,7 +140,7 @@ def _table_widths(page: str) -> list[set[int]]:
     return tables
 
 
-def test_tiny_run_end_to_end(tmp_path):
+def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     """``run.py --tiny`` (the --quick path on tiny sizes): exit 0, every cross-check ok,
     a page with consistent pipe tables and consecutive headings, and the raw JSON."""
     page_path, json_path = tmp_path / "performance.md", tmp_path / "results.json"

@@ -63,9 +63,11 @@ def gaussian_kl(
     ``0.5 * (|Lp^-1 Lq|_F^2 + |Lp^-1 (p_mean - q_mean)|^2 - K + log det Sp - log det Sq)``
     """
     k = q_mean.shape[-1]
-    ratio = torch.linalg.solve_triangular(p_scale_tril, q_scale_tril, upper=False)
+    # torch.linalg's functions are untyped (Any): annotate what they return
+    ratio: Tensor = torch.linalg.solve_triangular(p_scale_tril, q_scale_tril, upper=False)
     offset = (p_mean - q_mean).unsqueeze(-1)
-    whitened = torch.linalg.solve_triangular(p_scale_tril, offset, upper=False).squeeze(-1)
+    whitened: Tensor = torch.linalg.solve_triangular(p_scale_tril, offset, upper=False)
+    whitened = whitened.squeeze(-1)
     trace = (ratio**2).sum(dim=(-2, -1))
     mahalanobis = (whitened**2).sum(dim=-1)
     log_det_ratio = 2.0 * (_log_diag(p_scale_tril).sum(-1) - _log_diag(q_scale_tril).sum(-1))
@@ -108,9 +110,10 @@ def elbo_from_parameters(
 
 # ---------------------------------------------------------------------- Monte Carlo
 def _log_normal_tril(z: Tensor, mean: Tensor, scale_tril: Tensor) -> Tensor:
-    whitened = torch.linalg.solve_triangular(
+    whitened: Tensor = torch.linalg.solve_triangular(
         scale_tril, (z - mean).unsqueeze(-1), upper=False
-    ).squeeze(-1)
+    )
+    whitened = whitened.squeeze(-1)
     k = z.shape[-1]
     return -0.5 * (k * LOG_2PI + (whitened**2).sum(-1)) - _log_diag(scale_tril).sum(-1)
 
@@ -166,6 +169,12 @@ def mc_elbo_from_parameters(
 # ---------------------------------------------------------------------- the module
 class LinearVAE(nn.Module):
     """Linear encoder and decoder, diagonal Gaussian likelihood, fixed Gaussian prior."""
+
+    # Buffers (register_buffer below): declared so that attribute access is typed as a
+    # Tensor, not as nn.Module.__getattr__'s ``Tensor | Module``.
+    prior_mean: Tensor
+    prior_scale_tril: Tensor
+    _offdiag_index: Tensor
 
     def __init__(
         self,
