@@ -540,11 +540,15 @@ def test_ill_conditioned_but_resolvable_matrices_are_accepted(k: int) -> None:
     from elbo_check._random import random_spd
 
     rng = np.random.default_rng(k)
+    covs = []
     for _ in range(20):
         cov = random_spd(rng, k, condition_number=1e13, scale=float(rng.uniform(0.1, 10)))
         Gaussian.from_covariance(mean=np.zeros(k), cov=cov)
+        covs.append(cov)
         model_cov = random_spd(rng, 3, condition_number=1e13, scale=1.0)
         model(noise_cov=model_cov)
+    batch = Gaussian.from_covariance(mean=np.zeros(k), cov=np.stack(covs))
+    assert batch.batch_shape == (20,)
 
 
 def test_asymmetry_is_judged_entry_by_entry() -> None:
