@@ -94,19 +94,24 @@ def _members(name: str, matrix: FloatArray) -> list[tuple[str, FloatArray]]:
     return [(_member_name(name, index), matrix[index]) for index in np.ndindex(*matrix.shape[:-2])]
 
 
+def _product_text(mantissa: float, scale: float) -> str:
+    """``mantissa * scale`` formatted with 3 digits, or left unevaluated if it overflows
+    (a message about a finite input never shows ``inf``)."""
+    value = mantissa * scale
+    return f"{value:.3g}" if math.isfinite(value) else f"{mantissa:.3g} * {scale:.3g}"
+
+
 def _eigenvalue_text(matrix: FloatArray) -> str:
     """The smallest eigenvalue of a symmetric ``matrix`` whose Cholesky factorisation
     failed, formatted without overflow.
 
     The eigenvalues are computed for ``matrix / max|matrix|`` (no entry can overflow)
-    and scaled back; if scaling back overflows, the product is shown unevaluated. A
-    non-negative smallest eigenvalue (of a matrix that is singular to working
-    precision) is said to be so, rather than shown as if it were the reason.
+    and scaled back. A non-negative smallest eigenvalue (of a matrix that is singular
+    to working precision) is said to be so, rather than shown as if it were the reason.
     """
     scale = float(np.max(np.abs(matrix)))
     smallest = float(np.linalg.eigvalsh(matrix / scale)[0]) if scale > 0 else 0.0
-    value = smallest * scale
-    text = f"{value:.3g}" if math.isfinite(value) else f"{smallest:.3g} * {scale:.3g}"
+    text = _product_text(smallest, scale)
     if smallest >= 0:
         return f"smallest eigenvalue {text}, zero to rounding: it is numerically singular"
     return f"smallest eigenvalue {text}"
@@ -135,25 +140,28 @@ def symmetric_part(name: str, matrix: FloatArray) -> FloatArray:
             f"{label} must be symmetric positive definite; its diagonal entry "
             f"{label}[{i}, {i}] is {diagonal[(*member, i)]:.3g}, not positive"
         )
-    transposed = np.swapaxes(matrix, -1, -2)
-    with np.errstate(over="ignore"):
-        asymmetry = np.abs(matrix - transposed)  # inf only where the test fails anyway
+    halves = 0.5 * matrix
+    transposed_halves = np.swapaxes(halves, -1, -2)
+    half_gap = np.abs(halves - transposed_halves)  # |A - A.T| / 2: cannot overflow
     roots = np.sqrt(diagonal)
-    allowed = SYMMETRY_RTOL * (roots[..., :, None] * roots[..., None, :])
-    if not np.all(asymmetry <= allowed):
-        ratio = asymmetry / allowed
-        worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    with np.errstate(over="ignore"):  # inf: far beyond the tolerance, and rejected
+        relative = 2.0 * (half_gap / roots[..., :, None] / roots[..., None, :])
+    if not np.all(relative <= SYMMETRY_RTOL):
+        worst = np.unravel_index(int(np.argmax(relative)), relative.shape)
         *member, i, j = (int(v) for v in worst)
-        label = _member_name(name, tuple(member))
-        largest = float(np.max(asymmetry[tuple(member)]))
         i, j = min(i, j), max(i, j)
+        label = _member_name(name, tuple(member))
+        largest = _product_text(float(np.max(half_gap[tuple(member)])), 2.0)
+        gap = _product_text(float(half_gap[(*member, i, j)]), 2.0)
+        ratio = float(relative[(*member, i, j)])
+        seen = f"{ratio:.3g}" if math.isfinite(ratio) else f"more than {np.finfo(float).max:.2g}"
         raise InvalidInputError(
-            f"{label} must be symmetric; largest |{label} - {label}.T| is {largest:.3g}; "
-            f"|{label}[{i}, {j}] - {label}[{j}, {i}]| = {asymmetry[(*member, i, j)]:.3g} "
-            f"is more than SYMMETRY_RTOL * sqrt({label}[{i}, {i}] * {label}[{j}, {j}]) = "
-            f"{float(allowed[(*member, i, j)]):.3g}"
+            f"{label} must be symmetric; largest |{label} - {label}.T| is {largest}; "
+            f"|{label}[{i}, {j}] - {label}[{j}, {i}]| = {gap} is {seen} times "
+            f"sqrt({label}[{i}, {i}] * {label}[{j}, {j}]), more than "
+            f"SYMMETRY_RTOL = {SYMMETRY_RTOL:.3g}"
         )
-    symmetric: FloatArray = 0.5 * matrix + 0.5 * transposed
+    symmetric: FloatArray = halves + transposed_halves
     k = matrix.shape[-1]
     symmetric[..., np.arange(k), np.arange(k)] = diagonal
     return symmetric

@@ -47,7 +47,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         lambda: Gaussian.from_covariance(mean=[0, 0], cov=[[1.0, 0.5], [0.0, 1.0]]),
         InvalidInputError,
         "cov must be symmetric; largest |cov - cov.T| is 0.5; |cov[0, 1] - cov[1, 0]| = 0.5 "
-        "is more than SYMMETRY_RTOL * sqrt(cov[0, 0] * cov[1, 1]) = 1e-10",
+        "is 0.5 times sqrt(cov[0, 0] * cov[1, 1]), more than SYMMETRY_RTOL = 1e-10",
     ),
     (
         "cov indefinite",
@@ -557,7 +557,14 @@ def test_asymmetry_is_judged_entry_by_entry() -> None:
         Gaussian.from_covariance(mean=[0, 0], cov=[[1e10, 0.5], [0.0, 1.0]])
     assert str(caught.value) == (
         "cov must be symmetric; largest |cov - cov.T| is 0.5; |cov[0, 1] - cov[1, 0]| = 0.5 "
-        "is more than SYMMETRY_RTOL * sqrt(cov[0, 0] * cov[1, 1]) = 1e-05"
+        "is 5e-06 times sqrt(cov[0, 0] * cov[1, 1]), more than SYMMETRY_RTOL = 1e-10"
+    )
+    with pytest.raises(InvalidInputError) as caught:  # the gap overflows; the message not
+        Gaussian.from_covariance(mean=[0, 0], cov=[[1e-300, 1e308], [-1e308, 1e-300]])
+    assert str(caught.value) == (
+        "cov must be symmetric; largest |cov - cov.T| is 1e+308 * 2; |cov[0, 1] - cov[1, 0]| "
+        "= 1e+308 * 2 is more than 1.8e+308 times sqrt(cov[0, 0] * cov[1, 1]), more than "
+        "SYMMETRY_RTOL = 1e-10"
     )
     cov = np.diag([1e10, 1.0, 1.0])
     cov[2, 1], cov[1, 2] = 0.25, 0.25 + 1e-6  # hidden by a tolerance of 1e-10 * 1e10
