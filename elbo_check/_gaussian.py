@@ -256,6 +256,16 @@ class Gaussian:
         batch of covariances."""
         return _scalar_or_array(freeze(logdets_from_tril(self._scale_tril)))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (and ``copy.deepcopy``) rebuilds arrays as writeable copies; they
+        are frozen again so that a copy stays what the original was built as."""
+        self.__dict__.update(
+            {
+                key: freeze(value) if isinstance(value, np.ndarray) else value
+                for key, value in state.items()
+            }
+        )
+
     def __repr__(self) -> str:
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
         shared = "" if self.shares_covariance else ", one covariance per member"

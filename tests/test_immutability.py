@@ -12,8 +12,10 @@ the classes, so the tests keep working when those are refactored.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
+import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -289,6 +291,23 @@ def test_gaussian_stays_what_it_was_built_as(build: Callable[[], Gaussian]) -> N
     g = build()
     check_object(g, gaussian_results)
     check_names_cannot_be_rebound(g)
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [copy.copy, copy.deepcopy, lambda g: pickle.loads(pickle.dumps(g))],
+    ids=["copy", "deepcopy", "pickle"],
+)
+@pytest.mark.parametrize("build", [shared_gaussian, batched_gaussian], ids=["shared", "batched"])
+def test_copies_of_a_gaussian_stay_frozen(
+    build: Callable[[], Gaussian], duplicate: Callable[[Gaussian], Gaussian]
+) -> None:
+    """Unpickling rebuilt the arrays as ordinary writeable ones."""
+    g = build()
+    _ = g.cov, g.precision  # cached arrays are copied too
+    twin = duplicate(g)
+    check_object(twin, gaussian_results)
+    assert_same(gaussian_results(g), gaussian_results(twin))
 
 
 def test_a_gaussians_cached_covariance_follows_its_factor() -> None:
