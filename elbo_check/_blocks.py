@@ -9,8 +9,18 @@ Large evaluations run the blocks on several threads (numpy releases the GIL in u
 reductions and BLAS calls). The number of threads follows the BLAS: as many as the
 BLAS itself is allowed to use (``OPENBLAS_NUM_THREADS``, ``threadpoolctl``), capped by
 the usable CPUs. While the threads run, the BLAS is limited to one thread each, so the
-two levels never oversubscribe the cores. Under ``threadpoolctl.threadpool_limits(1)``
-(as inside the verifiers) everything runs on the calling thread.
+two levels never oversubscribe the cores (a threaded BLAS is also slow on the small
+products of a block: its threads wake for each call). Under
+``threadpoolctl.threadpool_limits(1)`` (as inside the verifiers) everything runs on the
+calling thread.
+
+The BLAS thread count is process-wide, so it is limited only while the calling thread
+is the only Python thread (:mod:`elbo_check._threads` says exactly what that
+guarantees), and set back before returning. When other Python threads exist, nothing
+process-wide is touched: the blocks run on the calling thread, each as large as all
+the threads' blocks together (the same working memory), and the BLAS uses its threads
+inside each block's products. That is slower (about 4x ``X @ W`` instead of 1.3x at
+(N, D, K) = (100k, 1000, 20) on a loaded 2-core machine; ``benchmarks/threads.py``).
 
 Every row's result depends only on that row, so the threading changes no value beyond
 the rounding of a BLAS kernel chosen for another block shape.
@@ -22,11 +32,11 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-from threadpoolctl import ThreadpoolController
+
+from ._threads import blas_libraries, limited_when_alone
 
 __all__ = ["BLOCK_ENTRIES", "PARALLEL_MIN_BLOCKS", "for_each_block", "worker_count"]
 
@@ -42,12 +52,6 @@ BLOCK_ENTRIES = 1 << 17
 PARALLEL_MIN_BLOCKS = 8
 
 
-@lru_cache(maxsize=1)
-def _blas() -> ThreadpoolController:
-    """The BLAS libraries of this process (found once: numpy and scipy load theirs at import)."""
-    return ThreadpoolController().select(user_api="blas")
-
-
 def _usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -56,10 +60,8 @@ def _usable_cpus() -> int:
 
 def _blas_threads() -> int:
     """The fewest threads any loaded BLAS may use now; 1 if none can be controlled."""
-    controllers = _blas().lib_controllers
-    if not controllers:
-        return 1
-    return max(1, min(int(c.num_threads) for c in controllers))
+    counts = [int(library.get_num_threads()) for library in blas_libraries()]
+    return max(1, min(counts, default=1))
 
 
 def worker_count(n_blocks: int) -> int:
@@ -72,6 +74,45 @@ def worker_count(n_blocks: int) -> int:
     if n_blocks < PARALLEL_MIN_BLOCKS:
         return 1
     return max(1, min(_blas_threads(), _usable_cpus(), n_blocks))
+
+
+def _serially(n_rows: int, step: int, width: int, work: Callable[..., None], buffers: int) -> None:
+    """Run the blocks of ``step`` rows one after another on the calling thread."""
+    scratch = [np.empty((min(step, n_rows), width)) for _ in range(buffers)]
+    for start in range(0, n_rows, step):
+        work(slice(start, min(n_rows, start + step)), *scratch)
+
+
+def _in_parallel(
+    n_rows: int, step: int, width: int, work: Callable[..., None], buffers: int, workers: int
+) -> None:
+    """Run the blocks of ``step`` rows on the calling thread and ``workers - 1`` helpers."""
+    lock = threading.Lock()
+    shared = iter([slice(start, min(n_rows, start + step)) for start in range(0, n_rows, step)])
+
+    def pending() -> slice | None:
+        with lock:
+            return next(shared, None)
+
+    def run() -> None:
+        scratch = [np.empty((min(step, n_rows), width)) for _ in range(buffers)]
+        while (block := pending()) is not None:
+            work(block, *scratch)
+
+    with ThreadPoolExecutor(workers - 1) as pool:
+        helpers = [pool.submit(run) for _ in range(workers - 1)]
+        try:
+            run()
+        finally:
+            # Drain the queue so the helpers stop at their next block, then wait for
+            # them, so no thread outlives the call (or the BLAS limit).
+            with lock:
+                for _ in shared:
+                    pass
+            errors = [h.exception() for h in helpers]
+        for error in errors:
+            if error is not None:
+                raise error
 
 
 def for_each_block(
@@ -87,46 +128,25 @@ def for_each_block(
     width)`` owned by the calling thread, reused from block to block (``work`` slices
     them to the block's length). ``work`` must write its results only to the rows it
     is given. Exceptions raised by ``work`` propagate to the caller.
+
+    Nothing process-wide that another thread could observe changes: the BLAS is
+    limited only while the calling thread is the only Python thread (see the module
+    docstring).
     """
     step = max(1, BLOCK_ENTRIES // max(1, width))
-    blocks = [slice(start, min(n_rows, start + step)) for start in range(0, n_rows, step)]
-    workers = worker_count(len(blocks))
-
-    def run(pending: Callable[[], slice | None]) -> None:
-        scratch = [np.empty((min(step, n_rows), width)) for _ in range(buffers)]
-        while (block := pending()) is not None:
-            work(block, *scratch)
-
-    if workers == 1:
-        iterator = iter(blocks)
-        if n_rows * width < BLOCK_ENTRIES or _blas_threads() == 1:
-            # Too small for the BLAS limit's cost (about 10 us) to pay, or already serial.
-            run(lambda: next(iterator, None))
-            return
-        # A threaded BLAS is slow on the small products of a block (its threads wake
-        # for each call; a (50, 100) triangular solve took 1.6 ms instead of 0.02 ms).
-        with _blas().limit(limits=1):
-            run(lambda: next(iterator, None))
+    if n_rows * width < BLOCK_ENTRIES or _blas_threads() == 1:
+        # Too small for the BLAS limit's cost (about 10 us) to pay, or already serial.
+        _serially(n_rows, step, width, work, buffers)
         return
-
-    lock = threading.Lock()
-    shared = iter(blocks)
-
-    def pending() -> slice | None:
-        with lock:
-            return next(shared, None)
-
-    with _blas().limit(limits=1), ThreadPoolExecutor(workers - 1) as pool:
-        helpers = [pool.submit(run, pending) for _ in range(workers - 1)]
-        try:
-            run(pending)
-        finally:
-            # Drain the queue so the helpers stop at their next block, then wait for
-            # them, so no thread outlives the call (or the BLAS limit).
-            with lock:
-                for _ in shared:
-                    pass
-            errors = [h.exception() for h in helpers]
-        for error in errors:
-            if error is not None:
-                raise error
+    workers = worker_count(-(-n_rows // step))
+    with limited_when_alone(blas_libraries(), 1) as limited:
+        if not limited:
+            # Other Python threads could see a limit: leave the BLAS's threads to it, on
+            # blocks as large as all the workers' together (the same working memory).
+            _serially(n_rows, step * workers, width, work, buffers)
+        elif workers == 1:
+            # A threaded BLAS is slow on the small products of a block (its threads wake
+            # for each call; a (50, 100) triangular solve took 1.6 ms instead of 0.02 ms).
+            _serially(n_rows, step, width, work, buffers)
+        else:
+            _in_parallel(n_rows, step, width, work, buffers, workers)

@@ -33,7 +33,6 @@ from hypothesis import Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from numpy.typing import NDArray
-from threadpoolctl import threadpool_limits
 
 from ._batching import (
     BadReturn,
@@ -57,6 +56,7 @@ from ._gaussian import Gaussian, kl_divergence
 from ._linalg import cholesky, solve_tril, solve_tril_rows
 from ._model import LinearGaussianModel
 from ._random import random_gaussian, random_model
+from ._threads import blas_libraries, limited_when_alone
 from .strategies import (
     ElboProblem,
     elbo_problems,
@@ -102,18 +102,24 @@ _Verifier = TypeVar("_Verifier", bound=Callable[..., Any])
 
 
 def _single_blas_thread(verifier: _Verifier) -> _Verifier:
-    """Run a verifier with one BLAS thread.
+    """Run a verifier with one BLAS thread when no other Python thread could see it.
 
     Verifiers make thousands of tiny (K x K, D x K) BLAS calls, for which thread pools
     only cost: on a loaded 2-core machine ``verify_elbo`` plus ``verify_elbo_estimator``
-    took 15.8 s with OpenBLAS's two threads and 0.7 s with one. The limit is lifted
-    when the verifier returns or raises.
+    took 15.8 s with OpenBLAS's two threads and 0.7 s with one. The BLAS thread count is
+    process-wide, so it is limited only while the calling thread is the only Python
+    thread, and set back (unless someone else has set it meanwhile) when the verifier
+    returns or raises; the user's function, and any threads it starts, run under the
+    limit. With other Python threads alive the verifier changes nothing and runs with
+    the BLAS threads it finds, which can be much slower (limit them yourself, e.g. with
+    ``threadpoolctl.threadpool_limits(1)``). :mod:`elbo_check._threads` says exactly
+    what "the only Python thread" does and does not guarantee.
     """
 
     @functools.wraps(verifier)
     def limited(*args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        with threadpool_limits(limits=1, user_api="blas"):
+        with limited_when_alone(blas_libraries(rescan=True), 1):
             return verifier(*args, **kwargs)
 
     return limited  # type: ignore[return-value]
