@@ -943,6 +943,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--show", metavar="ID", action="append", default=[], help="print a diff")
     parser.add_argument("--operators", help="comma-separated operators to keep (default all)")
     parser.add_argument(
+        "--ids", action="append", default=[], help="run only these mutant ids (comma-separated)"
+    )
+    parser.add_argument(
         "--tests",
         action="append",
         default=[],
@@ -992,8 +995,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summarize(load_results(args.results), equivalents, not args.no_diffs))
         return 0
     modules = [Path(m).as_posix() for m in args.modules]
-    if args.show and not modules:
-        modules = sorted({_id_key(i)[0] for i in args.show})
+    if not modules:
+        ids = [*args.show, *(i for spec in args.ids for i in spec.split(",") if i)]
+        modules = sorted({_id_key(i)[0] for i in ids})
     if not modules:
         print("no modules given", file=sys.stderr)
         return 2
@@ -1013,6 +1017,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep = set(args.operators.split(","))
             mutants = [mu for mu in mutants if mu.operator in keep]
         known_ids = {mu.id for mu in mutants}
+        if args.ids:
+            wanted = {i for spec in args.ids for i in spec.split(",") if i}
+            missing = sorted(wanted - known_ids)
+            if missing:
+                print(f"no mutant {', '.join(missing)}", file=sys.stderr)
+                return 1
+            mutants = [mu for mu in mutants if mu.id in wanted]
         if args.show:
             by_id = {mu.id: mu for mu in mutants}
             for ident in args.show:
@@ -1096,7 +1107,7 @@ def _run(
         _append(results_path, {"kind": "baseline", "tests": list(key), "seconds": seconds})
 
     workers: queue.Queue[Path] = queue.Queue()
-    for i in range(max(1, args.jobs)):
+    for i in range(max(1, args.jobs) if todo else 0):
         copy = tmp / f"worker{i}"
         shutil.copytree(root, copy, ignore=COPY_IGNORE)
         workers.put(copy)
@@ -1170,4 +1181,6 @@ def _append(path: Path, record: dict[str, object]) -> None:
 
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE"):  # `--list | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
