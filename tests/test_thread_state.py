@@ -24,6 +24,7 @@ from __future__ import annotations
 import _thread
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -384,6 +385,10 @@ def test_a_thread_started_without_the_threading_module_counts(alone: None) -> No
         assert not only_python_thread()  # ... but it runs Python code
     finally:
         stop.set()
+        deadline = time.monotonic() + TIMEOUT  # gone before the next test looks
+        while len(sys._current_frames()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert only_python_thread()
 
 
 def test_the_real_blas_is_limited_and_restored_when_alone(baseline: list[int], alone: None) -> None:
