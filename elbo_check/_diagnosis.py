@@ -74,7 +74,7 @@ def _model_like(model: LinearGaussianModel, **changes: Any) -> LinearGaussianMod
 def _terms(model: LinearGaussianModel, q: Gaussian, x: FloatArray) -> dict[str, float]:
     """The pieces of the exact ELBO, for composing buggy variants."""
     t = model.elbo_terms(q, x)
-    whitened_spread = model._whitened_weights @ q.scale_tril
+    whitened_spread = model._marginal.whitened_weights @ q.scale_tril
     trace = 0.5 * float(np.sum(whitened_spread**2))
     return {
         "ell": float(t.expected_log_likelihood),
@@ -397,7 +397,7 @@ def _evidence_suspects() -> tuple[Suspect, ...]:
         Suspect(
             "the factor 1/2 on the log-determinant is missing",
             "log N(x; mu, C) includes -1/2 log det C",
-            lambda m, x: float(m.log_evidence(x)) - 0.5 * m._log_det_marginal,
+            lambda m, x: float(m.log_evidence(x)) - 0.5 * m._marginal.log_det,
         ),
         Suspect(
             "the W S0 W^T term of the marginal covariance is missing (C = Psi)",

@@ -9,17 +9,26 @@ posterior has exactly this form, so the optimal encoder attains
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._errors import InvalidInputError
+from ._errors import InvalidInputError, InvalidTypeError
 from ._gaussian import Gaussian
 from ._linalg import check_scale_tril, cholesky
 from ._validation import as_event_array, as_real_array, check_shape, describe_shape, freeze
 
-__all__ = ["EncoderGradients", "LinearEncoder"]
+if TYPE_CHECKING:
+    from ._marginal import MarginalFactorization
+
+__all__ = [
+    "EncoderGradients",
+    "LinearEncoder",
+    "check_encoder",
+    "encoder_gradients",
+    "optimal_encoder",
+]
 
 FloatArray = NDArray[np.float64]
 
@@ -41,6 +50,10 @@ class EncoderGradients:
     matrix: FloatArray
     offset: FloatArray
     scale_tril: FloatArray
+
+
+def _rebuild_encoder(matrix: Any, offset: Any, scale_tril: Any) -> LinearEncoder:
+    return LinearEncoder(matrix=matrix, offset=offset, scale_tril=scale_tril)
 
 
 class LinearEncoder:
@@ -108,11 +121,15 @@ class LinearEncoder:
         """Lower Cholesky factor of the shared covariance, shape ``(K, K)``."""
         return self._scale_tril
 
-    @cached_property
+    @property
     def cov(self) -> FloatArray:
-        """The shared covariance, shape ``(K, K)``."""
+        """The shared covariance, shape ``(K, K)`` (read-only)."""
         product = self._scale_tril @ self._scale_tril.T
-        return freeze(0.5 * (product + product.T))
+        return freeze(0.5 * product + 0.5 * product.T)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Copies and pickles are rebuilt through the constructor (validated and frozen)."""
+        return (_rebuild_encoder, (self._matrix, self._offset, self._scale_tril))
 
     @property
     def latent_dim(self) -> int:
@@ -131,3 +148,45 @@ class LinearEncoder:
         """:math:`q(z\\mid x)` for one row or a batch of rows (a batched Gaussian)."""
         data = as_event_array("x", x, self.data_dim, "D")
         return Gaussian._trusted(data @ self._matrix.T + self._offset, self._scale_tril)
+
+
+# ---------------------------------------------------------------------- the model's side
+def check_encoder(encoder: Any, data_dim: int, latent_dim: int) -> LinearEncoder:
+    """``encoder`` if it is a :class:`LinearEncoder` from ``data_dim`` to ``latent_dim``."""
+    if not isinstance(encoder, LinearEncoder):
+        raise InvalidTypeError(f"encoder must be a LinearEncoder; got {type(encoder).__name__}")
+    if (encoder.data_dim, encoder.latent_dim) != (data_dim, latent_dim):
+        raise InvalidInputError(
+            f"encoder must map D = {data_dim} to K = {latent_dim} dimensions; "
+            f"got D = {encoder.data_dim}, K = {encoder.latent_dim}"
+        )
+    return encoder
+
+
+def encoder_gradients(
+    mean_grads: FloatArray, factor_grads: FloatArray, data: FloatArray
+) -> EncoderGradients:
+    r"""The chain rule through :math:`m_n = Ax_n + c`, from per-row gradients.
+
+    :math:`\nabla_A = \sum_n g_n x_n^\top`, :math:`\nabla_c = \sum_n g_n`, and
+    :math:`\nabla_L` the sum of the per-row factor gradients; ``data`` is ``(N, D)``.
+    """
+    return EncoderGradients(
+        matrix=mean_grads.T @ data,
+        offset=mean_grads.sum(axis=0),
+        scale_tril=factor_grads.sum(axis=0),
+    )
+
+
+def optimal_encoder(marginal: MarginalFactorization) -> LinearEncoder:
+    """The encoder whose q(z|x) is the exact posterior, from the marginal's factors.
+
+    ``m(x) = mu0 + (L0 R^{-1}) Q1^T Psi^{-1/2} (x - xbar)``, so ``A = L0 R^{-1}
+    (Psi^{-T/2} Q1)^T`` and ``c = mu0 - A xbar``; the covariance is the posterior's.
+    """
+    projected = marginal.noise.whiten_columns_transposed(marginal.basis)  # Psi^{-T/2} Q1
+    matrix = marginal.posterior_map @ projected.T
+    offset = marginal.prior.mean - matrix @ marginal.mean
+    encoder = LinearEncoder.__new__(LinearEncoder)
+    encoder._init_checked(matrix, offset, np.array(marginal.posterior_scale_tril))
+    return encoder

@@ -1093,7 +1093,7 @@ def _expected_log_ratio(
     from ._gaussian import LOG_2PI
 
     residual = model._noise.whiten(x - model.bias - model.weights @ mean)
-    weights = model._whitened_weights
+    weights = model._marginal.whitened_weights
     ell = -0.5 * (
         d * LOG_2PI
         + model._noise.logdet

@@ -14,7 +14,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import elbo_check._blocks as blocks
-import elbo_check._model as model_module
+import elbo_check._marginal as marginal_module
 from elbo_check import Gaussian, LinearGaussianModel
 from elbo_check._random import Family, random_gaussian, random_model
 
@@ -149,16 +149,16 @@ def test_both_residual_routes_agree_with_the_explicit_residual(
     many = np.arange(200, 400)[np.arange(200, 400) % 4 != 0]  # 15 of every 20 rows
     x[many] += far[many]
     calls: list[int] = []
-    original = LinearGaussianModel._residual_squares
+    original = marginal_module.MarginalFactorization.residual_squares
 
-    def spy(self: LinearGaussianModel, *args: np.ndarray) -> np.ndarray:
+    def spy(self: marginal_module.MarginalFactorization, *args: np.ndarray) -> np.ndarray:
         calls.append(args[0].shape[0])
         return original(self, *args)
 
-    monkeypatch.setattr(LinearGaussianModel, "_residual_squares", spy)
+    monkeypatch.setattr(marginal_module.MarginalFactorization, "residual_squares", spy)
     monkeypatch.setattr(blocks, "BLOCK_ENTRIES", 20 * d)
     routed = model.log_evidence(x)
     assert calls == [15] * 10 + [10], calls  # ten blocks in place, then the 10 deferred rows
-    monkeypatch.setattr(model_module, "CANCELLATION_LIMIT", np.inf)
+    monkeypatch.setattr(marginal_module, "CANCELLATION_LIMIT", np.inf)
     explicit = model.log_evidence(x)
     np.testing.assert_allclose(routed, explicit, rtol=16 * EPS)

@@ -339,6 +339,7 @@ def test_model_stays_what_it_was_built_as(noise: str) -> None:
     with pytest.raises(ValueError, match="WRITEABLE"):
         m.weights.flags.writeable = True
     check_object(m, model_results)
+    check_names_cannot_be_rebound(m)
     assert_same(before, model_results(m))
 
 
@@ -378,4 +379,24 @@ def test_encoder_stays_what_it_was_built_as() -> None:
     """matrix, offset, scale_tril, cov and the Gaussians it returns."""
     e = build_encoder()
     check_object(e, encoder_results)
+    check_names_cannot_be_rebound(e)
     check_object(e(X), gaussian_results)
+
+
+DUPLICATES = [copy.copy, copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))]
+
+
+@pytest.mark.parametrize("duplicate", DUPLICATES, ids=["copy", "deepcopy", "pickle"])
+@pytest.mark.parametrize("noise", sorted(NOISES))
+def test_copies_of_a_model_and_an_encoder_stay_frozen(
+    noise: str, duplicate: Callable[[Any], Any]
+) -> None:
+    """Copies used to come back with writeable weights, bias, noise and factors."""
+    m = build_model(noise)
+    twin = duplicate(m)
+    check_object(twin, model_results)
+    assert_same(model_results(m), model_results(twin))
+    e = build_encoder()
+    twin_encoder = duplicate(e)
+    check_object(twin_encoder, encoder_results)
+    assert_same(encoder_results(e), encoder_results(twin_encoder))

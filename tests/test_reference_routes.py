@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-import elbo_check._model as model_module
+import elbo_check._marginal as marginal_module
 from elbo_check import Gaussian, LinearGaussianModel, factor_analysis, ppca
 from elbo_check._random import FAMILIES, random_gaussian, random_model, random_spd
 
@@ -798,7 +798,7 @@ def test_deeply_cancelling_rows_are_exact_against_mpmath(
         reference = np.array([float(exact.log_evidence(row)[0]) for row in x])
     doubled = model.log_evidence(x)
     assert np.max(np.abs(doubled - reference) / np.abs(reference)) <= 1e-13
-    monkeypatch.setattr(model_module, "DOUBLING_LIMIT", 0.0)
+    monkeypatch.setattr(marginal_module, "DOUBLING_LIMIT", 0.0)
     single = LinearGaussianModel(
         weights=model.weights, bias=model.bias, prior=model.prior, noise_cov=model.noise_cov
     ).log_evidence(x)
