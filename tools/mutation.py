@@ -76,12 +76,12 @@ DEFAULT_TESTS: dict[str, tuple[str, ...]] = {
     "elbo_check/_marginal.py": (
         "tests/test_reference_routes.py",
         "tests/test_identities.py",
+        "tests/test_blocks.py",
         "tests/test_validation.py",
     ),
-    "elbo_check/_compensated.py": (
-        "tests/test_gaussian.py",
-        "tests/test_identities.py",
+    "elbo_check/_compensated.py": (  # used through _marginal
         "tests/test_reference_routes.py",
+        "tests/test_identities.py",
     ),
     "elbo_check/_gradients.py": (
         "tests/test_gradients.py",
