@@ -36,13 +36,18 @@ from ._validation import freeze
 
 __all__ = [
     "CANCELLATION_LIMIT",
+    "DOUBLED_ROUTE",
     "DOUBLING_LIMIT",
+    "FAST_ROUTE",
     "IN_BLOCK_FRACTION",
+    "RESIDUAL_ROUTE",
     "MarginalFactorization",
     "rows_by_size",
 ]
 
 FloatArray = NDArray[np.float64]
+#: A float64 array split into two (Veltkamp halves, or a value and its error).
+Halves = tuple[FloatArray, FloatArray]
 
 #: The Mahalanobis term is first computed as ``|y|^2 - |Q^T y|^2``; where that
 #: difference is smaller than this fraction of ``|y|^2`` it has lost more than
@@ -56,6 +61,9 @@ CANCELLATION_LIMIT = 2.0**-6
 #: ``eps |y| / |r|`` of its relative accuracy; such rows form it again in data
 #: coordinates, ``x - W mu0 - b - W L0 u``, in doubled precision (:mod:`._compensated`).
 DOUBLING_LIMIT = 2.0**-20
+
+#: The routes :meth:`MarginalFactorization.mahalanobis` takes, as it reports them.
+FAST_ROUTE, RESIDUAL_ROUTE, DOUBLED_ROUTE = 0, 1, 2
 
 #: When at least this fraction of a block's rows cancel, they are recomputed while the
 #: block is still in the cache; fewer are gathered from all blocks into one later pass
@@ -159,17 +167,21 @@ class MarginalFactorization:
         return freeze(root)
 
     @cached_property
-    def doubled_parts(self) -> tuple[tuple[FloatArray, FloatArray], tuple[FloatArray, FloatArray]]:
-        """Veltkamp halves of W, and W mu0 + b as an unevaluated sum ``(high, low)``: what
-        the doubled-precision residual needs (built on first use)."""
+    def doubled_parts(self) -> tuple[Halves, Halves, Halves]:
+        """Veltkamp halves of W and of L0, and W mu0 + b as an unevaluated sum
+        ``(high, low)``: what the doubled-precision residual needs (built on first use)."""
         with np.errstate(all="ignore"):  # a split of entries above ~1e300 overflows
-            weights_high, weights_low = split_halves(self.weights)
-            halves = (freeze(weights_high), freeze(weights_low))
+            weights = split_halves(self.weights)
+            prior = split_halves(self.prior.scale_tril)
             high, low = minus_products(
-                self.bias, np.zeros(self.data_dim), self.weights, halves, -self.prior.mean[None]
+                self.bias, np.zeros(self.data_dim), self.weights, weights, -self.prior.mean[None]
             )
             high, low = two_sum(high[0], low[0])
-        return halves, (freeze(high), freeze(low))
+        return (
+            (freeze(weights[0]), freeze(weights[1])),
+            (freeze(prior[0]), freeze(prior[1])),
+            (freeze(high), freeze(low)),
+        )
 
     # ------------------------------------------------------------------ per-row work
     def whiten_centred(self, rows: FloatArray, buffer: FloatArray) -> FloatArray:
@@ -193,7 +205,7 @@ class MarginalFactorization:
         spread: FloatArray,
         raw: FloatArray,
         index: Sequence[int] | NDArray[np.intp],
-    ) -> FloatArray:
+    ) -> tuple[FloatArray, NDArray[np.bool_]]:
         """``min_u |y - W~ u|^2 + |u|^2`` for whitened rows ``y`` with ``Q1^T y`` given.
 
         The minimiser is u = R^{-1} Q1^T y (the whitened posterior offset); the residual
@@ -201,7 +213,8 @@ class MarginalFactorization:
         their relative accuracy. Rows where it still cancels by more than
         :data:`DOUBLING_LIMIT` form it again from their data rows ``raw[index]`` in
         doubled precision; the value is stationary in u, so u's own error enters only
-        squared. Overwrites ``spread`` (a buffer of ``whitened``'s shape).
+        squared. Overwrites ``spread`` (a buffer of ``whitened``'s shape). Returns the
+        squares and which rows took the doubled route.
         """
         offsets = scipy.linalg.solve_triangular(
             self.r_factor, coefficients.T, lower=False, check_finite=False
@@ -214,17 +227,26 @@ class MarginalFactorization:
             scale = np.einsum("ij,ij->i", whitened, whitened)
         deep = np.flatnonzero(~(squares >= DOUBLING_LIMIT * scale))  # NaN counts as deep
         if deep.size:
-            latent = offsets[deep] @ self.prior.scale_tril.T  # L0 u
-            halves, (high, low) = self.doubled_parts
+            weights, prior, (high, low) = self.doubled_parts
+            factor = self.prior.scale_tril
             with np.errstate(all="ignore"):  # where a split overflows, keep the first value
+                # v = L0 u as an unevaluated sum too: with an ill-conditioned prior, a
+                # rounded v would no longer equal L0 u for the u whose |u|^2 is added.
+                zero = np.zeros((deep.size, self.latent_dim))
+                latent, latent_error = minus_products(zero, zero, factor, prior, -offsets[deep])
                 total, error = two_sum(np.take(raw, np.asarray(index)[deep], axis=0), -high)
-                total, error = minus_products(total, error - low, self.weights, halves, latent)
+                total, error = minus_products(total, error - low, self.weights, weights, latent)
+                total, error = minus_products(total, error, self.weights, weights, latent_error)
                 doubled = self.noise.whiten(total + error)
                 again = np.einsum("ij,ij->i", doubled, doubled) + offset_squares[deep]
-            squares[deep] = np.where(np.isfinite(again), again, squares[deep])
-        return squares
+            finite = np.isfinite(again)
+            squares[deep] = np.where(finite, again, squares[deep])
+            taken = np.zeros(squares.shape, dtype=bool)
+            taken[deep] = finite
+            return squares, taken
+        return squares, np.zeros(squares.shape, dtype=bool)
 
-    def mahalanobis(self, flat: FloatArray) -> FloatArray:
+    def mahalanobis(self, flat: FloatArray, routes: NDArray[np.int8] | None = None) -> FloatArray:
         """Squared Mahalanobis norms under p(x) of the rows of ``flat`` (shape ``(n, D)``).
 
         Fast route, per block: ``|y|^2 - |Q1^T y|^2`` with ``y`` the whitened row. Rows
@@ -232,9 +254,13 @@ class MarginalFactorization:
         overflowed, are recomputed as the explicit least-squares residual
         (:meth:`residual_squares`): at once while the block is in cache when at least
         :data:`IN_BLOCK_FRACTION` of its rows need it, otherwise collected and recomputed
-        together after the first pass.
+        together after the first pass. When ``routes`` (shape ``(n,)``) is given, it is
+        set to the route each row took: :data:`FAST_ROUTE`, :data:`RESIDUAL_ROUTE` or
+        :data:`DOUBLED_ROUTE`.
         """
         n = flat.shape[0]
+        taken = np.zeros(n, dtype=np.int8) if routes is None else routes
+        taken[:] = FAST_ROUTE
         squared = np.empty(n)
         deferred = np.zeros(n, dtype=bool)
         coefficients = np.empty((n, self.latent_dim))
@@ -249,9 +275,10 @@ class MarginalFactorization:
             count = int(np.count_nonzero(lost))
             if count >= IN_BLOCK_FRACTION * lost.size:
                 rows = np.flatnonzero(lost)
-                squared[block][rows] = self.residual_squares(
+                squared[block][rows], doubled = self.residual_squares(
                     whitened[rows], projected[rows], spread[: rows.size], flat[block], rows
                 )
+                taken[block][rows] = np.where(doubled, DOUBLED_ROUTE, RESIDUAL_ROUTE)
             elif count:
                 deferred[block] = lost
 
@@ -262,9 +289,10 @@ class MarginalFactorization:
             rows = recompute[block]
             gathered = np.take(flat, rows, axis=0, out=buffer[: rows.size])
             whitened = self.whiten_centred(gathered, buffer)
-            squared[rows] = self.residual_squares(
+            squared[rows], doubled = self.residual_squares(
                 whitened, coefficients[rows], spread[: rows.size], flat, rows
             )
+            taken[rows] = np.where(doubled, DOUBLED_ROUTE, RESIDUAL_ROUTE)
 
         if recompute.size:
             for_each_block(recompute.size, self.data_dim, exact, buffers=2)

@@ -34,7 +34,7 @@ from ._errors import InvalidInputError, InvalidTypeError
 from ._gaussian import LOG_2PI, Gaussian, _scalar_or_array, as_generator, kl_divergence
 from ._gradients import ModelGradients, VariationalGradients, model_gradients, variational_gradients
 from ._linalg import gram_diag_log_term, tril_of_gram
-from ._marginal import MarginalFactorization
+from ._marginal import FAST_ROUTE, MarginalFactorization
 from ._noise import NoiseCovariance
 from ._validation import as_event_array, as_real_array, check_shape, describe_shape, freeze
 
@@ -310,10 +310,30 @@ class LinearGaussianModel:
         ----------
         x : array_like, shape (..., D)
             One observation or a batch of them.
+        return_error_bound : bool, optional
+            Also return, for each value, a bound on its distance from the exact
+            :math:`\log p(x)` of the float64 inputs as given (default False).
 
         Returns
         -------
-        float or ndarray of shape (...)
+        value : float or ndarray of shape (...)
+            :math:`\log p(x)`; ``-inf`` where the Mahalanobis term overflows (the exact
+            value is then below the most negative float).
+        bound : float or ndarray of shape (...)
+            Only with ``return_error_bound=True``: the error bound of
+            :class:`~elbo_check._error_bounds.LogEvidenceErrorBound`, a formula in the
+            computed quantities (measured against 50-digit arithmetic: the error stays
+            below 0.08 of the bound, and the bound overestimates it by a factor of
+            about 100 to 2000).
+
+        Raises
+        ------
+        InvalidInputError
+            If ``x`` has the wrong shape or a non-finite entry; and, without
+            ``return_error_bound``, if a row's value is not determined by float64
+            arithmetic at all (its bound exceeds its magnitude: an observation on the
+            signal subspace of a model with a signal-to-noise ratio beyond about
+            :math:`10^{15}`), rather than returning digits that mean nothing.
 
         Notes
         -----
@@ -326,18 +346,57 @@ class LinearGaussianModel:
         :math:`\min_u \lVert y - \tilde W u\rVert^2 + \lVert u\rVert^2`, the squared
         residual of the stacked least-squares problem with matrix :math:`[\tilde W; I]`,
         computed from its QR factors; cost O(N D K) for N rows with diagonal noise.
+
+        Examples
+        --------
+        >>> from elbo_check import ppca
+        >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
+        >>> value, bound = model.log_evidence([0.3, 0.2], return_error_bound=True)
+        >>> round(value, 6), bool(bound < 1e-13)
+        (-0.894044, True)
         """
         data = self._data_rows(x)
         flat = data.reshape(-1, self.data_dim)
         constant = self.data_dim * LOG_2PI + self._marginal.log_det
-        squares = self._marginal.mahalanobis(flat)
+        routes = np.empty(flat.shape[0], dtype=np.int8)
+        squares = self._marginal.mahalanobis(flat, routes)
         out = -0.5 * (constant + squares)
         self._finite_or_raise(x, out)
         value = _scalar_or_array(out.reshape(data.shape[:-1]))
         if not return_error_bound:
+            self._raise_if_undetermined(data.shape[:-1], flat, squares, routes, out)
             return value
-        bound = self._error_bound.rows(flat, squares, out)
+        bound = self._error_bound.rows(flat, squares, routes, out)
         return value, _scalar_or_array(bound.reshape(data.shape[:-1]))
+
+    def _raise_if_undetermined(
+        self,
+        batch: tuple[int, ...],
+        flat: FloatArray,
+        squares: FloatArray,
+        routes: NDArray[np.int8],
+        values: FloatArray,
+    ) -> None:
+        """Refuse to return a finite log p(x) whose error bound exceeds its magnitude.
+
+        Only rows off the fast route can be affected (the fast route implies a bound of
+        at most about ``130 (D + K) eps`` relative), so this costs nothing for them.
+        """
+        rows = np.flatnonzero(routes != FAST_ROUTE)
+        if not rows.size:
+            return
+        bound = self._error_bound.rows(flat[rows], squares[rows], routes[rows], values[rows])
+        undetermined = np.isfinite(values[rows]) & ~(bound < np.abs(values[rows]))
+        if np.any(undetermined):
+            first = int(rows[np.argmax(undetermined)])
+            where = f"x[{', '.join(map(str, np.unravel_index(first, batch)))}]" if batch else "x"
+            raise InvalidInputError(
+                f"{where} must be an observation whose log p(x) float64 can determine; "
+                f"got one on the signal subspace of a nearly noiseless model, where "
+                f"rounding alone may move log p(x) (computed as {values[first]:.3g}) by up "
+                f"to {bound[np.argmax(undetermined)]:.3g}. Rescale the model and data, or "
+                f"call log_evidence(x, return_error_bound=True) for the value with its bound"
+            )
 
     @cached_property
     def _error_bound(self) -> LogEvidenceErrorBound:
