@@ -14,8 +14,8 @@ warm-up call of each precedes the rounds. Variants:
     worker threads, the BLAS limited to one thread for the call.
 ``shipped-not-alone``
     elbo_check as it is, with an idle Python thread alive, so the BLAS limit is not
-    touched: the blocks run serially, each as large as all the workers' together, and
-    the BLAS uses its threads inside each block's products.
+    touched: the blocks run serially, ``UNLIMITED_BLOCK_FACTOR`` times larger, and the
+    BLAS uses its threads inside each block's products.
 ``a-serial``
     Option (a): blocks of the usual size one after another on the calling thread; no limit.
 ``b-threads``

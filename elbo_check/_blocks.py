@@ -17,10 +17,11 @@ calling thread.
 The BLAS thread count is process-wide, so it is limited only while the calling thread
 is the only Python thread (:mod:`elbo_check._threads` says exactly what that
 guarantees), and set back before returning. When other Python threads exist, nothing
-process-wide is touched: the blocks run on the calling thread, each as large as all
-the threads' blocks together (the same working memory), and the BLAS uses its threads
-inside each block's products. That is slower (about 4x ``X @ W`` instead of 1.3x at
-(N, D, K) = (100k, 1000, 20) on a loaded 2-core machine; ``benchmarks/threads.py``).
+process-wide is touched: the blocks run on the calling thread,
+:data:`UNLIMITED_BLOCK_FACTOR` times larger, and the BLAS uses its threads inside each
+block's products. That is slower: at (N, D, K) = (100k, 1000, 20) on a loaded 2-core
+machine, about 4x the time of ``X @ W`` instead of 2.1x (``benchmarks/threads.py``;
+blocks of the usual size took 7.8x, worker threads beside the BLAS's own 10-12x).
 
 Every row's result depends only on that row, so the threading changes no value beyond
 the rounding of a BLAS kernel chosen for another block shape.
@@ -38,7 +39,13 @@ from numpy.typing import NDArray
 
 from ._threads import blas_libraries, limited_when_alone
 
-__all__ = ["BLOCK_ENTRIES", "PARALLEL_MIN_BLOCKS", "for_each_block", "worker_count"]
+__all__ = [
+    "BLOCK_ENTRIES",
+    "PARALLEL_MIN_BLOCKS",
+    "UNLIMITED_BLOCK_FACTOR",
+    "for_each_block",
+    "worker_count",
+]
 
 FloatArray = NDArray[np.float64]
 
@@ -50,6 +57,12 @@ BLOCK_ENTRIES = 1 << 17
 #: Fewer blocks than this run on the calling thread: starting threads costs more than
 #: it saves below a few milliseconds of work.
 PARALLEL_MIN_BLOCKS = 8
+
+#: With other Python threads alive the BLAS keeps its threads, which a product must be
+#: large to pay for waking: blocks are then this many times :data:`BLOCK_ENTRIES`. At
+#: (100k, 1000, 20) on a loaded 2-core machine, log_evidence / ``X @ W`` was 7.8 for
+#: factor 1, 5.1 for 2, 4.3 for 4, 3.9 for 8 and 3.9 for 16.
+UNLIMITED_BLOCK_FACTOR = 8
 
 
 def _usable_cpus() -> int:
@@ -141,9 +154,9 @@ def for_each_block(
     workers = worker_count(-(-n_rows // step))
     with limited_when_alone(blas_libraries(), 1) as limited:
         if not limited:
-            # Other Python threads could see a limit: leave the BLAS's threads to it, on
-            # blocks as large as all the workers' together (the same working memory).
-            _serially(n_rows, step * workers, width, work, buffers)
+            # Other Python threads could see a limit: leave the BLAS its threads, and
+            # give them larger products to share.
+            _serially(n_rows, step * UNLIMITED_BLOCK_FACTOR, width, work, buffers)
         elif workers == 1:
             # A threaded BLAS is slow on the small products of a block (its threads wake
             # for each call; a (50, 100) triangular solve took 1.6 ms instead of 0.02 ms).

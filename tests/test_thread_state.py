@@ -448,15 +448,16 @@ def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_with_another_thread_alive_blocks_run_here_unlimited(
     baseline: list[int], two_cpus: None
 ) -> None:
-    """Every row once, on the calling thread, in blocks as large as both workers' together."""
-    n, width = 1001, 10  # 6 rows per worker block: 12 per block here, the last one short
+    """Every row once, on the calling thread, in blocks UNLIMITED_BLOCK_FACTOR times larger."""
+    n, width = 1001, 10  # 6 rows per usual block, 48 per block here, the last one short
+    assert blocks.UNLIMITED_BLOCK_FACTOR == 8
     seen = np.zeros(n, dtype=int)
     threads: set[str] = set()
     sizes: list[int] = []
     counts_inside: list[list[int]] = []
 
     def work(rows: slice, buffer: np.ndarray) -> None:
-        assert buffer.shape == (12, width)
+        assert buffer.shape == (48, width)
         seen[rows] += 1
         sizes.append(rows.stop - rows.start)
         threads.add(threading.current_thread().name)
@@ -467,7 +468,7 @@ def test_with_another_thread_alive_blocks_run_here_unlimited(
         blocks.for_each_block(n, width, work)
     assert np.all(seen == 1)
     assert threads == {threading.current_thread().name}
-    assert sizes == [12] * 83 + [5]
+    assert sizes == [48] * 20 + [41]
     assert all(counts == baseline for counts in counts_inside)
     assert _blas_counts() == baseline
 
