@@ -48,6 +48,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 
 from ._blocks import for_each_block
+from ._errors import InvalidInputError
 from ._gaussian import LOG_2PI
 from ._marginal import DOUBLED_ROUTE, FAST_ROUTE, MarginalFactorization
 from ._noise import DenseNoise
@@ -197,3 +198,33 @@ class LogEvidenceErrorBound:
 
         for_each_block(flat.shape[0], m.data_dim, work)
         return out
+
+    def refuse_undetermined(
+        self,
+        batch: tuple[int, ...],
+        flat: FloatArray,
+        squares: FloatArray,
+        routes: NDArray[np.int8],
+        values: FloatArray,
+    ) -> None:
+        """Raise rather than return a finite log p(x) whose bound exceeds its magnitude.
+
+        Only rows off the fast route can be affected (the fast route implies a bound of
+        at most about ``130 gamma`` relative), so this costs nothing for them.
+        """
+        rows = np.flatnonzero(routes != FAST_ROUTE)
+        if not rows.size:
+            return
+        bound = self.rows(flat[rows], squares[rows], routes[rows], values[rows])
+        undetermined = np.isfinite(values[rows]) & ~(bound < np.abs(values[rows]))
+        if np.any(undetermined):
+            worst = int(np.argmax(undetermined))
+            first = int(rows[worst])
+            where = f"x[{', '.join(map(str, np.unravel_index(first, batch)))}]" if batch else "x"
+            raise InvalidInputError(
+                f"{where} must be an observation whose log p(x) float64 can determine; "
+                f"got one on the signal subspace of a nearly noiseless model, where "
+                f"rounding alone may move log p(x) (computed as {values[first]:.3g}) by up "
+                f"to {bound[worst]:.3g}. Rescale the model and data, or call "
+                f"log_evidence(x, return_error_bound=True) for the value with its bound"
+            )

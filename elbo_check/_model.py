@@ -34,7 +34,7 @@ from ._errors import InvalidInputError, InvalidTypeError
 from ._gaussian import LOG_2PI, Gaussian, _scalar_or_array, as_generator, kl_divergence
 from ._gradients import ModelGradients, VariationalGradients, model_gradients, variational_gradients
 from ._linalg import gram_diag_log_term, tril_of_gram
-from ._marginal import FAST_ROUTE, MarginalFactorization
+from ._marginal import MarginalFactorization
 from ._noise import NoiseCovariance
 from ._validation import as_event_array, as_real_array, check_shape, describe_shape, freeze
 
@@ -364,39 +364,10 @@ class LinearGaussianModel:
         self._finite_or_raise(x, out)
         value = _scalar_or_array(out.reshape(data.shape[:-1]))
         if not return_error_bound:
-            self._raise_if_undetermined(data.shape[:-1], flat, squares, routes, out)
+            self._error_bound.refuse_undetermined(data.shape[:-1], flat, squares, routes, out)
             return value
         bound = self._error_bound.rows(flat, squares, routes, out)
         return value, _scalar_or_array(bound.reshape(data.shape[:-1]))
-
-    def _raise_if_undetermined(
-        self,
-        batch: tuple[int, ...],
-        flat: FloatArray,
-        squares: FloatArray,
-        routes: NDArray[np.int8],
-        values: FloatArray,
-    ) -> None:
-        """Refuse to return a finite log p(x) whose error bound exceeds its magnitude.
-
-        Only rows off the fast route can be affected (the fast route implies a bound of
-        at most about ``130 (D + K) eps`` relative), so this costs nothing for them.
-        """
-        rows = np.flatnonzero(routes != FAST_ROUTE)
-        if not rows.size:
-            return
-        bound = self._error_bound.rows(flat[rows], squares[rows], routes[rows], values[rows])
-        undetermined = np.isfinite(values[rows]) & ~(bound < np.abs(values[rows]))
-        if np.any(undetermined):
-            first = int(rows[np.argmax(undetermined)])
-            where = f"x[{', '.join(map(str, np.unravel_index(first, batch)))}]" if batch else "x"
-            raise InvalidInputError(
-                f"{where} must be an observation whose log p(x) float64 can determine; "
-                f"got one on the signal subspace of a nearly noiseless model, where "
-                f"rounding alone may move log p(x) (computed as {values[first]:.3g}) by up "
-                f"to {bound[np.argmax(undetermined)]:.3g}. Rescale the model and data, or "
-                f"call log_evidence(x, return_error_bound=True) for the value with its bound"
-            )
 
     @cached_property
     def _error_bound(self) -> LogEvidenceErrorBound:
