@@ -12,16 +12,20 @@ kinds, ill-conditioned priors and full noise, and observations far from the mean
 
 from __future__ import annotations
 
+import math
+
 import mpmath
 import numpy as np
 import pytest
-from hypothesis import settings
-from test_reference_routes import MP_DIGITS, _conditioned_model, _draw_x, _ExactModel
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_reference_routes import EPS, MP_DIGITS, _conditioned_model, _draw_x, _ExactModel
 
 import elbo_check._marginal as marginal_module
 from elbo_check import Gaussian, LinearGaussianModel, ppca
 from elbo_check._error_bounds import row_norms
 from elbo_check._random import random_model
+from elbo_check.strategies import linear_gaussian_models, observations
 
 #: Models per (family, condition exponent): one in the quick dev profile, two under ci.
 N_MODELS = 2 if settings().max_examples >= 100 else 1
@@ -173,3 +177,33 @@ def test_overflow_gives_minus_inf_not_nan() -> None:
 def test_row_norms_neither_overflow_nor_underflow() -> None:
     rows = np.array([[3e200, 4e200], [3e-200, 4e-200], [0.0, 0.0], [3.0, -4.0]])
     np.testing.assert_allclose(row_norms(rows), [5e200, 5e-200, 0.0, 5.0], rtol=1e-15)
+
+
+@given(
+    linear_gaussian_models(max_data_dim=5, max_latent_dim=3, extreme_scales=True),
+    st.integers(-200, 200),
+    st.data(),
+)
+def test_extreme_scales_are_evaluated_without_overflow(
+    model: LinearGaussianModel, exponent: int, data: st.DataObject
+) -> None:
+    """Variance scales of 1e-160 ... 1e160, then every quantity scaled again by 2**k (an
+    exact change of units: x, W and b times s = 2**k, Psi times s**2): log p changes by
+    exactly -D k log 2, and both evaluations agree within their two bounds."""
+    x = data.draw(observations(model, batch_shape=(2,)))
+    value, bound = model.log_evidence(x, return_error_bound=True)
+    assert np.all(np.isfinite(value))
+    assert np.all(np.isfinite(bound))
+    assert np.all(bound >= 0)
+    s = 2.0**exponent
+    noise = model.noise_cov
+    scaled = LinearGaussianModel(
+        weights=model.weights * s,
+        bias=model.bias * s,
+        prior=model.prior,
+        noise_cov=noise * s * s,
+    )
+    scaled_value, scaled_bound = scaled.log_evidence(x * s, return_error_bound=True)
+    shift = -model.data_dim * exponent * math.log(2.0)
+    gap = np.abs(scaled_value - (value + shift))
+    assert np.all(gap <= bound + scaled_bound + 4 * EPS * np.abs(shift)), (gap, bound)
