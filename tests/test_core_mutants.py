@@ -17,7 +17,7 @@ import mpmath
 import numpy as np
 import pytest
 import scipy.stats
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from elbo_check import Gaussian, LinearEncoder, LinearGaussianModel, kl_divergence
 
@@ -468,3 +468,87 @@ def test_mahalanobis_of_cancelling_rows_matches_mpmath_on_every_route(
     assert_allclose(recovered, exact, rtol=1e-9, atol=1e-12 * abs(constant))
     value, bound = model.log_evidence(x, return_error_bound=True)
     assert np.all(np.abs(value - np.asarray(exact_log_p)) <= bound)
+
+
+# ------------------------------------------------------------------- edges and messages
+def test_error_bounds_keep_the_batch_shape_and_overflowing_rows_get_an_infinite_bound(
+    rng: np.random.Generator,
+) -> None:
+    dense = make_dense("full", rng)
+    model = dense.model()
+    x = rng.standard_normal((2, 3, D))
+    value, bound = model.log_evidence(x, return_error_bound=True)
+    assert np.shape(value) == np.shape(bound) == (2, 3)
+    assert np.all(np.abs(value - dense.log_evidence(x)) <= bound + 1e-12 * np.abs(value))
+    one_value, one_bound = model.log_evidence(x[1, 2], return_error_bound=True)
+    assert np.shape(one_bound) == ()
+    assert one_value == pytest.approx(value[1, 2], rel=1e-13)
+    # |Psi^-1/2 (x - xbar)|^2 overflows: log p(x) < -1.8e308, -inf is due, with no bound
+    wide = LinearGaussianModel(
+        weights=[[1e150], [2e150]], bias=[0.0, 0.0], prior=Gaussian.standard(1), noise_cov=1.0
+    )
+    values, bounds = wide.log_evidence(
+        np.array([[1e160, 1e160], [1.0, 2.0]]), return_error_bound=True
+    )
+    assert values[0] == -np.inf
+    assert not np.isnan(bounds[0])
+    assert np.isfinite(values[1])
+    assert np.isfinite(bounds[1])
+
+
+def test_an_undetermined_single_observation_is_named_x() -> None:
+    """The refusal names ``x`` for one observation and ``x[i, j]`` within a batch."""
+    model = LinearGaussianModel(
+        weights=[[1e150], [2e150]], bias=[0.0, 0.0], prior=Gaussian.standard(1), noise_cov=1.0
+    )
+    x = np.array([1e155, 2e155])
+    with pytest.raises(ValueError, match=r"^x must be an observation whose log p\(x\)"):
+        model.log_evidence(x)
+    batch = np.stack([model.marginal_mean, model.marginal_mean, x, model.marginal_mean])
+    with pytest.raises(ValueError, match=r"^x\[1, 0\] must be"):
+        model.log_evidence(batch.reshape(2, 2, 2))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_finite_rows_are_refused_by_every_row_method(
+    kind: str, rng: np.random.Generator
+) -> None:
+    model = make_dense(kind, rng).model()
+    x = rng.standard_normal((2, D))
+    x[1, 2] = np.nan
+    q = Gaussian.standard(K)
+    for method in (
+        model.log_evidence,
+        model.posterior,
+        lambda v: model.elbo(q, v),
+        lambda v: model.kl_to_posterior(q, v),
+    ):
+        with pytest.raises(ValueError, match="finite"):
+            method(x)
+
+
+def test_encoder_refuses_a_matrix_without_columns() -> None:
+    with pytest.raises(ValueError, match=r"matrix must have shape \(K, D\)"):
+        LinearEncoder(matrix=np.zeros((K, 0)), offset=np.zeros(K), scale_tril=np.eye(K))
+    with pytest.raises(ValueError, match=r"matrix must have shape \(K, D\)"):
+        LinearEncoder(matrix=np.zeros((K + 1, D)), offset=np.zeros(K), scale_tril=np.eye(K))
+
+
+def test_covariances_and_precisions_are_exactly_symmetric(rng: np.random.Generator) -> None:
+    """Symmetric to the last bit (they are handed to Cholesky routines and symmetric
+    solvers that read one triangle), not merely to rounding."""
+    k = 5
+    factors = np.stack([np.linalg.cholesky(_spd(rng, k)) for _ in range(3)])
+    gaussian = Gaussian.from_cholesky(mean=np.zeros((3, k)), scale_tril=factors)
+    encoder = LinearEncoder(matrix=np.ones((k, 2)), offset=np.zeros(k), scale_tril=factors[0])
+    dense = make_dense("full", rng, d=6, k=k)
+    model = dense.model()
+    for matrix in (
+        gaussian.precision,
+        gaussian.cov,
+        encoder.cov,
+        model.posterior_precision,
+        model.dense_noise_cov(),
+        model.marginal().cov,
+    ):
+        assert_array_equal(matrix, np.swapaxes(matrix, -1, -2))
