@@ -552,3 +552,36 @@ def test_covariances_and_precisions_are_exactly_symmetric(rng: np.random.Generat
         model.marginal().cov,
     ):
         assert_array_equal(matrix, np.swapaxes(matrix, -1, -2))
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "full"])
+def test_deferred_rows_spanning_several_blocks_match_mpmath(
+    kind: str, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One cancelling row per block of 16 is deferred; 40 of them are recomputed in a
+    second pass of blocks of 16, 16 and 8 rows (the last one shorter than its buffers)."""
+    import elbo_check._blocks as blocks_module
+
+    d, k, step = 5, 2, 16
+    monkeypatch.setattr(blocks_module, "BLOCK_ENTRIES", step * d)
+    psi: Any = 1e-12 * (rng.uniform(0.5, 2.0, d) if kind == "diagonal" else _spd(rng, d, 0.5))
+    dense = Dense(
+        rng.standard_normal((d, k)),
+        rng.standard_normal(d),
+        rng.standard_normal(k),
+        _spd(rng, k),
+        psi,
+    )
+    model = dense.model()
+    mean = dense.weights @ dense.mu0 + dense.bias
+    x = mean + rng.standard_normal((40 * step, d))
+    deep = np.arange(40) * step + 5
+    x[deep] = (
+        mean + rng.standard_normal((40, k)) @ dense.weights.T + 1e-7 * rng.standard_normal((40, d))
+    )
+    log_p = np.asarray(model.log_evidence(x))
+    exact, _, constant = _mp_mahalanobis(dense, x[deep])
+    assert_allclose(-2.0 * log_p[deep] - constant, exact, rtol=1e-9, atol=1e-12 * abs(constant))
+    ordinary = np.delete(np.arange(x.shape[0]), deep)[:5]
+    _, ordinary_log_p, _ = _mp_mahalanobis(dense, x[ordinary])
+    assert_allclose(log_p[ordinary], ordinary_log_p, rtol=1e-10)
