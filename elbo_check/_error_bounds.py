@@ -50,11 +50,11 @@ from numpy.typing import NDArray
 from ._blocks import for_each_block
 from ._errors import InvalidInputError
 from ._gaussian import LOG_2PI
-from ._marginal import DOUBLED_ROUTE, FAST_ROUTE, MarginalFactorization
+from ._marginal import CANCELLATION_LIMIT, DOUBLED_ROUTE, FAST_ROUTE, MarginalFactorization
 from ._noise import DenseNoise
 from ._validation import freeze
 
-__all__ = ["BOUND_SLACK", "LogEvidenceErrorBound", "row_norms"]
+__all__ = ["BOUND_SLACK", "ElboErrorBound", "LogEvidenceErrorBound", "kl_scale", "row_norms"]
 
 FloatArray = NDArray[np.float64]
 
@@ -228,3 +228,142 @@ class LogEvidenceErrorBound:
                 f"to {bound[worst]:.3g}. Rescale the model and data, or call "
                 f"log_evidence(x, return_error_bound=True) for the value with its bound"
             )
+
+
+class ElboErrorBound:
+    r"""A bound on the rounding error of the ELBO, per row, in the same rounding model.
+
+    .. math::
+        E = \gamma\Bigl(\tfrac12\bigl(D\log 2\pi + S_\Psi + S_r + S_{\mathrm{fast}}
+            + S_{\mathrm{tr}}\bigr) + S_{\mathrm{KL}}\Bigr) + \varepsilon\lvert\mathrm{ELBO}\rvert
+
+    with the same :math:`\gamma` as for :math:`\log p(x)`, and, for
+    :math:`r = x - Wm - b` and :math:`t = \lvert x\rvert + \lvert W\rvert\lvert m\rvert
+    + \lvert b\rvert`: :math:`S_r = 2\,\lvert\Psi^{-1/2}r\rvert^\top
+    (\lvert\Psi^{-1/2}\rvert t)` (the data term, each product bounded in absolute value),
+    :math:`S_{\mathrm{fast}} = \lVert\Psi^{-1/2}(x-b)\rVert^2 + \lVert R_w m\rVert^2` for
+    rows the fast expansion served, :math:`S_{\mathrm{tr}} = 2\sum(\lvert W'\rvert^\top
+    \lvert W'\rvert + \lvert R_w\rvert^\top\lvert R_w\rvert)\odot(\lvert L_q\rvert
+    \lvert L_q\rvert^\top)` (the trace term), :math:`S_\Psi` the rounding scale of
+    :math:`\log\det\Psi`, and :math:`S_{\mathrm{KL}}` that of
+    :math:`\mathrm{KL}(q\,\|\,p(z))` from the factors (:func:`kl_scale`). For dense noise
+    the triangular solves' and the Cholesky factor's backward errors are added as for
+    :math:`\log p(x)`.
+    """
+
+    def __init__(self, marginal: MarginalFactorization, log_evidence: LogEvidenceErrorBound):
+        self.marginal = marginal
+        self.gamma = log_evidence.gamma
+        self._abs_whiten = log_evidence._abs_whiten  # |Psi^-1/2| v for rows v
+
+    @cached_property
+    def _model_terms(self) -> tuple[FloatArray, float]:
+        """(M = |W'|^T |W'| + |R_w|^T |R_w|, the log det Psi scale)."""
+        m = self.marginal
+        noise = m.noise
+        abs_weights = self._abs_whiten(np.abs(m.weights).T).T  # |G| |W|
+        log_scale: float
+        if isinstance(noise, DenseNoise):
+            factor = np.abs(noise.scale_tril())
+            abs_weights = self._abs_whiten((factor @ abs_weights).T).T  # solve error
+            whitener = noise.whiten_columns(np.eye(m.data_dim))
+            precision = whitener.T @ whitener
+            log_scale = 2.0 * float(np.sum(np.abs(np.log(np.diagonal(factor)))))
+            log_scale += float(np.sum(np.abs(precision) * (factor @ factor.T)))
+        else:
+            log_scale = float(np.sum(np.abs(np.log(noise.variances))))
+        root = np.abs(m.weights_gram_root)
+        gram = abs_weights.T @ abs_weights + root.T @ root
+        return freeze(gram), log_scale
+
+    @cached_property
+    def _cholesky_trace_norm(self) -> float:
+        """``|| |L^T| |Psi^-1 W| ||_2^2`` for dense noise ``Psi = L L^T`` (else 0)."""
+        noise = self.marginal.noise
+        if not isinstance(noise, DenseNoise):
+            return 0.0
+        solved = np.abs(noise.whiten_columns_transposed(self.marginal.whitened_weights))
+        return float(np.linalg.norm(np.abs(noise.scale_tril()).T @ solved, 2) ** 2)
+
+    def rows(
+        self,
+        q_mean: FloatArray,
+        q_factor: FloatArray,
+        rows: FloatArray,
+        means: FloatArray,
+        batch: tuple[int, ...],
+        values: FloatArray,
+    ) -> FloatArray:
+        """The bound for paired rows ``(n, D)`` and means ``(n, K)`` of a q whose factor is
+        ``q_factor`` (shared or batched), ``values`` the ELBOs; shape ``batch``."""
+        m = self.marginal
+        noise, weights = m.noise, m.weights
+        d, k = m.data_dim, m.latent_dim
+        n = rows.shape[0]
+        gram, log_scale = self._model_terms
+        dense = isinstance(noise, DenseNoise)
+        abs_factor_noise = np.abs(noise.scale_tril()) if dense else None
+        abs_weights, abs_bias = np.abs(weights), np.abs(m.bias)
+        root = m.weights_gram_root
+        data = np.empty(n)
+
+        def work(block: slice, buffer: FloatArray) -> None:
+            x, mean = rows[block], means[block]
+            with np.errstate(over="ignore", invalid="ignore"):
+                whitened = noise.whiten(x - mean @ weights.T - m.bias)  # G r
+                scale = self._abs_whiten(np.abs(x) + np.abs(mean) @ abs_weights.T + abs_bias)
+                term = 2.0 * np.einsum("ij,ij->i", np.abs(whitened), scale)
+                y0 = noise.whiten(x - m.bias)
+                total = row_norms(y0) ** 2
+                quadratic = row_norms(mean @ root.T) ** 2
+                fast = np.abs(row_norms(whitened) ** 2) >= CANCELLATION_LIMIT * (total + quadratic)
+                term += np.where(fast, total + quadratic, 0.0)
+                if abs_factor_noise is not None:
+                    spread = self._abs_whiten(np.abs(whitened) @ abs_factor_noise.T)
+                    term += 2.0 * row_norms(whitened) * row_norms(spread)
+                    solved = noise.whiten_columns_transposed(whitened.T).T  # Psi^-1 r
+                    term += row_norms(np.abs(solved) @ abs_factor_noise) ** 2
+            data[block] = term
+
+        for_each_block(n, d, work)
+        factors = np.broadcast_to(q_factor, (*batch, k, k)).reshape(n, k, k)
+        abs_q = np.abs(factors)
+        spread_gram = abs_q @ np.swapaxes(abs_q, -1, -2)  # |L_q| |L_q|^T
+        trace = 2.0 * np.einsum("ij,nij->n", gram, spread_gram)
+        if abs_factor_noise is not None:  # the Cholesky error of Psi seen by the trace
+            # || |L^T| |Psi^-1 W| |L_q| ||_F^2 <= || |L^T| |Psi^-1 W| ||_2^2 || L_q ||_F^2
+            trace += self._cholesky_trace_norm * np.einsum("nij,nij->n", factors, factors)
+        prior = m.prior
+        q_means = np.broadcast_to(q_mean, (*batch, k)).reshape(n, k)
+        kl = kl_scale(factors, q_means, prior.scale_tril, prior.mean)
+        total_scale = 0.5 * (d * LOG_2PI + log_scale + data + trace) + kl
+        bound = self.gamma * total_scale + EPS * np.abs(values.reshape(n))
+        return np.where(np.isnan(bound), np.inf, bound).reshape(batch)
+
+
+def kl_scale(
+    q_factors: FloatArray, q_means: FloatArray, p_factor: FloatArray, p_mean: FloatArray
+) -> FloatArray:
+    r"""First-order rounding scale of :math:`\mathrm{KL}(q\,\|\,p)` from the factors.
+
+    With :math:`M = L_p^{-1}L_q` and :math:`w = L_p^{-1}(m_q - m_p)`, the KL is
+    :math:`\tfrac12(\lVert M\rVert_F^2 + \lVert w\rVert^2 - K + 2\sum\log L_{p,ii}
+    - 2\sum\log L_{q,ii})`, and each product is bounded in absolute value:
+    :math:`\tfrac12\bigl(2\sum\lvert M\rvert\odot(\lvert L_p^{-1}\rvert\lvert L_q\rvert)
+    + 2\lvert w\rvert^\top\lvert L_p^{-1}\rvert(\lvert m_q\rvert + \lvert m_p\rvert) + K
+    + 2\sum\lvert\log L_{q,ii}\rvert + 2\sum\lvert\log L_{p,ii}\rvert\bigr)`. ``q_factors``
+    is ``(n, K, K)``, ``q_means`` ``(n, K)``; returns ``(n,)``.
+    """
+    k = p_factor.shape[-1]
+    inverse = scipy.linalg.solve_triangular(p_factor, np.eye(k), lower=True, check_finite=False)
+    abs_inverse = np.abs(inverse)
+    ratio = inverse @ q_factors
+    offsets = (q_means - p_mean) @ inverse.T
+    products = np.einsum("nij,nij->n", np.abs(ratio), abs_inverse @ np.abs(q_factors))
+    shifts = np.einsum(
+        "ni,ni->n", np.abs(offsets), (np.abs(q_means) + np.abs(p_mean)) @ abs_inverse.T
+    )
+    logs = np.sum(np.abs(np.log(np.diagonal(q_factors, axis1=-2, axis2=-1))), axis=-1)
+    prior_logs = float(np.sum(np.abs(np.log(np.diagonal(p_factor)))))
+    result: FloatArray = 0.5 * (2.0 * products + 2.0 * shifts + k + 2.0 * logs + 2.0 * prior_logs)
+    return result

@@ -29,7 +29,7 @@ from ._encoder import (
     encoder_gradients,
     optimal_encoder,
 )
-from ._error_bounds import LogEvidenceErrorBound
+from ._error_bounds import ElboErrorBound, LogEvidenceErrorBound
 from ._errors import InvalidInputError, InvalidTypeError
 from ._gaussian import LOG_2PI, Gaussian, _scalar_or_array, as_generator, kl_divergence
 from ._gradients import ModelGradients, VariationalGradients, model_gradients, variational_gradients
@@ -461,12 +461,38 @@ class LinearGaussianModel:
             entropy=spread(entropy),
         )
 
-    def elbo(self, q: Gaussian, x: ArrayLike) -> Any:
+    def elbo(self, q: Gaussian, x: ArrayLike, *, return_error_bound: bool = False) -> Any:
         r"""Exact ELBO :math:`\mathbb E_q[\log p(x,z) - \log q(z)]`, with no sampling.
 
         Equals :math:`\log p(x) - \mathrm{KL}(q\,\|\,p(z\mid x))`; see :meth:`elbo_terms`.
+
+        Parameters
+        ----------
+        q : Gaussian
+            The variational distribution over the ``K`` latent dimensions; its batch
+            broadcasts against the rows of ``x``.
+        x : array_like, shape (..., D)
+            One observation or a batch of them.
+        return_error_bound : bool, optional
+            Also return a bound on each value's distance from the exact ELBO of the
+            float64 inputs (:class:`~elbo_check._error_bounds.ElboErrorBound`; default
+            False).
+
+        Returns
+        -------
+        value : float or ndarray
+            The ELBO, one per member of the broadcast batch.
+        bound : float or ndarray
+            Only with ``return_error_bound=True``: the error bound, of the same shape.
         """
-        return self.elbo_terms(q, x).elbo
+        value = self.elbo_terms(q, x).elbo
+        if not return_error_bound:
+            return value
+        batch, rows, means = self._paired_rows(q, x)
+        bound = ElboErrorBound(self._marginal, self._error_bound).rows(
+            q.mean, q.scale_tril, rows, means, batch, np.asarray(value, dtype=float)
+        )
+        return value, _scalar_or_array(bound)
 
     def kl_to_posterior(self, q: Gaussian, x: ArrayLike) -> Any:
         r"""Exact :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`; never negative.
