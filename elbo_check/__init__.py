@@ -7,11 +7,13 @@ package is the reference oracle for that identity.
 
 from __future__ import annotations
 
+from ._elbo_terms import ElboTerms
 from ._encoder import EncoderGradients, LinearEncoder
 from ._errors import ElboCheckError, InvalidInputError, InvalidTypeError
 from ._families import bayesian_linear_regression, factor_analysis, ppca
 from ._gaussian import Gaussian, cross_entropy, kl_divergence
-from ._model import ElboTerms, LinearGaussianModel, ModelGradients, VariationalGradients
+from ._gradients import ModelGradients, VariationalGradients
+from ._model import LinearGaussianModel
 from ._version import __version__
 
 __all__ = [
