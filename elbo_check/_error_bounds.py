@@ -50,7 +50,13 @@ from numpy.typing import NDArray
 from ._blocks import for_each_block
 from ._errors import InvalidInputError
 from ._gaussian import LOG_2PI
-from ._marginal import CANCELLATION_LIMIT, DOUBLED_ROUTE, FAST_ROUTE, MarginalFactorization
+from ._marginal import (
+    CANCELLATION_LIMIT,
+    DOUBLED_ROUTE,
+    FAST_ROUTE,
+    RESIDUAL_ROUTE,
+    MarginalFactorization,
+)
 from ._noise import DenseNoise
 from ._validation import freeze
 
@@ -136,6 +142,70 @@ class LogEvidenceErrorBound:
         """``|Psi^{-1/2}| M`` for a non-negative ``(D, n)`` matrix ``M``."""
         return self._abs_whiten(matrix.T).T
 
+    @cached_property
+    def _centre_part(self) -> FloatArray:
+        """``|b| + |W| |mu0|``: the size of what centring subtracts, before whitening."""
+        m = self.marginal
+        return freeze(np.abs(m.bias) + np.abs(m.weights) @ np.abs(m.prior.mean))
+
+    def _solve_spread(self, rows: FloatArray) -> FloatArray:
+        """``|| |L^-1| |L| |v| ||`` per row: how far a solve with Psi's factor may move v."""
+        noise = self.marginal.noise
+        if not isinstance(noise, DenseNoise):
+            return row_norms(rows)
+        return row_norms(self._abs_whiten(np.abs(rows) @ np.abs(noise.scale_tril()).T))
+
+    def _row_terms(
+        self,
+        x: FloatArray,
+        y: FloatArray,
+        centre: FloatArray,
+        maha: FloatArray,
+        route: NDArray[np.int8],
+    ) -> tuple[FloatArray, FloatArray]:
+        """``A + (Cholesky term)`` and ``T`` for rows ``x`` whitened and centred to ``y``
+        (``centre``: :attr:`_centre_part` at the rows' scale)."""
+        m = self.marginal
+        noise = m.noise
+        coefficients = y @ m.basis
+        offsets = scipy.linalg.solve_triangular(
+            m.r_factor, coefficients.T, lower=False, check_finite=False
+        ).T  # u = R^-1 Q1^T y
+        residual = y - coefficients @ m.basis.T  # (I - Q1 Q1^T) y, = L^T C^-1 r
+        if not isinstance(noise, DenseNoise):
+            cholesky = row_norms(residual) ** 2
+        else:  # the backward error |dPsi| <= gamma |L||L^T| of Psi's factor
+            solved = noise.whiten_columns_transposed(residual.T).T  # C^-1 r
+            cholesky = row_norms(np.abs(solved) @ np.abs(noise.scale_tril())) ** 2
+        abs_factor = np.abs(m.prior.scale_tril)
+        spread = self._abs_whiten((np.abs(offsets) @ abs_factor.T) @ np.abs(m.weights).T)
+        centring = self._abs_whiten(np.abs(x) + centre)
+        size = self._solve_spread(y) + row_norms(spread) + row_norms(centring)
+        root = np.sqrt(np.abs(maha))
+        fast = row_norms(y) ** 2 + row_norms(coefficients) ** 2 + 2.0 * root * size
+        residual_route = maha + 2.0 * root * size
+        doubled = maha + 2.0 * root * self._solve_spread(residual)
+        first = cholesky + np.where(
+            route == FAST_ROUTE, fast, np.where(route == DOUBLED_ROUTE, doubled, residual_route)
+        )
+        return first, size
+
+    def _rescaled_terms(
+        self,
+        x: FloatArray,
+        maha: FloatArray,
+        route: NDArray[np.int8],
+        e: NDArray[np.intc],
+    ) -> tuple[FloatArray, FloatArray]:
+        """:meth:`_row_terms` at the scale ``2^-e`` at which the oracle evaluates rows whose
+        whitening overflows (``A`` and ``T`` are homogeneous of degree 2 and 1 in the row
+        and the mean); ``maha`` is the Mahalanobis term at that scale."""
+        m = self.marginal
+        scaled = np.ldexp(x, -e[:, None])
+        whitened = m.noise.whiten(scaled - np.ldexp(m.mean[None, :], -e[:, None]))
+        part = np.ldexp(self._centre_part[None, :], -e[:, None])
+        return self._row_terms(scaled, whitened, part, maha, route)
+
     def rows(
         self,
         flat: FloatArray,
@@ -146,49 +216,24 @@ class LogEvidenceErrorBound:
         """The bound for each row of ``flat`` (shape ``(n, D)``): ``squares`` are its
         Mahalanobis terms, ``routes`` the routes they took, ``values`` the log-evidences."""
         m = self.marginal
-        abs_weights = np.abs(m.weights)
-        abs_factor = np.abs(m.prior.scale_tril)
-        centre_part = np.abs(m.bias) + abs_weights @ np.abs(m.prior.mean)
         gamma = self.gamma
-        noise = m.noise
-        dense = isinstance(noise, DenseNoise)
-        abs_factor_noise = np.abs(noise.scale_tril()) if dense else None
         out = np.empty(flat.shape[0])
-
-        def solve_spread(rows: FloatArray) -> FloatArray:
-            """``|| |L^-1| |L| |v| ||`` per row: how far a solve with L may move ``v``."""
-            if abs_factor_noise is None:
-                return row_norms(rows)
-            return row_norms(self._abs_whiten(np.abs(rows) @ abs_factor_noise.T))
 
         def work(block: slice, buffer: FloatArray) -> None:
             x = flat[block]
             maha = squares[block]
-            with np.errstate(over="ignore", invalid="ignore"):
+            route = routes[block]
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
                 y = m.whiten_centred(x, buffer)
-                coefficients = y @ m.basis
-                offsets = scipy.linalg.solve_triangular(
-                    m.r_factor, coefficients.T, lower=False, check_finite=False
-                ).T  # u = R^-1 Q1^T y
-                residual = y - coefficients @ m.basis.T  # (I - Q1 Q1^T) y, = L^T C^-1 r
-                if abs_factor_noise is None:
-                    cholesky = row_norms(residual) ** 2
-                else:  # the backward error |dPsi| <= gamma |L||L^T| of Psi's factor
-                    solved = noise.whiten_columns_transposed(residual.T).T  # C^-1 r
-                    cholesky = row_norms(np.abs(solved) @ abs_factor_noise) ** 2
-                spread = self._abs_whiten((np.abs(offsets) @ abs_factor.T) @ abs_weights.T)
-                centring = self._abs_whiten(np.abs(x) + centre_part)
-                size = solve_spread(y) + row_norms(spread) + row_norms(centring)
-                root = np.sqrt(np.abs(maha))
-                route = routes[block]
-                fast = row_norms(y) ** 2 + row_norms(coefficients) ** 2 + 2.0 * root * size
-                residual_route = maha + 2.0 * root * size
-                doubled = maha + 2.0 * root * solve_spread(residual)
-                first = cholesky + np.where(
-                    route == FAST_ROUTE,
-                    fast,
-                    np.where(route == DOUBLED_ROUTE, doubled, residual_route),
-                )
+                first, size = self._row_terms(x, y, self._centre_part, maha, route)
+                huge = np.flatnonzero(~np.isfinite(np.einsum("ij,ij->i", y, y)))
+                if huge.size:  # rows whose whitening overflows: terms at the oracle's scale
+                    e = m.row_exponents(x[huge])
+                    first_e, size_e = self._rescaled_terms(
+                        x[huge], np.ldexp(maha[huge], -2 * e), route[huge], e
+                    )
+                    first[huge] = np.ldexp(first_e, 2 * e)
+                    size[huge] = np.ldexp(size_e, e)
                 bound = (
                     0.5 * (gamma * first + (gamma * size) ** 2)
                     + gamma * self.log_det_term
@@ -198,6 +243,20 @@ class LogEvidenceErrorBound:
 
         for_each_block(flat.shape[0], m.data_dim, work)
         return out
+
+    def overflow_is_certain(self, rows: FloatArray) -> NDArray[np.bool_]:
+        """For finite rows whose Mahalanobis term came out ``inf``: whether the exact term
+        exceeds the float64 range for certain (its computed value minus its error bound,
+        both at the oracle's scale ``2^-e``, still overflows when scaled back), so that
+        ``log p(x) = -inf`` is the correctly rounded answer."""
+        m = self.marginal
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            maha, doubled, e = m.rescaled_squares(rows)
+            route = np.where(doubled, DOUBLED_ROUTE, RESIDUAL_ROUTE).astype(np.int8)
+            first, size = self._rescaled_terms(rows, maha, route, e)
+            lower = maha - (self.gamma * first + (self.gamma * size) ** 2)
+            certain: NDArray[np.bool_] = (lower > 0) & ~np.isfinite(np.ldexp(lower, 2 * e))
+        return certain
 
     def refuse_undetermined(
         self,
@@ -215,6 +274,20 @@ class LogEvidenceErrorBound:
         rows = np.flatnonzero(routes != FAST_ROUTE)
         if not rows.size:
             return
+        infinite = rows[values[rows] == -np.inf]
+        if infinite.size:
+            doubtful = infinite[~self.overflow_is_certain(flat[infinite])]
+            if doubtful.size:
+                first = int(doubtful[0])
+                where = (
+                    f"x[{', '.join(map(str, np.unravel_index(first, batch)))}]" if batch else "x"
+                )
+                raise InvalidInputError(
+                    f"{where} must be an observation whose log p(x) float64 can determine; "
+                    f"got one whose Mahalanobis term overflows float64 as computed, but "
+                    f"whose exact value may not (it lies near the signal subspace of a "
+                    f"nearly noiseless model). Rescale the model and data"
+                )
         bound = self.rows(flat[rows], squares[rows], routes[rows], values[rows])
         undetermined = np.isfinite(values[rows]) & ~(bound < np.abs(values[rows]))
         if np.any(undetermined):

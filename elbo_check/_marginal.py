@@ -204,7 +204,8 @@ class MarginalFactorization:
         coefficients: FloatArray,
         spread: FloatArray,
         raw: FloatArray,
-        index: Sequence[int] | NDArray[np.intp],
+        index: Sequence[int] | NDArray[np.intp] | None,
+        exponents: NDArray[np.intc] | None = None,
     ) -> tuple[FloatArray, NDArray[np.bool_]]:
         """``min_u |y - W~ u|^2 + |u|^2`` for whitened rows ``y`` with ``Q1^T y`` given.
 
@@ -214,7 +215,9 @@ class MarginalFactorization:
         :data:`DOUBLING_LIMIT` form it again from their data rows ``raw[index]`` in
         doubled precision; the value is stationary in u, so u's own error enters only
         squared. Overwrites ``spread`` (a buffer of ``whitened``'s shape). Returns the
-        squares and which rows took the doubled route.
+        squares and which rows took the doubled route. With ``exponents`` given, ``raw``
+        holds the rows scaled by ``2^-exponents`` (all of them, ``index`` None) and the
+        mean is scaled alike (:meth:`rescaled_squares`).
         """
         offsets = scipy.linalg.solve_triangular(
             self.r_factor, coefficients.T, lower=False, check_finite=False
@@ -234,7 +237,13 @@ class MarginalFactorization:
                 # rounded v would no longer equal L0 u for the u whose |u|^2 is added.
                 zero = np.zeros((deep.size, self.latent_dim))
                 latent, latent_error = minus_products(zero, zero, factor, prior, -offsets[deep])
-                total, error = two_sum(np.take(raw, np.asarray(index)[deep], axis=0), -high)
+                if exponents is None:
+                    rows = np.take(raw, np.asarray(index)[deep], axis=0)
+                else:
+                    rows = raw[deep]
+                    shift = -exponents[deep, None]
+                    high, low = np.ldexp(high[None, :], shift), np.ldexp(low[None, :], shift)
+                total, error = two_sum(rows, -high)
                 total, error = minus_products(total, error - low, self.weights, weights, latent)
                 total, error = minus_products(total, error, self.weights, weights, latent_error)
                 doubled = self.noise.whiten(total + error)
@@ -263,15 +272,18 @@ class MarginalFactorization:
         taken[:] = FAST_ROUTE
         squared = np.empty(n)
         deferred = np.zeros(n, dtype=bool)
+        overflowed = np.zeros(n, dtype=bool)
         coefficients = np.empty((n, self.latent_dim))
 
         def fast(block: slice, buffer: FloatArray, spread: FloatArray) -> None:
-            whitened = self.whiten_centred(flat[block], buffer)
-            projected = np.matmul(whitened, self.basis, out=coefficients[block])
-            with np.errstate(over="ignore", invalid="ignore"):
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is handled below
+                whitened = self.whiten_centred(flat[block], buffer)
+                projected = np.matmul(whitened, self.basis, out=coefficients[block])
                 total = np.einsum("ij,ij->i", whitened, whitened)
                 squared[block] = total - np.einsum("ij,ij->i", projected, projected)
-            lost = ~(squared[block] >= CANCELLATION_LIMIT * total)  # NaN (inf - inf) is lost
+            huge = ~np.isfinite(total)
+            overflowed[block] = huge
+            lost = ~(squared[block] >= CANCELLATION_LIMIT * total) & ~huge  # NaN is lost
             count = int(np.count_nonzero(lost))
             if count >= IN_BLOCK_FRACTION * lost.size:
                 rows = np.flatnonzero(lost)
@@ -296,7 +308,43 @@ class MarginalFactorization:
 
         if recompute.size:
             for_each_block(recompute.size, self.data_dim, exact, buffers=2)
+        huge = np.flatnonzero(overflowed)
+        if huge.size:
+            scaled, doubled, exponents = self.rescaled_squares(flat[huge])
+            with np.errstate(over="ignore"):  # inf is then the correctly rounded value
+                squared[huge] = np.ldexp(scaled, 2 * exponents)
+            taken[huge] = np.where(doubled, DOUBLED_ROUTE, RESIDUAL_ROUTE)
         return squared
+
+    def rescaled_squares(
+        self, rows: FloatArray
+    ) -> tuple[FloatArray, NDArray[np.bool_], NDArray[np.intc]]:
+        """Squared Mahalanobis norms of rows whose whitened form overflows float64.
+
+        Each row and the marginal mean are scaled by the power of two ``2^-e`` that
+        brings their largest entry to about 1 (exact, barring entries that become
+        subnormal, which are below rounding of the row's norm); the residual is formed
+        at that scale; scaled back by ``2^(2e)`` it gives ``inf`` where the value exceeds
+        the float64 range. The doubled route works at the same scale (the mean's halves
+        scaled alike). Returns the squares at scale, which rows took the doubled route,
+        and ``e``.
+        """
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            exponents = self.row_exponents(rows)
+            scaled = np.ldexp(rows, -exponents[:, None])
+            centre = np.ldexp(self.mean[None, :], -exponents[:, None])
+            whitened = self.noise.whiten(scaled - centre)
+            coefficients = whitened @ self.basis
+            squares, doubled = self.residual_squares(
+                whitened, coefficients, np.empty_like(whitened), scaled, None, exponents
+            )
+        return np.where(np.isnan(squares), np.inf, squares), doubled, exponents
+
+    def row_exponents(self, rows: FloatArray) -> NDArray[np.intc]:
+        """``e`` per row with ``2^-e`` times the row's and the mean's largest entry in [0.5, 1)."""
+        largest = np.maximum(np.max(np.abs(rows), axis=1), np.max(np.abs(self.mean), initial=0.0))
+        exponents: NDArray[np.intc] = np.frexp(largest)[1]
+        return exponents
 
     def expected_squares(self, rows: FloatArray, means: FloatArray) -> FloatArray:
         """``|Psi^{-1/2}(x_n - W m_n - b)|^2`` for paired rows ``(n, D)`` and means ``(n, K)``.

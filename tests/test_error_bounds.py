@@ -174,6 +174,58 @@ def test_overflow_gives_minus_inf_not_nan() -> None:
     assert np.isfinite(values[1])
 
 
+@pytest.mark.filterwarnings("error")
+def test_finite_rows_whose_whitening_overflows_are_evaluated_at_a_safe_scale() -> None:
+    """x finite, Psi^-1/2 (x - xbar) not (noise 1e-20, x = +-1e300): -inf, not NaN, and
+    no RuntimeWarning. A row whose whitened form overflows but whose Mahalanobis term
+    does not (|y| ~ 2e160, residual 1e-7 of it) gets its finite value, within its bound
+    of the 60-digit reference."""
+    tight = LinearGaussianModel(
+        weights=[[1.0], [0.5]], bias=[0.0, 0.0], prior=Gaussian.standard(1), noise_cov=1e-20
+    )
+    assert tight.log_evidence(np.array([1e300, -1e300])) == -np.inf
+    values, bounds = tight.log_evidence(
+        np.array([[1e300, -1e300], [1e-300, 1e300]]), return_error_bound=True
+    )
+    assert np.all(values == -np.inf)
+    assert np.all(bounds == np.inf)
+
+    model = LinearGaussianModel(
+        weights=[[1e200], [2e200]], bias=[0.0, 0.0], prior=Gaussian.standard(1), noise_cov=1.0
+    )
+    x = np.array([[1e160, 2e160 * (1 + 1e-7)], [1.0, 2.0]])
+    value, bound = model.log_evidence(x, return_error_bound=True)
+    assert np.all(np.isfinite(value))
+    assert value[0] < -1e305
+    with mpmath.workdps(500):  # C = W W^T + I has condition number 5e400
+        exact = _ExactModel(model)
+        for row, v, b in zip(x, value, bound, strict=True):
+            error = abs(mpmath.mpf(v) - exact.log_evidence(row)[0])
+            assert error <= b, (row, v, b, error)
+            assert b <= 1e-10 * abs(v)  # and not vacuous
+    np.testing.assert_array_equal(model.log_evidence(x), value)
+
+
+@pytest.mark.filterwarnings("error")
+def test_an_overflow_that_may_not_be_exact_is_refused() -> None:
+    """Loadings 2^500, noise 2^-1000 and x = 2^400 w exactly on them: the exact log p is
+    about -3.3e240, but this route's rounding bound overflows; -inf would be a silent
+    wrong value, so log_evidence refuses, and with the bound returns (-inf, inf)."""
+    model = LinearGaussianModel(
+        weights=[[2.0**500], [2.0**499]],
+        bias=[0.0, 0.0],
+        prior=Gaussian.standard(1),
+        noise_cov=2.0**-1000,
+    )
+    x = np.array([2.0**900, 2.0**899])
+    with pytest.raises(ValueError, match="overflows float64 as computed"):
+        model.log_evidence(x)
+    value, bound = model.log_evidence(x, return_error_bound=True)
+    assert value == -np.inf
+    assert bound == np.inf
+    assert model.log_evidence(np.array([2.0**900, -(2.0**899)])) == -np.inf  # off the line
+
+
 def test_row_norms_neither_overflow_nor_underflow() -> None:
     rows = np.array([[3e200, 4e200], [3e-200, 4e-200], [0.0, 0.0], [3.0, -4.0]])
     np.testing.assert_allclose(row_norms(rows), [5e200, 5e-200, 0.0, 5.0], rtol=1e-15)
