@@ -31,7 +31,7 @@ from ._blocks import for_each_block
 from ._compensated import minus_products, split_halves, two_sum
 from ._gaussian import Gaussian
 from ._linalg import logdet_from_tril, tril_of_gram
-from ._noise import NoiseCovariance
+from ._noise import DenseNoise, NoiseCovariance
 from ._validation import freeze
 
 __all__ = [
@@ -183,6 +183,20 @@ class MarginalFactorization:
             (freeze(high), freeze(low)),
         )
 
+    @cached_property
+    def elementwise_parts(self) -> tuple[FloatArray, FloatArray] | None:
+        """For noise whitened elementwise, ``Psi^{-1/2} Q1`` and ``diag(Psi)^{-1}``: the
+        fast route then projects and squares the centred rows ``x - xbar`` directly,
+        ``Q1^T y = (x - xbar) Psi^{-1/2} Q1`` and ``|y|^2 = (x - xbar)^2 . Psi^{-1}``,
+        with no whitened copy of the block (each entry still rounded a bounded number of
+        times); None for dense noise."""
+        if isinstance(self.noise, DenseNoise):
+            return None
+        projector = np.ascontiguousarray(self.noise.whiten_columns(self.basis))
+        with np.errstate(over="ignore"):  # beyond 1e308: those rows overflow anyway
+            precisions = np.broadcast_to(1.0 / self.noise.variances, (self.data_dim,))
+        return freeze(projector), freeze(np.ascontiguousarray(precisions))
+
     # ------------------------------------------------------------------ per-row work
     def whiten_centred(self, rows: FloatArray, buffer: FloatArray) -> FloatArray:
         """``y = Psi^{-1/2}(x - W mu0 - b)`` for a block of rows, in ``buffer`` when possible."""
@@ -275,20 +289,34 @@ class MarginalFactorization:
         overflowed = np.zeros(n, dtype=bool)
         coefficients = np.empty((n, self.latent_dim))
 
+        elementwise = self.elementwise_parts
+
         def fast(block: slice, buffer: FloatArray, spread: FloatArray) -> None:
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow is handled below
-                whitened = self.whiten_centred(flat[block], buffer)
-                projected = np.matmul(whitened, self.basis, out=coefficients[block])
-                total = np.einsum("ij,ij->i", whitened, whitened)
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                if elementwise is None:
+                    whitened = self.whiten_centred(flat[block], buffer)
+                    projected = np.matmul(whitened, self.basis, out=coefficients[block])
+                    total = np.einsum("ij,ij->i", whitened, whitened)
+                else:  # no whitened copy: see elementwise_parts
+                    projector, precisions = elementwise
+                    centred = np.subtract(
+                        flat[block], self.mean, out=buffer[: block.stop - block.start]
+                    )
+                    projected = np.matmul(centred, projector, out=coefficients[block])
+                    total = np.multiply(centred, centred, out=centred) @ precisions
                 squared[block] = total - np.einsum("ij,ij->i", projected, projected)
-            huge = ~np.isfinite(total)
+            huge = ~np.isfinite(total)  # handled at a safe scale below
             overflowed[block] = huge
             lost = ~(squared[block] >= CANCELLATION_LIMIT * total) & ~huge  # NaN is lost
             count = int(np.count_nonzero(lost))
             if count >= IN_BLOCK_FRACTION * lost.size:
                 rows = np.flatnonzero(lost)
+                if elementwise is None:
+                    whitened = whitened[rows]
+                else:
+                    whitened = self.whiten_centred(flat[block][rows], buffer)
                 squared[block][rows], doubled = self.residual_squares(
-                    whitened[rows], projected[rows], spread[: rows.size], flat[block], rows
+                    whitened, projected[rows], spread[: rows.size], flat[block], rows
                 )
                 taken[block][rows] = np.where(doubled, DOUBLED_ROUTE, RESIDUAL_ROUTE)
             elif count:
@@ -360,23 +388,43 @@ class MarginalFactorization:
         out = np.empty(n)
         gram_root = self.weights_gram_root
 
+        elementwise = self.elementwise_parts
+        # With elementwise noise the centred rows are projected directly (see
+        # elementwise_parts) on Psi^-1 W.
+        solved_weights = (
+            self.whitened_weights
+            if elementwise is None
+            else self.noise.whiten_columns(self.whitened_weights)
+        )
+
         def work(block: slice, buffer: FloatArray, spread: FloatArray) -> None:
             size = block.stop - block.start
-            whitened = self.noise.whiten_offsets(rows[block], self.bias, buffer[:size])
             block_means = means[block]
-            with np.errstate(over="ignore", invalid="ignore"):
-                projected = whitened @ self.whitened_weights
-                total = np.einsum("ij,ij->i", whitened, whitened)
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                if elementwise is None:
+                    whitened = self.noise.whiten_offsets(rows[block], self.bias, buffer[:size])
+                    projected = whitened @ self.whitened_weights
+                    total = np.einsum("ij,ij->i", whitened, whitened)
+                else:
+                    centred = np.subtract(rows[block], self.bias, out=buffer[:size])
+                    projected = centred @ solved_weights
+                    total = np.multiply(centred, centred, out=centred) @ elementwise[1]
                 spread_means = block_means @ gram_root.T
                 quadratic = np.einsum("ij,ij->i", spread_means, spread_means)
                 cross = np.einsum("ij,ij->i", projected, block_means)
                 values = total - 2.0 * cross + quadratic
             lost = np.flatnonzero(~(values >= CANCELLATION_LIMIT * (total + quadratic)))
             if lost.size:
+                if elementwise is None:
+                    lost_rows = whitened[lost]
+                else:
+                    lost_rows = self.noise.whiten_offsets(
+                        rows[block][lost], self.bias, buffer[: lost.size]
+                    )
                 direct = np.matmul(
                     block_means[lost], self.whitened_weights.T, out=spread[: lost.size]
                 )
-                np.subtract(whitened[lost], direct, out=direct)
+                np.subtract(lost_rows, direct, out=direct)
                 values[lost] = np.einsum("ij,ij->i", direct, direct)
             out[block] = values
 
