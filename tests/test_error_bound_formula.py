@@ -1,0 +1,378 @@
+"""The error bounds' formulas, recomputed independently from their documentation.
+
+``tests/test_error_bounds.py`` checks that the bounds of ``log_evidence`` and ``elbo``
+cover the error against mpmath and are not vacuous; a change of the bound by a factor
+below about 10 passes those checks. Here every term of the documented formulas
+(``elbo_check/_error_bounds.py``: the module docstring for log p(x), the
+``ElboErrorBound`` docstring for the ELBO, and the inline comments for the
+Cholesky/solve and loadings terms the docstrings summarise) is recomputed in plain
+numpy from dense matrices that share no code with the package: an explicit ``C``, an
+explicit ``|Psi^-1/2|``, ``C^-1 r`` by a dense solve in place of the QR, ``R`` from the
+Cholesky factor of ``I + W~^T W~``. The only package outputs used are the computed
+Mahalanobis terms, the routes they took and the values (the bound is a-posteriori in
+them). The bound is itself a rounded quantity; the comparison uses ``rtol=1e-6``, well
+inside the smallest change worth catching (``1 / (D + K + 8)`` = 7% here).
+
+It also checks the routes of :meth:`MarginalFactorization.mahalanobis` against the
+cancellation of each row measured densely.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.linalg
+from numpy.testing import assert_allclose
+
+import elbo_check._marginal as marginal_module
+from elbo_check import Gaussian, LinearGaussianModel
+
+EPS = 2.0**-52
+SLACK = 8  # BOUND_SLACK, as documented: gamma = (D + K + 8) eps
+LOG_2PI = float(np.log(2.0 * np.pi))
+FAST, RESIDUAL, DOUBLED = 0, 1, 2
+KINDS = ["isotropic", "diagonal", "full"]
+D, K = 5, 2
+RTOL = 1e-6
+
+
+def norms(rows: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(rows * rows, axis=-1))
+
+
+class Dense:
+    """A model as explicit dense matrices, and both documented bounds from them."""
+
+    def __init__(self, kind: str, rng: np.random.Generator, noise_scale: float) -> None:
+        self.kind = kind
+        self.weights = rng.standard_normal((D, K))
+        self.bias = rng.standard_normal(D)
+        self.mu0 = np.array([0.5, -1.0])
+        self.l0 = np.array([[1.5, 0.0], [0.4, 0.7]])  # |log L0_ii| > 0
+        if kind == "isotropic":
+            self.noise_given: Any = noise_scale
+            self.psi = noise_scale * np.eye(D)
+        elif kind == "diagonal":
+            self.noise_given = noise_scale * rng.uniform(0.5, 2.0, D)
+            self.psi = np.diag(self.noise_given)
+        else:
+            a = rng.standard_normal((D, D))
+            self.noise_given = noise_scale * (a @ a.T / D + np.eye(D))
+            self.psi = self.noise_given
+        self.noise_factor = np.linalg.cholesky(self.psi)  # Psi = Lp Lp^T
+        # Psi^-1/2: the inverse Cholesky factor (diagonal for elementwise noise)
+        self.whitener = scipy.linalg.solve_triangular(self.noise_factor, np.eye(D), lower=True)
+        self.mean = self.weights @ self.mu0 + self.bias
+        self.cov = self.weights @ self.l0 @ self.l0.T @ self.weights.T + self.psi
+        self.loadings = self.whitener @ self.weights @ self.l0  # W~
+        # R^T R = I + W~^T W~, R upper triangular with a positive diagonal
+        self.r = np.linalg.cholesky(np.eye(K) + self.loadings.T @ self.loadings).T
+        self.gamma = (D + K + SLACK) * EPS
+
+    def model(self) -> LinearGaussianModel:
+        return LinearGaussianModel(
+            weights=self.weights,
+            bias=self.bias,
+            prior=Gaussian(self.mu0, self.l0),
+            noise_cov=self.noise_given,
+        )
+
+    @property
+    def dense_noise(self) -> bool:
+        return self.kind == "full"
+
+    def least_squares(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(y, u, y - W~ u, M) per row: ``u`` minimises ``|y - W~ u|^2 + |u|^2`` (by
+        numpy's SVD least squares, backward stable, not the package's QR), and
+        ``M = |y - W~ u|^2 + |u|^2 = r^T C^-1 r``."""
+        y = (x - self.mean) @ self.whitener.T
+        stacked = np.vstack([self.loadings, np.eye(K)])
+        target = np.hstack([y, np.zeros((y.shape[0], K))])
+        u = np.linalg.lstsq(stacked, target.T, rcond=None)[0].T
+        residual = y - u @ self.loadings.T
+        return y, u, residual, norms(residual) ** 2 + norms(u) ** 2
+
+    def log_evidence(self, x: np.ndarray) -> np.ndarray:
+        maha = self.least_squares(x)[3]
+        return -0.5 * (D * LOG_2PI + np.linalg.slogdet(self.cov)[1] + maha)
+
+    def cancellation(self, x: np.ndarray) -> np.ndarray:
+        """M / |y|^2 per row: the fraction of |y|^2 that |y|^2 - |Q1^T y|^2 keeps."""
+        y, _, _, maha = self.least_squares(x)
+        return maha / norms(y) ** 2
+
+    # ------------------------------------------------------------------ log p(x)
+    def log_det_scale(self) -> float:
+        """L = 1/2 (D log 2pi + log-noise scale + 2 sum |log R_ii| + 2K + loadings term)."""
+        abs_g, abs_lp = np.abs(self.whitener), np.abs(self.noise_factor)
+        if self.dense_noise:
+            # 2 sum |log Lp_ii|, and Cholesky's backward error gamma |Lp||Lp|^T seen by C^-1
+            log_noise = 2.0 * np.sum(np.abs(np.log(np.diag(self.noise_factor))))
+            log_noise += np.sum(np.abs(np.linalg.inv(self.cov)) * (abs_lp @ abs_lp.T))
+        else:
+            log_noise = np.sum(np.abs(np.log(np.diag(self.psi))))
+        # The loadings term: |sensitivity| against the componentwise size of the rounded
+        # W~ = Psi^-1/2 W L0, |Psi^-1/2| |W| |L0|. As implemented, the sensitivity is
+        # Q1 R^-1 = W~ R^-1 R^-1 (the code comment's derivative reads Q1 R^-T).
+        r_inv = np.linalg.inv(self.r)
+        sensitivity = self.loadings @ r_inv @ r_inv
+        abs_loadings = abs_g @ np.abs(self.weights) @ np.abs(self.l0)
+        loadings_term = 2.0 * np.sum(np.abs(sensitivity) * abs_loadings)
+        log_r = np.sum(np.abs(np.log(np.diag(self.r))))
+        return 0.5 * (D * LOG_2PI + log_noise + 2.0 * log_r + 2.0 * K + loadings_term)
+
+    def solve_spread(self, rows: np.ndarray) -> np.ndarray:
+        """|| |Psi^-1/2| |Lp| |v| || (dense noise), ||v|| (elementwise)."""
+        if not self.dense_noise:
+            return norms(rows)
+        return norms(np.abs(rows) @ np.abs(self.noise_factor).T @ np.abs(self.whitener).T)
+
+    def row_terms(
+        self, x: np.ndarray, maha: np.ndarray, routes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(A + the Cholesky term, T) per row, with the computed M and routes."""
+        abs_g = np.abs(self.whitener)
+        # u = R^-1 Q1^T y, the whitened posterior offset; (I - Q1 Q1^T) y = y - W~ u
+        y, offsets, residual, exact_maha = self.least_squares(x)
+        solved = residual @ self.whitener  # C^-1 r = Psi^-T/2 (y - W~ u)
+        coefficient_squares = norms(y) ** 2 - exact_maha  # |Q1^T y|^2
+        if self.dense_noise:
+            cholesky = norms(np.abs(solved) @ np.abs(self.noise_factor)) ** 2
+        else:
+            cholesky = norms(residual) ** 2
+        spread = np.abs(offsets) @ np.abs(self.l0).T @ np.abs(self.weights).T @ abs_g.T
+        centring = (
+            np.abs(x) + np.abs(self.bias) + np.abs(self.weights) @ np.abs(self.mu0)
+        ) @ abs_g.T
+        size = self.solve_spread(y) + norms(spread) + norms(centring)
+        root = np.sqrt(maha)
+        a = np.select(
+            [routes == FAST, routes == RESIDUAL, routes == DOUBLED],
+            [
+                norms(y) ** 2 + coefficient_squares + 2.0 * root * size,
+                maha + 2.0 * root * size,
+                maha + 2.0 * root * self.solve_spread(residual),
+            ],
+            np.nan,
+        )
+        return cholesky + a, size
+
+    def log_evidence_bound(
+        self, x: np.ndarray, maha: np.ndarray, routes: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        """E = 1/2 (gamma A + gamma^2 T^2) + gamma L + eps |f|."""
+        first, size = self.row_terms(x, maha, routes)
+        g = self.gamma
+        return 0.5 * (g * first + (g * size) ** 2) + g * self.log_det_scale() + EPS * np.abs(values)
+
+    # ------------------------------------------------------------------ ELBO
+    def elbo_bound(
+        self, x: np.ndarray, means: np.ndarray, factors: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        """The ElboErrorBound formula for paired rows x (n, D), q means (n, K) and q
+        factors (n, K, K)."""
+        g_abs, lp_abs = np.abs(self.whitener), np.abs(self.noise_factor)
+        w_abs = np.abs(self.weights)
+        precision = np.linalg.inv(self.psi)  # Psi^-1
+        # |W'| = |Psi^-1/2| |W| (with the solve's backward error for dense noise)
+        abs_whitened = g_abs @ w_abs
+        if self.dense_noise:
+            abs_whitened = g_abs @ lp_abs @ abs_whitened
+            log_scale = 2.0 * np.sum(np.abs(np.log(np.diag(self.noise_factor))))
+            log_scale += np.sum(np.abs(precision) * (lp_abs @ lp_abs.T))
+        else:
+            log_scale = np.sum(np.abs(np.log(np.diag(self.psi))))
+        # R_w with R_w^T R_w = W^T Psi^-1 W (its absolute value does not depend on signs)
+        root = np.linalg.cholesky(self.weights.T @ precision @ self.weights).T
+        gram = abs_whitened.T @ abs_whitened + np.abs(root).T @ np.abs(root)
+
+        r = x - means @ self.weights.T - self.bias
+        whitened = r @ self.whitener.T
+        scale = (np.abs(x) + np.abs(means) @ w_abs.T + np.abs(self.bias)) @ g_abs.T
+        data = 2.0 * np.sum(np.abs(whitened) * scale, axis=1)  # S_r
+        total = norms((x - self.bias) @ self.whitener.T) ** 2
+        quadratic = norms(means @ root.T) ** 2
+        fast = norms(whitened) ** 2 >= 2.0**-6 * (total + quadratic)
+        data += np.where(fast, total + quadratic, 0.0)  # S_fast
+        if self.dense_noise:
+            spread = np.abs(whitened) @ lp_abs.T @ g_abs.T
+            data += 2.0 * norms(whitened) * norms(spread)
+            data += norms(np.abs(r @ precision) @ lp_abs) ** 2
+        abs_q = np.abs(factors)
+        spread_gram = abs_q @ np.swapaxes(abs_q, -1, -2)
+        trace = 2.0 * np.sum(gram * spread_gram, axis=(-2, -1))  # S_tr
+        if self.dense_noise:
+            cholesky = np.linalg.norm(lp_abs.T @ np.abs(precision @ self.weights), 2) ** 2
+            trace += cholesky * np.sum(factors * factors, axis=(-2, -1))
+        total_scale = 0.5 * (D * LOG_2PI + log_scale + data + trace) + self.kl_scale(means, factors)
+        return self.gamma * total_scale + EPS * np.abs(values)
+
+    def kl_scale(self, means: np.ndarray, factors: np.ndarray) -> np.ndarray:
+        """The documented first-order scale of KL(q || p(z)), term by term."""
+        inverse = np.linalg.inv(self.l0)
+        ratio = inverse @ factors  # M = L_p^-1 L_q
+        offsets = (means - self.mu0) @ inverse.T  # w
+        products = np.sum(np.abs(ratio) * (np.abs(inverse) @ np.abs(factors)), axis=(-2, -1))
+        shifts = np.sum(
+            np.abs(offsets) * ((np.abs(means) + np.abs(self.mu0)) @ np.abs(inverse).T), axis=1
+        )
+        logs = np.sum(np.abs(np.log(np.diagonal(factors, axis1=-2, axis2=-1))), axis=-1)
+        prior_logs = np.sum(np.abs(np.log(np.diag(self.l0))))
+        return 0.5 * (2.0 * products + 2.0 * shifts + K + 2.0 * logs + 2.0 * prior_logs)
+
+
+def graded_rows(dense: Dense, rng: np.random.Generator) -> np.ndarray:
+    """Rows ``xbar + W z + t sqrt(psi) n`` for t over ten decades: on the loading subspace
+    they cancel (doubled and residual routes), off it they do not (fast route)."""
+    amplitudes = np.repeat(10.0 ** np.arange(-3.0, 7.0), 2)
+    z = rng.standard_normal((amplitudes.size, K))
+    n = rng.standard_normal((amplitudes.size, D)) @ dense.noise_factor.T
+    return dense.mean + z @ dense.weights.T + amplitudes[:, None] * n
+
+
+def routes_of(model: LinearGaussianModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    routes = np.full(x.shape[0], 7, dtype=np.int8)  # not a route: each must be written
+    maha = model._marginal.mahalanobis(x, routes)
+    return maha, routes
+
+
+@pytest.fixture(params=KINDS)
+def dense(request: pytest.FixtureRequest) -> Dense:
+    return Dense(request.param, np.random.default_rng(KINDS.index(request.param)), 1e-8)
+
+
+# ----------------------------------------------------------------------- routes
+def test_routes_follow_the_measured_cancellation(dense: Dense) -> None:
+    """Fast where M >= |y|^2 / 64, residual below that (including the band between 1/729
+    and 1/64), doubled below 2^-20; away from the limits by a factor 2 either way."""
+    rng = np.random.default_rng(3)
+    model = dense.model()
+    x = graded_rows(dense, rng)
+    # rows whose cancellation falls in (1/729, 1/64): between 3^-6 and 2^-6
+    direction = rng.standard_normal(D) @ dense.noise_factor.T
+    t = np.geomspace(1.0, 1e6, 400)
+    candidates = dense.mean + dense.weights @ np.array([1.0, -0.5]) + t[:, None] * direction
+    fraction = dense.cancellation(candidates)
+    band = candidates[(fraction > 2.0 / 729.0) & (fraction < 0.5 / 64.0)]
+    assert band.shape[0] >= 2
+    x = np.vstack([x, band[:: max(1, band.shape[0] // 4)]])
+    fraction = dense.cancellation(x)
+    maha, routes = routes_of(model, x)
+    expected = np.where(
+        fraction >= 2.0 / 64.0, FAST, np.where(fraction >= 2.0 * 2.0**-20, RESIDUAL, DOUBLED)
+    )
+    clear = (np.abs(np.log2(fraction / 2.0**-6)) > 1) & (np.abs(np.log2(fraction / 2.0**-20)) > 1)
+    assert np.all(np.isin(routes, [FAST, RESIDUAL, DOUBLED]))
+    assert_allclose(routes[clear], expected[clear])
+    in_band = (fraction > 1.0 / 729.0) & (fraction < 1.0 / 64.0)
+    assert np.any(in_band)
+    assert np.all(routes[in_band] == RESIDUAL)
+    for route in (FAST, RESIDUAL, DOUBLED):
+        assert np.any(routes == route), route
+    assert_allclose(maha, dense.least_squares(x)[3], rtol=1e-9)
+    # the same rows one at a time (deferred rather than recomputed in their block)
+    for i in np.flatnonzero(clear)[::5]:
+        one_maha, one_route = routes_of(model, x[i : i + 1])
+        assert one_route[0] == routes[i]
+        assert_allclose(one_maha, maha[i : i + 1], rtol=1e-9)
+    # without a routes array the values are the same
+    assert_allclose(model._marginal.mahalanobis(x), maha, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------- log p(x)
+def test_log_evidence_bound_is_the_documented_formula_on_every_route(dense: Dense) -> None:
+    rng = np.random.default_rng(4)
+    model = dense.model()
+    x = graded_rows(dense, rng)
+    values, bounds = model.log_evidence(x, return_error_bound=True)
+    maha, routes = routes_of(model, x)
+    assert {FAST, RESIDUAL, DOUBLED} <= set(routes.tolist())
+    assert_allclose(values, dense.log_evidence(x), rtol=1e-8)
+    expected = dense.log_evidence_bound(x, maha, routes, values)
+    assert_allclose(bounds, expected, rtol=RTOL)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_log_evidence_bound_of_well_conditioned_rows(kind: str) -> None:
+    """Noise comparable to the loadings: every term of the bound is of the same order,
+    so each one shows (the fast route, rows near and far from the mean)."""
+    rng = np.random.default_rng(10 + KINDS.index(kind))
+    dense = Dense(kind, rng, 0.3)
+    model = dense.model()
+    x = dense.mean + np.vstack(
+        [0.1 * rng.standard_normal((3, D)), rng.standard_normal((3, D)), 10 * np.ones((1, D))]
+    )
+    values, bounds = model.log_evidence(x, return_error_bound=True)
+    maha, routes = routes_of(model, x)
+    assert_allclose(values, dense.log_evidence(x), rtol=1e-12)
+    assert_allclose(bounds, dense.log_evidence_bound(x, maha, routes, values), rtol=RTOL)
+
+
+@pytest.mark.parametrize("route", [RESIDUAL, DOUBLED])
+def test_log_evidence_bound_of_rows_forced_off_the_fast_route(
+    dense: Dense, route: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every row sent down one route (as test_error_bounds does): the route's own term."""
+    monkeypatch.setattr(marginal_module, "CANCELLATION_LIMIT", np.inf)
+    monkeypatch.setattr(marginal_module, "DOUBLING_LIMIT", np.inf if route == DOUBLED else 0.0)
+    rng = np.random.default_rng(5)
+    model = dense.model()
+    x = graded_rows(dense, rng)
+    values, bounds = model.log_evidence(x, return_error_bound=True)
+    maha, routes = routes_of(model, x)
+    assert np.all(routes == route)
+    assert_allclose(bounds, dense.log_evidence_bound(x, maha, routes, values), rtol=RTOL)
+
+
+# ----------------------------------------------------------------------- ELBO
+def q_factors(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Lower-triangular factors with diagonals away from 1 (so |log L_q,ii| shows)."""
+    factors = np.tril(0.3 * rng.standard_normal((n, K, K)))
+    diagonal = np.exp(rng.uniform(-2.0, 1.5, (n, K)))
+    idx = np.arange(K)
+    factors[:, idx, idx] = diagonal
+    return factors
+
+
+@pytest.mark.parametrize("noise_scale", [1e-3, 0.5])
+@pytest.mark.parametrize("kind", KINDS)
+def test_elbo_bound_is_the_documented_formula(kind: str, noise_scale: float) -> None:
+    """Shared q (one mean, one factor) and per-row q (a mean and a factor each, some at
+    the posterior, where the fast expansion cancels and is not used)."""
+    rng = np.random.default_rng(20 + KINDS.index(kind))
+    dense = Dense(kind, rng, noise_scale)
+    model = dense.model()
+    x = np.vstack(
+        [
+            dense.mean + rng.standard_normal((3, D)),
+            model.sample(3, rng)[0],
+        ]
+    )
+    n = x.shape[0]
+    # shared q, broadcast over the rows
+    factor = q_factors(rng, 1)[0]
+    shared = Gaussian(np.array([1.5, -0.7]), factor)
+    values, bounds = model.elbo(shared, x, return_error_bound=True)
+    expected = dense.elbo_bound(
+        x, np.broadcast_to(shared.mean, (n, K)), np.broadcast_to(factor, (n, K, K)), values
+    )
+    assert_allclose(bounds, expected, rtol=RTOL)
+    # per-row q: posterior means for half the rows, random ones for the others
+    posterior = model.posterior(x)
+    means = np.where(np.arange(n)[:, None] % 2 == 0, posterior.mean, rng.standard_normal((n, K)))
+    factors = q_factors(rng, n)
+    batch = Gaussian(means, factors)
+    values, bounds = model.elbo(batch, x, return_error_bound=True)
+    assert np.shape(bounds) == (n,)
+    assert_allclose(bounds, dense.elbo_bound(x, means, factors, values), rtol=RTOL)
+    # and per-row q over a (2, 3) batch keeps the shape
+    values2, bounds2 = model.elbo(
+        Gaussian(means.reshape(2, 3, K), factors.reshape(2, 3, K, K)),
+        x.reshape(2, 3, D),
+        return_error_bound=True,
+    )
+    assert np.shape(bounds2) == (2, 3)
+    assert_allclose(values2.reshape(n), values, rtol=1e-12)
+    assert_allclose(bounds2.reshape(n), bounds, rtol=1e-12)
