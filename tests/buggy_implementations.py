@@ -6,9 +6,8 @@ Every function here is written the way a user writes it from scratch: plain nump
 ``q.cov``, ``q.scale_tril`` -- never by calling the oracle and perturbing its value.
 Each kind has one CORRECT reference implementation (``CORRECT``) and several buggy
 ones (``BUGS``); each buggy entry names the verifier call that should catch it and,
-where the diagnosis catalogue in ``elbo_check/_diagnosis.py`` (or the estimator and
-gradient catalogues in ``elbo_check/testing.py``) has a matching suspect, the suspect
-name the diagnosis line should give.
+where a suspect catalogue in ``elbo_check/testing/_suspects.py`` has a matching
+suspect, the suspect name the diagnosis line should give.
 
 Used by ``tests/test_kill_matrix.py`` and ``benchmarks/kill_matrix.py``.
 """
@@ -895,18 +894,18 @@ BUGS: tuple[Implementation, ...] = (
 # =========================================================================== helpers for tests
 def suspect_names(kind: str) -> tuple[str, ...]:
     """Names of the suspects the verifier of ``kind`` can put on its diagnosis line."""
-    from elbo_check import _diagnosis
+    from elbo_check.testing import _suspects
 
     catalogues: dict[str, Any] = {
-        "elbo": _diagnosis.ELBO_SUSPECTS,
-        "kl": _diagnosis.KL_SUSPECTS,
-        "evidence": _diagnosis.EVIDENCE_SUSPECTS,
-        "estimator": testing._estimator_suspects(8),
-        "pathwise": testing._pathwise_suspects(),
-        "gradient": testing._gradient_suspects(),
-        "stochastic_gradient": testing._gradient_suspects(),
-        "batched_elbo": _diagnosis.ELBO_SUSPECTS,
-        "batched_kl": _diagnosis.KL_SUSPECTS,
+        "elbo": _suspects.ELBO_SUSPECTS,
+        "kl": _suspects.KL_SUSPECTS,
+        "evidence": _suspects.EVIDENCE_SUSPECTS,
+        "estimator": _suspects._estimator_suspects(8),
+        "pathwise": _suspects._pathwise_suspects(),
+        "gradient": _suspects._gradient_suspects(),
+        "stochastic_gradient": _suspects._gradient_suspects(),
+        "batched_elbo": _suspects.ELBO_SUSPECTS,
+        "batched_kl": _suspects.KL_SUSPECTS,
     }
     names = tuple(suspect.name for suspect in catalogues[kind])
     return (*names, _INTERACT) if kind.startswith("batched") else names

@@ -8,9 +8,8 @@ correct reference per kind. Here
   ``max_examples``, ``problems``, ``calls``) -- ``pytest.raises(AssertionError)``. Only
   the ``np.linalg.det`` bug, which is right at ordinary scales, needs options
   (``extreme_scales=True`` and a large ``D``; see its catalogue entries);
-* where a suspect catalogue (``elbo_check/_diagnosis.py``, or the estimator and
-  gradient catalogues in ``elbo_check/testing.py``) has a matching suspect, the
-  diagnosis line of the failure names the bug;
+* where a suspect catalogue (``elbo_check/testing/_suspects.py``) has a matching
+  suspect, the diagnosis line of the failure names the bug;
 * every correct implementation passes the same verifier calls for seeds 0..4 (the
   false-alarm side: a verifier that fails everything would otherwise "catch" every bug).
 

@@ -1,53 +1,25 @@
-"""Name the bug behind a mismatch: catalogues of common mistakes and term probes.
-
-When a user's value disagrees with the oracle, the verifiers evaluate the user's
-function on a few *probes* — the failing case and variations of it (q's mean moved,
-q's covariance changed, another observation) — and compare the result with
-
-1. a catalogue of *suspects*: the value each well-known bug would produce (entropy
-   missing, KL averaged over dimensions, a transposed Cholesky factor, ...). A suspect
-   is reported when it reproduces the user's value on every probe where it applies;
-2. if no suspect fits, a description of what the gap depends on (nothing, q's mean,
-   q's covariance, x) and whether it is a constant or a scale factor.
-"""
+"""The suspect catalogues of every verifier: the values well-known bugs produce."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ._gaussian import LOG_2PI, Gaussian, kl_divergence
-from ._linalg import cholesky, solve_tril
-from ._model import LinearGaussianModel
-
-__all__ = [
-    "ELBO_SUSPECTS",
-    "EVIDENCE_SUSPECTS",
-    "KL_SUSPECTS",
-    "Suspect",
-    "describe_gap",
-    "match_suspects",
-]
+from .._gaussian import LOG_2PI, Gaussian, kl_divergence
+from .._linalg import cholesky, solve_tril
+from .._model import LinearGaussianModel
+from ._diagnosis import Suspect
+from ._problems import (
+    _expected_log_ratio,
+    _flat_gradient,
+    _flatten,
+    _pathwise_value,
+)
 
 FloatArray = NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class Suspect:
-    """A known bug: its name, what to fix, and the value a function with it returns.
-
-    ``predict`` receives the same arguments as the user's function and returns the
-    buggy value, or ``None`` where the bug is not defined (a transposed factor of a
-    1x1 matrix, say).
-    """
-
-    name: str
-    advice: str
-    predict: Callable[..., Any]
 
 
 def _gaussian_with_cov(mean: FloatArray, cov: FloatArray) -> Gaussian | None:
@@ -419,79 +391,133 @@ KL_SUSPECTS = _kl_suspects()
 EVIDENCE_SUSPECTS = _evidence_suspects()
 
 
-def match_suspects(
-    suspects: Sequence[Suspect],
-    probes: Sequence[tuple[tuple[Any, ...], Any, Any, Any]],
-) -> list[Suspect]:
-    """Suspects that reproduce the user's value on every probe where they apply.
+def _estimator_suspects(n_samples: int) -> tuple[Suspect, ...]:
+    def wrong_law(cov_of: Callable[[Gaussian], FloatArray]) -> Callable[..., float]:
+        return lambda m, q, x: _expected_log_ratio(m, q, x, q.mean, cov_of(q))
 
-    Each probe is ``(arguments, got, expected, tolerance)``; values may be scalars or
-    arrays (compared entry by entry). A suspect must apply on at least two probes,
-    match ``got`` within ``tolerance`` on all of them, and differ from ``expected`` by
-    more than ``tolerance`` on at least one (else it explains nothing).
-    """
-    found = []
-    for suspect in suspects:
-        applied, informative, ok = 0, False, True
-        for arguments, got, expected, tolerance in probes:
-            try:
-                predicted = suspect.predict(*arguments)
-            except (ValueError, np.linalg.LinAlgError, FloatingPointError):
-                predicted = None
-            if predicted is None:
-                continue
-            predicted = np.asarray(predicted, dtype=np.float64)
-            if not np.all(np.isfinite(predicted)):
-                continue
-            applied += 1
-            if not np.all(np.abs(np.asarray(got) - predicted) <= tolerance):
-                ok = False
-                break
-            informative = informative or bool(
-                np.any(np.abs(predicted - np.asarray(expected)) > tolerance)
-            )
-        if ok and informative and applied >= 2:
-            found.append(suspect)
-    return found
+    def k_ones(q: Gaussian) -> FloatArray:
+        return np.ones((q.dim, q.dim))
+
+    return (
+        Suspect(
+            "samples use the transposed Cholesky factor (z = m + L^T eps)",
+            "draw z = m + L eps with L lower triangular, S = L L^T",
+            wrong_law(lambda q: q.scale_tril.T @ q.scale_tril),
+        ),
+        Suspect(
+            "samples use the covariance as the scale (z = m + S eps)",
+            "the scale is the Cholesky factor L, not S = L L^T",
+            wrong_law(lambda q: q.cov @ q.cov),
+        ),
+        Suspect(
+            "one noise draw is shared across latent dimensions",
+            "draw eps with shape (n_samples, K), one independent normal per dimension",
+            wrong_law(lambda q: q.scale_tril @ k_ones(q) @ q.scale_tril.T),
+        ),
+        Suspect(
+            "the sum over samples is returned instead of the mean",
+            "divide by n_samples",
+            lambda m, q, x: n_samples * float(m.elbo(q, x)),
+        ),
+        Suspect(
+            "the sum over samples is divided by n_samples - 1",
+            "divide by n_samples",
+            lambda m, q, x: (
+                n_samples / (n_samples - 1) * float(m.elbo(q, x)) if n_samples > 1 else None
+            ),
+        ),
+        Suspect(
+            "log q(z) is missing (the estimate is E_q[log p(x, z)])",
+            "subtract log q(z) at the same samples, or add the entropy",
+            lambda m, q, x: float(m.elbo(q, x)) - q.entropy(),
+        ),
+        Suspect(
+            "log q(z) lacks the Jacobian term -sum(log diag L)",
+            "log q(m + L eps) = log N(eps; 0, I) - sum(log diag L)",
+            lambda m, q, x: float(m.elbo(q, x)) - 0.5 * q.log_det_cov,
+        ),
+    )
 
 
-def describe_gap(
-    gaps: dict[str, float], values: dict[str, tuple[float, float]], tolerance: float
-) -> str:
-    """Say what the gap ``got - expected`` depends on, from probes that vary one thing.
+def _pathwise_suspects() -> tuple[Suspect, ...]:
+    def at(transform: Callable[[Gaussian, FloatArray], FloatArray]) -> Callable[..., float]:
+        return lambda m, q, x, eps: _pathwise_value(m, q, x, transform(q, eps))
 
-    ``gaps`` maps a probe label (``"original"``, ``"mean moved"``, ``"cov changed"``,
-    ``"x changed"``) to its gap; ``values`` maps it to ``(got, expected)``.
-    """
-    if any(not np.isfinite(got) for got, _ in values.values()):
-        return (
-            "fn returned a non-finite value where the exact one is finite: a determinant, "
-            "product or exponential under- or overflowed; take log-determinants from a "
-            "Cholesky factor (2 * sum(log(diag(L)))) instead of log(det(.))"
-        )
-    base = gaps["original"]
-    varies = [label for label, gap in gaps.items() if abs(gap - base) > tolerance]
-    ratios = [got / expected for got, expected in values.values() if expected != 0]
-    if not varies:
-        return (
-            f"the gap is the same constant {base:.6g} on every probe (independent of q and "
-            "x): a normalising constant is missing or extra; if dropping constants is "
-            "intended, verify with up_to_constant=True"
-        )
-    if len(ratios) == len(values) and np.ptp(ratios) <= 1e-9 * max(1.0, abs(ratios[0])):
-        return f"got / expected is the same factor {ratios[0]:.6g} on every probe: a scale factor"
-    depends = ", ".join(varies)
-    hints = []
-    if "cov changed" in varies and "mean moved" not in varies:
-        hints.append(
-            "it depends on q's covariance but not its mean: look at the entropy, the trace "
-            "term tr(Psi^-1 W S W^T) and the prior's tr(S0^-1 S)"
-        )
-    if "mean moved" in varies and "cov changed" not in varies:
-        hints.append(
-            "it depends on q's mean but not its covariance: look at the residual x - W m - b "
-            "and the prior's (m - mu0)^T S0^-1 (m - mu0)"
-        )
-    if "x changed" in varies and len(varies) == 1:
-        hints.append("it depends on x only: look at the likelihood's residual and noise")
-    return f"the gap changes when: {depends}" + ("; " + "; ".join(hints) if hints else "")
+    return (
+        Suspect(
+            "samples use the transposed Cholesky factor (z = m + L^T eps)",
+            "z = m + L eps, i.e. eps @ L.T for row vectors",
+            at(lambda q, e: q.mean + e @ q.scale_tril),
+        ),
+        Suspect(
+            "samples use the covariance as the scale (z = m + S eps)",
+            "the scale is the Cholesky factor L",
+            at(lambda q, e: q.mean + e @ q.cov.T),
+        ),
+        Suspect(
+            "one noise draw is shared across latent dimensions",
+            "use every column of eps",
+            at(lambda q, e: q.mean + np.repeat(e[:, :1], q.dim, axis=1) @ q.scale_tril.T),
+        ),
+        Suspect(
+            "log q(z) is missing",
+            "subtract log q(z) at the same samples",
+            lambda m, q, x, e: float(np.mean(m.log_joint(x, q.mean + e @ q.scale_tril.T))),
+        ),
+        Suspect(
+            "log q(z) lacks the Jacobian term -sum(log diag L)",
+            "log q(m + L eps) = log N(eps; 0, I) - sum(log diag L)",
+            lambda m, q, x, e: (
+                _pathwise_value(m, q, x, q.mean + e @ q.scale_tril.T) - 0.5 * q.log_det_cov
+            ),
+        ),
+        Suspect(
+            "the sum over samples is returned instead of the mean",
+            "divide by n_samples",
+            lambda m, q, x, e: (
+                e.shape[0] * _pathwise_value(m, q, x, q.mean + e @ q.scale_tril.T)
+                if e.shape[0] > 1
+                else None
+            ),
+        ),
+    )
+
+
+def _gradient_suspects() -> tuple[Suspect, ...]:
+    def closed(m: LinearGaussianModel, q: Gaussian, x: FloatArray) -> Any:
+        return m.elbo_grad_variational(q, x)
+
+    def flat(mean: FloatArray, factor: FloatArray) -> FloatArray:
+        return _flatten((mean, np.tril(factor)))
+
+    return (
+        Suspect(
+            "the gradient has the wrong sign (the gradient of the loss -ELBO)",
+            "ascend the ELBO: return d ELBO / d phi",
+            lambda m, q, x: -_flat_gradient(m, q, x),
+        ),
+        Suspect(
+            "the entropy's contribution diag(1 / L_ii) is missing from the factor gradient",
+            "d/dL sum(log diag L) = diag(1 / diag L)",
+            lambda m, q, x: flat(
+                closed(m, q, x).mean,
+                closed(m, q, x).scale_tril - np.diag(1 / np.diagonal(q.scale_tril)),
+            ),
+        ),
+        Suspect(
+            "the gradient with respect to the covariance S is returned for L",
+            "chain rule: d/dL = tril(2 (dELBO/dS) L)",
+            lambda m, q, x: flat(
+                closed(m, q, x).mean,
+                0.5 * (-m.posterior_precision + np.linalg.inv(q.cov)),
+            ),
+        ),
+        Suspect(
+            "the prior term's gradient is missing from the mean gradient",
+            "d/dm includes -S0^-1 (m - mu0)",
+            lambda m, q, x: flat(
+                closed(m, q, x).mean + np.linalg.solve(m.prior.cov, q.mean - m.prior.mean),
+                closed(m, q, x).scale_tril,
+            ),
+        ),
+    )

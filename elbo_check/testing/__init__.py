@@ -1,0 +1,49 @@
+"""Verify a user's ELBO, KL, log-evidence, Monte-Carlo estimator and gradient code.
+
+Each ``verify_*`` function calls the user's code on many linear-Gaussian problems
+drawn by :mod:`elbo_check.strategies`, compares with the exact oracle and, on a
+mismatch, raises an :class:`AssertionError` that shows the *minimal* counterexample
+hypothesis could shrink to (dimensions, parameters, expected, got, gap, tolerance)
+and a diagnosis of which term is wrong. On success it returns a
+:class:`VerificationReport`.
+
+Deterministic checks (``verify_elbo``, ``verify_kl``, ``verify_log_evidence``, the
+pathwise estimator mode and exact gradients) compare within ``rtol`` of the
+magnitudes of the terms involved plus ``atol``. Statistical checks (Monte-Carlo
+estimators and stochastic gradients) are z-tests on batch means with a stated
+false-alarm rate, Bonferroni-corrected over every comparison in the call.
+
+The verifiers are meant to be called from ordinary tests. Inside a test that is
+itself decorated with ``@given`` use the single-case checks (:func:`check_elbo`, ...)
+on the drawn objects instead.
+"""
+
+from __future__ import annotations
+
+from ._check_elbo import check_elbo, verify_elbo
+from ._check_estimator import verify_elbo_estimator
+from ._check_gradient import verify_elbo_gradient
+from ._check_kl import verify_kl
+from ._check_log_evidence import verify_log_evidence
+from ._options import BATCHES, DEFAULT_FALSE_ALARM_RATE, PROFILES
+from ._report import VerificationReport
+
+__all__ = [
+    "BATCHES",
+    "DEFAULT_FALSE_ALARM_RATE",
+    "PROFILES",
+    "VerificationReport",
+    "check_elbo",
+    "verify_elbo",
+    "verify_elbo_estimator",
+    "verify_elbo_gradient",
+    "verify_kl",
+    "verify_log_evidence",
+]
+
+# Public objects say they live here, where the docs and users import them from.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith(f"{__name__}._"):
+        _obj.__module__ = __name__
+del _name, _obj

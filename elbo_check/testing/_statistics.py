@@ -1,0 +1,80 @@
+"""Repeated calls and batch-means t statistics for the statistical verifiers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._errors import InvalidInputError
+from .._gaussian import Gaussian
+from .._model import LinearGaussianModel
+from ._options import (
+    BATCHES,
+)
+from ._report import (
+    _describe_gaussian,
+    _describe_model,
+    _fmt,
+)
+
+FloatArray = NDArray[np.float64]
+
+
+def _repeated_calls(
+    name: str,
+    fn: Callable[..., Any],
+    convert: Callable[[Any], Any],
+    case: tuple[LinearGaussianModel, Gaussian, FloatArray, int],
+    seed: list[int],
+    calls: int,
+) -> FloatArray:
+    """``convert(fn(model, q, x, rng, n_samples))`` for ``calls`` independent generators
+    spawned from ``seed``, as rows of an array.
+
+    A user exception becomes an AssertionError that shows the problem it failed on.
+    """
+    model, q, x, n_samples = case
+    results = []
+    for stream in np.random.SeedSequence(seed).spawn(calls):
+        generator = np.random.Generator(np.random.PCG64(stream))
+        try:
+            results.append(convert(fn(model, q, x, generator, n_samples)))
+        except Exception as err:
+            raise AssertionError(
+                f"{name}: fn raised {type(err).__name__}: {err}\n"
+                + _describe_model(model)
+                + "\n"
+                + _describe_gaussian("q", q)
+                + f"\n  x = {_fmt(x)}\n  n_samples = {n_samples}"
+            ) from err
+    return np.asarray(results, dtype=np.float64).reshape(calls, -1)
+
+
+def _statistical_budget(
+    chosen: dict[str, int], calls: int | None, problems: int | None, n_samples: int
+) -> tuple[int, int]:
+    """Validated ``(calls per problem, problems)`` of a statistical check."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise InvalidInputError(
+            f"n_samples must be a positive integer; got n_samples={n_samples!r}"
+        )
+    total_calls = calls or chosen["calls"]
+    if total_calls < 2 * BATCHES:
+        raise InvalidInputError(f"calls must be at least {2 * BATCHES}; got calls={total_calls!r}")
+    return total_calls, problems or chosen["problems"]
+
+
+def _batch_t(values: FloatArray, target: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """t statistics of the mean of ``values`` (calls along axis 0) against ``target``."""
+    calls = values.shape[0]
+    usable = (calls // BATCHES) * BATCHES
+    batches = values[:usable].reshape(BATCHES, usable // BATCHES, *values.shape[1:]).mean(axis=1)
+    mean = values[:usable].mean(axis=0)
+    standard_error = batches.std(axis=0, ddof=1) / math.sqrt(BATCHES)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (mean - target) / standard_error
+    return mean, standard_error, t
