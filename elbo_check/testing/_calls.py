@@ -8,36 +8,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .._batching import (
-    BadReturn,
+from .._gaussian import Gaussian
+from .._model import LinearGaussianModel
+from ._batching import (
     evaluate_members,
     stack_gaussians,
 )
-from .._gaussian import Gaussian
-from .._model import LinearGaussianModel
+from ._returns import invoke, to_scalar
 
 FloatArray = NDArray[np.float64]
 _Problem = tuple[LinearGaussianModel, Gaussian, FloatArray]
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> float:
-    return _to_scalar(fn(*args))
-
-
-def _to_scalar(value: Any) -> float:
-    """A user's result (float, numpy or torch scalar) as a float; anything else is an error."""
-    if hasattr(value, "detach"):  # torch tensors
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value, dtype=np.float64)
-    if array.size != 1:
-        raise BadReturn(f"fn must return a scalar; got an array of shape {array.shape}")
-    return float(array.reshape(()))
-
-
-def _to_array(value: Any) -> FloatArray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float64)
+    """The user's scalar result on private copies of ``args`` (see :mod:`._returns`)."""
+    return to_scalar(invoke(fn, *args))
 
 
 def _one_at_a_time(fn: Callable[..., Any]) -> Callable[[list[Any]], list[float | None]]:

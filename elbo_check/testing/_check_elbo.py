@@ -9,11 +9,6 @@ import numpy as np
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from .._batching import (
-    as_values,
-    check_batch_size,
-    member,
-)
 from .._errors import InvalidInputError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
@@ -21,6 +16,11 @@ from ..strategies import (
     ElboProblem,
     elbo_problems,
     variational_gaussians,
+)
+from ._batching import (
+    as_values,
+    check_batch_size,
+    member,
 )
 from ._calls import (
     _BATCH_AXIS_HINT,
@@ -30,7 +30,6 @@ from ._calls import (
     _one_at_a_time,
     _packed,
     _Problem,
-    _to_array,
     _worst_member,
     _worst_of,
 )
@@ -40,6 +39,8 @@ from ._options import (
     _check_callable,
     _profile,
     _seed,
+    check_count,
+    check_tolerance,
 )
 from ._problems import _elbo_scale, _elbo_variants
 from ._report import (
@@ -50,6 +51,7 @@ from ._report import (
     _fmt,
     _numbers,
 )
+from ._returns import invoke, to_scalar
 from ._searching import _deterministic_check
 from ._suspects import (
     ELBO_SUSPECTS,
@@ -97,8 +99,9 @@ def check_elbo(
     ``rtol`` times the magnitude of the ELBO's terms plus ``atol``.
     """
     __tracebackhide__ = True
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     expected = float(model.elbo(q, x))
-    got = float(_to_array(value).reshape(()))
+    got = to_scalar(value, "value")
     tolerance = rtol * _elbo_scale(model, q, np.asarray(x, dtype=np.float64)) + atol
     if not abs(got - expected) <= tolerance:
         raise AssertionError("ELBO mismatch\n" + _numbers(got, expected, tolerance))
@@ -163,8 +166,9 @@ def verify_elbo(
     __tracebackhide__ = True
     _check_callable(fn)
     chosen = _profile(profile)
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
-    examples = max_examples or chosen["max_examples"]
+    examples = check_count("max_examples", max_examples, chosen["max_examples"])
     size = check_batch_size(batch_size)
     if size is not None:
         if up_to_constant:
@@ -294,7 +298,7 @@ def _verify_batched_elbo(
     atol: float,
 ) -> VerificationReport:
     def compare(p: ElboProblem) -> tuple[FloatArray, FloatArray, FloatArray]:
-        got = as_values(fn(p.model, p.q, p.x), size, "ELBO")
+        got = as_values(invoke(fn, p.model, p.q, p.x), size, "ELBO")
         terms = p.model.elbo_terms(p.q, p.x)
         expected = np.asarray(terms.elbo, dtype=np.float64)
         scale = np.abs(terms.expected_log_likelihood) + np.abs(terms.kl_to_prior) + 1.0

@@ -18,7 +18,6 @@ from ..strategies import (
 )
 from ._calls import (
     _call,
-    _to_scalar,
 )
 from ._diagnosis import match_suspects
 from ._limits import _single_blas_thread
@@ -29,6 +28,8 @@ from ._options import (
     _check_rate,
     _profile,
     _seed,
+    check_count,
+    check_tolerance,
 )
 from ._problems import (
     _elbo_scale,
@@ -43,6 +44,7 @@ from ._report import (
     _fmt,
     _numbers,
 )
+from ._returns import to_scalar
 from ._searching import _deterministic_check
 from ._statistics import _batch_t, _repeated_calls, _statistical_budget
 from ._suspects import (
@@ -101,10 +103,16 @@ def verify_elbo_estimator(
     _check_callable(fn)
     _check_rate(false_alarm_rate)
     chosen = _profile(profile)
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
     if mode == "pathwise":
         return _verify_pathwise(
-            fn, seed_value, max_examples or chosen["max_examples"], rtol, atol, model_options
+            fn,
+            seed_value,
+            check_count("max_examples", max_examples, chosen["max_examples"]),
+            rtol,
+            atol,
+            model_options,
         )
     if mode != "statistical":
         raise InvalidInputError(f"mode must be 'statistical' or 'pathwise'; got mode={mode!r}")
@@ -116,7 +124,7 @@ def verify_elbo_estimator(
         estimates = _repeated_calls(
             "verify_elbo_estimator",
             fn,
-            _to_scalar,
+            to_scalar,
             (model, q, x, n_samples),
             [seed_value, 77, index],
             total_calls,

@@ -16,9 +16,6 @@ from ..strategies import (
     ElboProblem,
     elbo_problems,
 )
-from ._calls import (
-    _to_array,
-)
 from ._diagnosis import match_suspects
 from ._limits import _single_blas_thread
 from ._options import (
@@ -28,6 +25,8 @@ from ._options import (
     _check_rate,
     _profile,
     _seed,
+    check_count,
+    check_tolerance,
 )
 from ._problems import (
     _flat_gradient,
@@ -41,6 +40,7 @@ from ._report import (
     _diagnosis,
     _fmt,
 )
+from ._returns import invoke, to_array
 from ._searching import _deterministic_check
 from ._statistics import _batch_t, _repeated_calls, _statistical_budget
 from ._suspects import (
@@ -56,8 +56,8 @@ def _gradient_pair(value: Any, k: int) -> tuple[FloatArray, FloatArray]:
         raise InvalidInputError(
             f"fn must return a pair (grad_mean, grad_scale_tril); got {type(value).__name__}"
         )
-    grad_mean = _to_array(value[0]).reshape(-1)
-    grad_factor = _to_array(value[1])
+    grad_mean = to_array(value[0], "grad_mean").reshape(-1)
+    grad_factor = to_array(value[1], "grad_scale_tril")
     if grad_mean.shape != (k,) or grad_factor.shape != (k, k):
         raise InvalidInputError(
             f"fn must return grad_mean of shape ({k},) and grad_scale_tril of shape ({k}, {k}); "
@@ -105,10 +105,16 @@ def verify_elbo_gradient(
     _check_callable(fn)
     _check_rate(false_alarm_rate)
     chosen = _profile(profile)
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
     if mode == "exact":
         return _verify_exact_gradient(
-            fn, seed_value, max_examples or chosen["max_examples"], rtol, atol, model_options
+            fn,
+            seed_value,
+            check_count("max_examples", max_examples, chosen["max_examples"]),
+            rtol,
+            atol,
+            model_options,
         )
     if mode != "stochastic":
         raise InvalidInputError(f"mode must be 'exact' or 'stochastic'; got mode={mode!r}")
@@ -190,7 +196,7 @@ def _verify_exact_gradient(
     model_options: dict[str, Any],
 ) -> VerificationReport:
     def compare(p: ElboProblem) -> tuple[FloatArray, FloatArray, FloatArray]:
-        got = _flat_gradient_pair(fn(p.model, p.q, p.x), p.model.latent_dim)
+        got = _flat_gradient_pair(invoke(fn, p.model, p.q, p.x), p.model.latent_dim)
         expected = _flat_gradient(p.model, p.q, p.x)
         return got, expected, rtol * (np.abs(expected) + 1.0) + atol
 
@@ -213,7 +219,7 @@ def _verify_exact_gradient(
             probes = []
             for qq in (p.q, Gaussian._trusted(p.q.mean + 0.5, p.q.scale_tril * 1.3)):
                 try:
-                    value = _flat_gradient_pair(fn(p.model, qq, p.x), p.model.latent_dim)
+                    value = _flat_gradient_pair(invoke(fn, p.model, qq, p.x), p.model.latent_dim)
                 except Exception:
                     continue
                 exact = _flat_gradient(p.model, qq, p.x)

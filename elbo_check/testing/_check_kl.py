@@ -9,18 +9,18 @@ import numpy as np
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from .._batching import (
-    as_values,
-    check_batch_size,
-    evaluate_members,
-    member,
-    stack_gaussians,
-)
 from .._gaussian import Gaussian, kl_divergence
 from .._linalg import solve_tril, solve_tril_rows
 from .._random import random_gaussian
 from ..strategies import (
     gaussians,
+)
+from ._batching import (
+    as_values,
+    check_batch_size,
+    evaluate_members,
+    member,
+    stack_gaussians,
 )
 from ._calls import (
     _BATCH_AXIS_HINT,
@@ -37,6 +37,8 @@ from ._options import (
     _check_callable,
     _profile,
     _seed,
+    check_count,
+    check_tolerance,
 )
 from ._report import (
     VerificationReport,
@@ -44,6 +46,7 @@ from ._report import (
     _diagnosis,
     _numbers,
 )
+from ._returns import invoke
 from ._searching import _deterministic_check
 from ._suspects import (
     KL_SUSPECTS,
@@ -117,6 +120,7 @@ def verify_kl(
     __tracebackhide__ = True
     _check_callable(fn)
     chosen = _profile(profile)
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
     size = check_batch_size(batch_size)
     shape = () if size is None else (size,)
@@ -140,7 +144,7 @@ def verify_kl(
         if size is None:
             got = np.array([_call(fn, p, q)])
         else:
-            got = as_values(fn(p, q), size, "KL divergence")
+            got = as_values(invoke(fn, p, q), size, "KL divergence")
         expected = np.asarray(kl_divergence(p, q), dtype=np.float64).reshape(got.shape)
         return got, expected, np.reshape(rtol * _kl_scale(p, q) + atol, got.shape)
 
@@ -193,6 +197,6 @@ def verify_kl(
         evaluate=_worst_of(compare),
         explain=explain,
         seed=seed_value,
-        max_examples=max_examples or chosen["max_examples"],
+        max_examples=check_count("max_examples", max_examples, chosen["max_examples"]),
         tolerance_text=f"rtol={rtol:g} of the term magnitudes + atol={atol:g}",
     )

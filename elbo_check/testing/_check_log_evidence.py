@@ -23,6 +23,8 @@ from ._options import (
     _check_callable,
     _profile,
     _seed,
+    check_count,
+    check_tolerance,
 )
 from ._problems import (
     _with_other_prior,
@@ -61,6 +63,7 @@ def verify_log_evidence(
     __tracebackhide__ = True
     _check_callable(fn)
     chosen = _profile(profile)
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
     models = linear_gaussian_models(**model_options)
     cases = models.flatmap(lambda m: st.tuples(st.just(m), observations(m)))
@@ -105,6 +108,6 @@ def verify_log_evidence(
         evaluate=evaluate,
         explain=explain,
         seed=seed_value,
-        max_examples=max_examples or chosen["max_examples"],
+        max_examples=check_count("max_examples", max_examples, chosen["max_examples"]),
         tolerance_text=f"rtol={rtol:g} of (|log p(x)| + D + 1) + atol={atol:g}",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,52 @@ def _check_callable(fn: Any) -> None:
 
 
 def _check_rate(false_alarm_rate: float) -> None:
-    if not (0.0 < false_alarm_rate < 1.0):
+    check_rate("false_alarm_rate", false_alarm_rate)
+
+
+# ---------------------------------------------------------------------- one vocabulary
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def check_tolerance(name: str, value: Any) -> float:
+    """A finite real number >= 0 (``rtol``, ``atol``); a clear error for anything else,
+    NaN and infinity included (a NaN tolerance would pass every value)."""
+    if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 0:
+        raise InvalidInputError(f"{name} must be a finite real number >= 0; got {name}={value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: Any, default: int, *, minimum: int = 1) -> int:
+    """``default`` for None, else an integer >= ``minimum`` (never a silent default for
+    0 or a negative count, never a float)."""
+    if value is None:
+        return default
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
         raise InvalidInputError(
-            f"false_alarm_rate must be in (0, 1); got false_alarm_rate={false_alarm_rate!r}"
+            f"{name} must be an integer >= {minimum} or None; got {name}={value!r} "
+            f"({type(value).__name__})"
         )
+    if value < minimum:
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}; got {name}={value!r}")
+    return int(value)
+
+
+def check_rate(name: str, value: Any) -> float:
+    """A real number strictly between 0 and 1 (a false-alarm rate)."""
+    if not _is_real(value) or not 0.0 < float(value) < 1.0:
+        raise InvalidInputError(f"{name} must be a real number in (0, 1); got {name}={value!r}")
+    return float(value)
+
+
+def check_time_budget(name: str, value: Any) -> float | None:
+    """None (no limit) or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0:
+        raise InvalidInputError(
+            f"{name} must be None or a positive, finite number of seconds; got {name}={value!r}"
+        )
+    return float(value)

@@ -14,12 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from numpy.typing import NDArray
 
-from .._batching import (
-    BadReturn,
-)
 from ._report import (
     VerificationReport,
 )
+from ._returns import BadReturn
 
 FloatArray = NDArray[np.float64]
 

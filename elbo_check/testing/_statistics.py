@@ -14,12 +14,14 @@ from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ._options import (
     BATCHES,
+    check_count,
 )
 from ._report import (
     _describe_gaussian,
     _describe_model,
     _fmt,
 )
+from ._returns import invoke
 
 FloatArray = NDArray[np.float64]
 
@@ -42,7 +44,7 @@ def _repeated_calls(
     for stream in np.random.SeedSequence(seed).spawn(calls):
         generator = np.random.Generator(np.random.PCG64(stream))
         try:
-            results.append(convert(fn(model, q, x, generator, n_samples)))
+            results.append(convert(invoke(fn, model, q, x, generator, n_samples)))
         except Exception as err:
             raise AssertionError(
                 f"{name}: fn raised {type(err).__name__}: {err}\n"
@@ -62,10 +64,8 @@ def _statistical_budget(
         raise InvalidInputError(
             f"n_samples must be a positive integer; got n_samples={n_samples!r}"
         )
-    total_calls = calls or chosen["calls"]
-    if total_calls < 2 * BATCHES:
-        raise InvalidInputError(f"calls must be at least {2 * BATCHES}; got calls={total_calls!r}")
-    return total_calls, problems or chosen["problems"]
+    total_calls = check_count("calls", calls, chosen["calls"], minimum=2 * BATCHES)
+    return total_calls, check_count("problems", problems, chosen["problems"])
 
 
 def _batch_t(values: FloatArray, target: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:

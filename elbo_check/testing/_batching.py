@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._errors import InvalidInputError
-from ._gaussian import Gaussian
+from .._errors import InvalidInputError
+from .._gaussian import Gaussian
+from ._returns import BadReturn, invoke, to_array
 
 __all__ = [
-    "BadReturn",
     "as_values",
     "check_batch_size",
     "evaluate_members",
@@ -33,10 +33,6 @@ FloatArray = NDArray[np.float64]
 ArgumentBuilder = Callable[[Sequence[Any]], tuple[Any, ...]]
 
 
-class BadReturn(InvalidInputError):
-    """The user's function returned something of the wrong shape or type."""
-
-
 def check_batch_size(batch_size: Any) -> int | None:
     """``None`` (unbatched) or an integer >= 1."""
     if batch_size is None:
@@ -47,20 +43,9 @@ def check_batch_size(batch_size: Any) -> int | None:
     return int(batch_size)
 
 
-def _as_numpy(value: Any) -> FloatArray:
-    if hasattr(value, "detach"):  # torch tensors
-        value = value.detach().cpu().numpy()
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise BadReturn(
-            f"fn must return numbers; got a {type(value).__name__} that is not one"
-        ) from err
-
-
 def as_values(value: Any, size: int, quantity: str) -> FloatArray:
     """The user's batched result as ``size`` floats; a clear error for any other shape."""
-    array = _as_numpy(value)
+    array = to_array(value)
     if array.shape == (size,):
         return array
     if array.shape == (size, 1) or array.shape == (1, size):
@@ -110,7 +95,7 @@ def evaluate_members(
         chunk = list(cases[start : start + size])
         padded = chunk + [chunk[-1]] * (size - len(chunk))
         try:
-            out = as_values(fn(*build(padded)), size, quantity)
+            out = as_values(invoke(fn, *build(padded)), size, quantity)
         except Exception:
             continue
         values[start : start + len(chunk)] = out[: len(chunk)]
