@@ -436,6 +436,48 @@ def test_verifiers_limit_the_blas_when_alone_and_not_otherwise(
     assert _blas_counts() == baseline
 
 
+def test_verifiers_limit_torch_intra_op_threads_when_alone(
+    monkeypatch: pytest.MonkeyPatch, alone: None
+) -> None:
+    """An imported torch's intra-op pool is limited while user code runs and set back
+    after; torch is never imported by elbo_check (a stand-in module records the calls),
+    and with another Python thread alive it is not touched."""
+    import types
+
+    fake = types.ModuleType("torch")
+    knob = _Knob(4)
+    fake.get_num_threads = knob.get_num_threads  # type: ignore[attr-defined]
+    fake.set_num_threads = knob.set_num_threads  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    seen: list[int] = []
+
+    def spying_elbo(m: LinearGaussianModel, q: Any, x: np.ndarray) -> Any:
+        seen.append(knob.count)
+        return m.elbo(q, x)
+
+    verify_elbo(spying_elbo, max_examples=3)
+    assert seen
+    assert set(seen) == {1}
+    assert knob.count == 4
+    assert knob.sets == [1, 4]
+    seen.clear()
+    with _another_thread():
+        verify_elbo(spying_elbo, max_examples=3)
+    assert set(seen) == {4}
+    assert knob.sets == [1, 4]
+
+
+def test_verifiers_limit_openmp_too(alone: None) -> None:
+    """Every OpenMP runtime threadpoolctl finds is one of the pools limited."""
+    from elbo_check._threads import user_code_knobs
+
+    apis = {getattr(k, "_controller", None).__class__.__name__ for k in user_code_knobs()}
+    found = {info["user_api"] for info in threadpoolctl.threadpool_info() if info["user_api"]}
+    assert len(user_code_knobs()) >= len(blas_libraries(rescan=True))
+    if "openmp" in found:
+        assert any("OpenMP" in name for name in apis), apis
+
+
 # ---------------------------------------------------------------------- blocks, not alone
 @pytest.fixture
 def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
