@@ -25,9 +25,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 from numpy.testing import assert_allclose
+from threadpoolctl import threadpool_limits
 
+import elbo_check._blocks as blocks
 import elbo_check._marginal as marginal_module
 from elbo_check import Gaussian, LinearGaussianModel
+from elbo_check._errors import InvalidInputError
 
 EPS = 2.0**-52
 SLACK = 8  # BOUND_SLACK, as documented: gamma = (D + K + 8) eps
@@ -376,3 +379,115 @@ def test_elbo_bound_is_the_documented_formula(kind: str, noise_scale: float) -> 
     assert np.shape(bounds2) == (2, 3)
     assert_allclose(values2.reshape(n), values, rtol=1e-12)
     assert_allclose(bounds2.reshape(n), bounds, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------- route edges
+@pytest.mark.parametrize("kind", KINDS)
+def test_rows_are_recomputed_in_their_block_from_one_eighth_cancelling(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of 16, 16 and 8 rows: 2 of 16 (exactly 1/8) and 1 of 8 cancelling rows are
+    recomputed in their block, the 1 of 16 afterwards; every row keeps its value."""
+    dense = Dense(kind, np.random.default_rng(30 + KINDS.index(kind)), 1e-8)
+    model = dense.model()
+    rng = np.random.default_rng(31)
+    off = rng.standard_normal((40, D))
+    off -= off @ np.linalg.pinv(dense.weights).T @ dense.weights.T  # off the loadings
+    x = dense.mean + off  # these rows cancel little: fast route
+    cancelling = [3, 9, 20, 35]
+    x[cancelling] = dense.mean + rng.standard_normal((4, K)) @ dense.weights.T
+    calls: list[int] = []
+    original = marginal_module.MarginalFactorization.residual_squares
+
+    def spy(self: Any, whitened: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        calls.append(whitened.shape[0])
+        return original(self, whitened, *args, **kwargs)
+
+    monkeypatch.setattr(marginal_module.MarginalFactorization, "residual_squares", spy)
+    monkeypatch.setattr(blocks, "BLOCK_ENTRIES", 16 * D)
+    with threadpool_limits(limits=1, user_api="blas"):
+        maha, routes = routes_of(model, x)
+    assert calls == [2, 1, 1], calls  # block 1 in place, block 3 in place, then row 20
+    assert np.all((routes != FAST) == np.isin(np.arange(40), cancelling))
+    assert_allclose(maha, dense.least_squares(x)[3], rtol=1e-9)
+
+
+def test_a_row_at_the_doubling_limit_stays_on_the_residual_route() -> None:
+    """The doubled route is for residuals *smaller* than DOUBLING_LIMIT |y|^2: rows whose
+    computed residual equals it exactly do not take it. The rows differ only in a first
+    coordinate near 0 (the model's mean is 0 there), stepped by 1e-20 across the
+    crossing, where the computed residual (a few hundred ulps of rounding noise) meets
+    the limit exactly on several rows."""
+    dense = Dense("isotropic", np.random.default_rng(40), 1e-8)
+    dense.bias[0] = -dense.weights[0] @ dense.mu0
+    dense.mean = dense.weights @ dense.mu0 + dense.bias
+    marginal = dense.model()._marginal
+    assert marginal.mean[0] == 0.0
+    rng = np.random.default_rng(41)
+    z = rng.standard_normal(K)
+    z[0] -= (dense.mean[0] + dense.weights[0] @ z) / dense.weights[0, 0]
+    base = dense.mean + dense.weights @ z  # on the loadings, first coordinate ~0
+    base[0] = 0.0
+    direction = rng.standard_normal(D) * 1e-4
+    direction[0] = 0.0
+
+    def fraction(t: float) -> float:
+        return float(dense.cancellation((base + t * direction)[None])[0])
+
+    low, high = 0.0, 1e3  # the cancellation grows with t: bisect for 2^-20
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if fraction(mid) < 2.0**-20 else (low, mid)
+    row = base + low * direction
+    limit = marginal_module.DOUBLING_LIMIT
+
+    def squares_of(first: np.ndarray, doubling: float) -> tuple[np.ndarray, ...]:
+        x = np.repeat(row[None], first.size, axis=0)
+        x[:, 0] = first
+        whitened = marginal.noise.whiten(x - marginal.mean)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(marginal_module, "DOUBLING_LIMIT", doubling)
+            squares, doubled = marginal.residual_squares(
+                whitened, whitened @ marginal.basis, np.empty_like(whitened), x, np.arange(len(x))
+            )
+        return squares, doubled, limit * np.einsum("ij,ij->i", whitened, whitened)
+
+    steps = np.arange(-20000, 20001)
+    # coarse (about 8 ulps of the residual a step), then fine (about 0.1 ulp) at the crossing
+    plain, never, threshold = squares_of(steps * 1e-18, 0.0)  # the limit off: no row doubled
+    assert not never.any()
+    crossing = steps[np.argmax(plain >= threshold)] * 1e-18
+    first = crossing + steps * 1e-20
+    plain, _, threshold = squares_of(first, 0.0)
+    squares, doubled, same = squares_of(first, limit)
+    assert_allclose(same, threshold, rtol=0, atol=0)
+    assert_allclose(squares[~doubled], plain[~doubled], rtol=0, atol=0)
+    tie = plain == threshold
+    assert tie.any(), "no exact tie among the rows: widen the scan"
+    assert not doubled[tie].any()
+    assert np.all(doubled == (plain < threshold))
+    assert doubled.any()
+
+
+def test_an_overflow_within_the_bound_of_the_float64_range_is_not_answered_minus_inf() -> None:
+    """M = x1^2 / psi1 with psi1 = 2^-200, just above the float64 range (by 2e-16 to 3e-15,
+    inside the bound of its computation at scale): -inf is not certain, so it is refused
+    (its exact log p, about -M/2, is finite); four times further out it is given."""
+    model = LinearGaussianModel(
+        weights=[[0.0], [1.0]],
+        bias=[0.0, 0.0],
+        prior=Gaussian.standard(1),
+        noise_cov=np.array([2.0**-200, 1.0]),
+    )
+    edge = np.sqrt(np.finfo(np.float64).max) * 2.0**-100
+    for k in range(1, 8):
+        x = np.array([edge * (1 + k * EPS), 0.0])
+        try:
+            value = model.log_evidence(x)
+        except InvalidInputError as error:
+            message = str(error)
+        else:  # a finite -M/2 would be right too
+            message = "finite"
+            assert value == pytest.approx(-0.5 * (x[0] * 2.0**100) * (x[0] * 2.0**100), rel=1e-12)
+        assert message == "finite" or "overflows float64 as computed" in message
+    assert model.log_evidence(np.array([2 * edge, 0.0])) == -np.inf
