@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,6 +12,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._threads import limited_when_alone, user_code_knobs
+from ._options import check_time_budget
+from ._progress import BudgetReached, running
+from ._report import VerificationReport
 
 FloatArray = NDArray[np.float64]
 
@@ -34,12 +39,33 @@ def _single_blas_thread(verifier: _Verifier) -> _Verifier:
     the BLAS threads it finds, which can be much slower (limit them yourself, e.g. with
     ``threadpoolctl.threadpool_limits(1)``). :mod:`elbo_check._threads` says exactly
     what "the only Python thread" does and does not guarantee.
+
+    It also gives every verifier its ``time_budget`` keyword (seconds, default None)
+    and the :class:`._progress.Progress` its calls are counted in.
     """
 
     @functools.wraps(verifier)
-    def limited(*args: Any, **kwargs: Any) -> Any:
+    def limited(*args: Any, time_budget: float | None = None, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        with limited_when_alone(user_code_knobs(), 1):
-            return verifier(*args, **kwargs)
+        budget = check_time_budget("time_budget", time_budget)
+        name = verifier.__name__
+        with limited_when_alone(user_code_knobs(), 1), running(name, budget) as progress:
+            try:
+                report = verifier(*args, **kwargs)
+            except BudgetReached as stop:
+                return stop.report(progress)
+        if progress.stopped_early and isinstance(report, VerificationReport):
+            details = {**report.details, "stopped_by_time_budget": budget}
+            return dataclasses.replace(report, details=details)
+        return report
 
+    signature = inspect.signature(verifier)
+    extra = inspect.Parameter(
+        "time_budget", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="float | None"
+    )
+    parameters = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(parameters) if p.kind is p.VAR_KEYWORD), len(parameters))
+    limited.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*parameters[:at], extra, *parameters[at:]]
+    )
     return limited  # type: ignore[return-value]

@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 
 from .._config import default_profile, default_seed
 from .._errors import InvalidInputError
+from ._progress import current
 
 FloatArray = NDArray[np.float64]
 
@@ -39,11 +40,21 @@ def _profile(profile: str | None) -> dict[str, int]:
 
 
 def _seed(seed: int | np.random.Generator | None) -> int:
+    value = _seed_value(seed)
+    progress = current()
+    if progress is not None:
+        progress.seed = value
+    return value
+
+
+def _seed_value(seed: int | np.random.Generator | None) -> int:
     if seed is None:
         return default_seed()
     if isinstance(seed, np.random.Generator):
         return int(seed.integers(0, 2**63 - 1))
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+        if seed < 0:
+            raise InvalidInputError(f"seed must be an integer >= 0; got seed={seed!r}")
         return int(seed)
     raise InvalidInputError(
         f"seed must be an int, a numpy.random.Generator or None; got {type(seed).__name__}"

@@ -49,10 +49,14 @@ class VerificationReport:
     details: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.check}: passed on {self.cases} cases (seed {self.seed}); worst error "
             f"{self.worst_error:.3g}; tolerance {self.tolerance}"
         )
+        budget = self.details.get("stopped_by_time_budget")
+        if budget is not None:
+            text += f" (stopped early by time_budget={budget:g} s: fewer cases than planned)"
+        return text
 
 
 # ---------------------------------------------------------------------- formatting

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._errors import InvalidInputError
+from ._progress import current
 
 __all__ = ["BadReturn", "InputMutated", "invoke", "return_dtype", "to_array", "to_scalar"]
 
@@ -122,6 +123,9 @@ def invoke(fn: Callable[..., Any], *args: Any, names: Sequence[str] | None = Non
     """
     private = [_private(a) for a in args]
     result = fn(*private)
+    progress = current()
+    if progress is not None:
+        progress.tick()
     for index, (original, given) in enumerate(zip(args, private, strict=True)):
         if not isinstance(original, np.ndarray):
             continue

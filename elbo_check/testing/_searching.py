@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 from hypothesis import Phase, find, settings
 from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample
+from hypothesis.errors import Flaky, NoSuchExample
 from numpy.typing import NDArray
 
+from ._progress import current
 from ._report import (
     VerificationReport,
 )
@@ -24,6 +25,15 @@ FloatArray = NDArray[np.float64]
 
 class _Failure(Exception):
     """Raised internally to hand a failing case out of hypothesis' search."""
+
+
+class _StopSearch(BaseException):
+    """Raised from inside the search when the time budget is used up before any failure:
+    a BaseException, so hypothesis neither catches nor shrinks it."""
+
+
+class _Unreliable(Exception):
+    """Hypothesis saw a case fail once and pass when run again."""
 
 
 # ---------------------------------------------------------------------- search
@@ -48,8 +58,10 @@ def _search(
             ),
             random=random.Random(seed),
         )
-    except NoSuchExample:
+    except (NoSuchExample, _StopSearch):
         return None
+    except Flaky as err:
+        raise _Unreliable() from err
 
 
 @dataclass
@@ -57,6 +69,7 @@ class _Tracker:
     cases: int = 0
     worst: float = 0.0
     error: BaseException | None = None
+    first_bad: tuple[Any, float] | None = None
 
 
 def _deterministic_check(
@@ -75,20 +88,36 @@ def _deterministic_check(
     as a failure; the minimal failing case is explained and raised as AssertionError.
     """
     tracker = _Tracker()
+    progress = current()
+    if progress is not None:
+        progress.plan(max_examples)
 
     def is_bad(case: Any) -> bool:
+        if progress is not None and tracker.first_bad is None and progress.exhausted():
+            progress.stopped_early = True  # no failure yet: stop the search here
+            raise _StopSearch
         tracker.cases += 1
         try:
             got, expected, tolerance = evaluate(case)
         except Exception:  # the user's code raised: a failure to minimise
+            tracker.first_bad = tracker.first_bad or (case, math.nan)
             return True
         gap = abs(got - expected)
         if not math.isfinite(got) or gap > tolerance:
+            tracker.first_bad = tracker.first_bad or (case, got)
             return True
         tracker.worst = max(tracker.worst, gap / tolerance if tolerance > 0 else 0.0)
         return False
 
-    failing = _search(strategy, is_bad, seed, max_examples)
+    header = f"{name} failed (seed={seed}"
+    try:
+        failing = _search(strategy, is_bad, seed, max_examples)
+    except _Unreliable as err:
+        assert tracker.first_bad is not None
+        raise AssertionError(
+            f"{header}): fn is not deterministic\n"
+            + _unreliable(tracker.first_bad, evaluate, explain)
+        ) from err.__cause__
     if failing is None:
         return VerificationReport(
             check=name,
@@ -104,8 +133,14 @@ def _deterministic_check(
     except Exception as err:
         got = expected = tolerance = math.nan
         error = err
+    header += f"; minimal example after {tracker.cases} cases)"
+    if error is None and math.isfinite(got) and abs(got - expected) <= tolerance:
+        # The search saw this case fail; evaluated again it passes.
+        raise AssertionError(
+            f"{header}: fn is not deterministic\n"
+            + _unreliable((failing, math.nan), evaluate, explain)
+        )
     message = explain(failing, got, expected, tolerance, error)
-    header = f"{name} failed (seed={seed}; minimal example after {tracker.cases} cases)"
     if isinstance(error, BadReturn):
         raise AssertionError(f"{header}: {error}\n{message}") from error
     if error is not None:
@@ -113,3 +148,36 @@ def _deterministic_check(
             f"{header}: fn raised {type(error).__name__}: {error}\n{message}"
         ) from error
     raise AssertionError(f"{header}\n{message}")
+
+
+#: How often a case that failed once is evaluated again to show a second output.
+REPEATS = 8
+
+
+def _unreliable(
+    first: tuple[Any, float],
+    evaluate: Callable[[Any], tuple[float, float, float]],
+    explain: Callable[[Any, float, float, float, BaseException | None], str],
+) -> str:
+    """The outputs of repeated calls on one input of a function that is not deterministic."""
+    case, first_got = first
+    outputs: list[str] = [] if math.isnan(first_got) else [f"{first_got:.15g}"]
+    expected = tolerance = math.nan
+    for _ in range(REPEATS):
+        try:
+            got, expected, tolerance = evaluate(case)
+            outputs.append(f"{got:.15g}")
+        except Exception as err:
+            outputs.append(f"raised {type(err).__name__}: {err}")
+        if len(set(outputs)) > 1:
+            break
+    distinct = list(dict.fromkeys(outputs))
+    described = explain(case, math.nan, expected, tolerance, RuntimeError("not deterministic"))
+    return (
+        f"  called {len(outputs)} times on the same input (below), it returned "
+        + (" and ".join(distinct[:2]) if len(distinct) > 1 else f"{distinct[0]} every time")
+        + f"; expected {expected:.15g} (tolerance {tolerance:.3g}).\n"
+        "  A verdict needs a function of its arguments alone: seed any randomness from the "
+        "arguments (or use the statistical mode), and do not keep state between calls.\n"
+        + described
+    )

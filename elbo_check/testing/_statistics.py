@@ -16,6 +16,7 @@ from ._options import (
     BATCHES,
     check_count,
 )
+from ._progress import BudgetReached, current
 from ._report import (
     _describe_gaussian,
     _describe_model,
@@ -40,8 +41,16 @@ def _repeated_calls(
     A user exception becomes an AssertionError that shows the problem it failed on.
     """
     model, q, x, n_samples = case
+    progress = current()
+    if progress is not None:
+        if progress.exhausted():  # stop between problems: each one is judged whole
+            progress.stopped_early = True
+            raise BudgetReached(progress.problems_started, progress.problems_planned)
+        progress.problems_started += 1
     results = []
     for stream in np.random.SeedSequence(seed).spawn(calls):
+        if progress is not None and progress.problems_started == 1 and progress.exhausted():
+            raise BudgetReached(0, progress.problems_planned)
         generator = np.random.Generator(np.random.PCG64(stream))
         try:
             results.append(convert(invoke(fn, model, q, x, generator, n_samples)))
@@ -65,7 +74,12 @@ def _statistical_budget(
             f"n_samples must be a positive integer; got n_samples={n_samples!r}"
         )
     total_calls = check_count("calls", calls, chosen["calls"], minimum=2 * BATCHES)
-    return total_calls, check_count("problems", problems, chosen["problems"])
+    count = check_count("problems", problems, chosen["problems"])
+    progress = current()
+    if progress is not None:
+        progress.plan(total_calls * count)
+        progress.problems_planned += count
+    return total_calls, count
 
 
 def _batch_t(values: FloatArray, target: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
