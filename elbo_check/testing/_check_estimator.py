@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from .._errors import InvalidInputError
+from .._gaussian import Gaussian
+from .._model import LinearGaussianModel
 from ..strategies import (
     ElboProblem,
     elbo_problems,
@@ -20,6 +22,7 @@ from ._calls import (
     _call,
 )
 from ._diagnosis import match_suspects
+from ._forms import ElboForm, check_form
 from ._limits import _single_blas_thread
 from ._options import (
     BATCHES,
@@ -33,7 +36,7 @@ from ._options import (
 )
 from ._problems import (
     _elbo_scale,
-    _pathwise_value,
+    _elbo_variants,
     _statistical_problems,
 )
 from ._report import (
@@ -47,10 +50,6 @@ from ._report import (
 from ._returns import to_scalar
 from ._searching import _deterministic_check
 from ._statistics import _batch_t, _repeated_calls, _statistical_budget
-from ._suspects import (
-    _estimator_suspects,
-    _pathwise_suspects,
-)
 
 FloatArray = NDArray[np.float64]
 
@@ -60,6 +59,7 @@ def verify_elbo_estimator(
     fn: Callable[..., Any],
     *,
     mode: str = "statistical",
+    form: str | ElboForm = "joint",
     seed: int | np.random.Generator | None = None,
     n_samples: int = 8,
     calls: int | None = None,
@@ -85,9 +85,26 @@ def verify_elbo_estimator(
     (up to the normal approximation of batch means of ``calls / BATCHES`` estimates).
 
     ``mode="pathwise"``: ``fn(model, q, x, eps) -> float`` with standard-normal noise
-    ``eps`` of shape ``(n, K)`` given must return exactly
-    :math:`\frac1n\sum_i \log p(x, m + L\varepsilon_i) - \log q(m + L\varepsilon_i)`;
-    a deterministic check over hypothesis-drawn problems and noise, with shrinking.
+    ``eps`` of shape ``(n, K)`` given must return exactly the estimate of its ``form`` at
+    :math:`z_i = m + L\varepsilon_i`; a deterministic check over hypothesis-drawn problems
+    and noise, with shrinking.
+
+    ``form`` says how the estimate combines sampled and analytic terms. All three forms
+    have the ELBO as their expectation, so the statistical target is the same, but they
+    differ per sample and in their typical bugs (see :mod:`elbo_check.testing._forms`):
+
+    ``"joint"`` (default)
+        .. math:: \frac1n\sum_i \bigl[\log p(x, z_i) - \log q(z_i)\bigr]
+
+    ``"analytic_kl"`` (``TraceMeanField_ELBO``, most VAE code)
+        .. math:: \frac1n\sum_i \log p(x\mid z_i) - \mathrm{KL}\bigl(q\,\|\,p(z)\bigr)
+
+    ``"analytic_entropy"`` (ADVI)
+        .. math:: \frac1n\sum_i \log p(x, z_i) + H(q)
+
+    A failure's diagnosis names the form's own bugs (the KL added instead of
+    subtracted, the entropy with the variance as its scale, ...) and, in pathwise mode,
+    a correct estimate of another form.
 
     ``**model_options`` restrict the models: ``noise_kinds`` and ``prior_kinds`` in both
     modes (e.g. ``noise_kinds=("isotropic", "diagonal")`` for code without full noise),
@@ -104,10 +121,12 @@ def verify_elbo_estimator(
     _check_rate(false_alarm_rate)
     chosen = _profile(profile)
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
+    chosen_form = check_form(form)
     seed_value = _seed(seed)
     if mode == "pathwise":
         return _verify_pathwise(
             fn,
+            chosen_form,
             seed_value,
             check_count("max_examples", max_examples, chosen["max_examples"]),
             rtol,
@@ -147,7 +166,7 @@ def verify_elbo_estimator(
                 + _describe_model(model)
                 + "\n"
                 + _describe_gaussian("q", q)
-                + f"\n  x = {_fmt(x)}\n"
+                + f"\n  x = {_fmt(x)}\n  form: {chosen_form.describe()}\n"
                 + _numbers(mean, expected, tolerance)
                 + f"\n  {note}"
             )
@@ -155,7 +174,7 @@ def verify_elbo_estimator(
         worst = max(worst, ratio)
         if ratio > 1.0:
             suspects = []
-            for suspect in _estimator_suspects(n_samples):
+            for suspect in chosen_form.estimator_suspects(n_samples):
                 predicted = suspect.predict(model, q, x)
                 if predicted is not None and abs(mean - predicted) <= critical * standard_error:
                     suspects.append(suspect)
@@ -166,6 +185,7 @@ def verify_elbo_estimator(
                 + "\n"
                 + _describe_gaussian("q", q)
                 + f"\n  x = {_fmt(x)}\n"
+                f"  form: {chosen_form.describe()}\n"
                 f"  exact ELBO       {expected:.10g}\n"
                 f"  mean estimate    {mean:.10g} +- {standard_error:.3g} (standard error from "
                 f"{BATCHES} batch means of {total_calls // BATCHES} calls, n_samples={n_samples})\n"
@@ -182,12 +202,18 @@ def verify_elbo_estimator(
             f"{total_calls} calls x {n_samples} samples per problem)"
         ),
         seed=seed_value,
-        details={"calls": total_calls, "n_samples": n_samples, "critical_t": critical},
+        details={
+            "calls": total_calls,
+            "n_samples": n_samples,
+            "critical_t": critical,
+            "form": chosen_form.name,
+        },
     )
 
 
 def _verify_pathwise(
     fn: Callable[..., Any],
+    form: ElboForm,
     seed: int,
     max_examples: int,
     rtol: float,
@@ -204,18 +230,16 @@ def _verify_pathwise(
         eps = np.array(draw(st.lists(st.floats(-3.0, 3.0), min_size=n * k, max_size=n * k)))
         return problem, eps.reshape(n, k)
 
-    def tolerance(p: ElboProblem, z: FloatArray) -> float:
-        magnitude = np.mean(np.abs(p.model.log_joint(p.x, z)) + np.abs(p.q.log_prob(z)))
-        return rtol * (float(magnitude) + 1.0) + atol
+    def tolerance(model: LinearGaussianModel, q: Gaussian, x: FloatArray, z: FloatArray) -> float:
+        return rtol * (form.magnitude(model, q, x, z) + 1.0) + atol
 
     def evaluate(case: tuple[ElboProblem, FloatArray]) -> tuple[float, float, float]:
         p, eps = case
         z = p.q.mean + eps @ p.q.scale_tril.T
-        return (
-            _call(fn, p.model, p.q, p.x, eps.copy()),
-            _pathwise_value(p.model, p.q, p.x, z),
-            tolerance(p, z),
-        )
+        # The exact value first: nothing fn does can reach it.
+        expected = form.pathwise_value(p.model, p.q, p.x, z)
+        tol = tolerance(p.model, p.q, p.x, z)
+        return _call(fn, p.model, p.q, p.x, eps), expected, tol
 
     def explain(
         case: tuple[ElboProblem, FloatArray],
@@ -230,43 +254,43 @@ def _verify_pathwise(
             _describe_gaussian("q", p.q),
             f"  x = {_fmt(p.x)}",
             f"  eps = {_fmt(eps)}",
+            f"  form: {form.describe()}",
         ]
         if error is None:
             parts.append(_numbers(got, expected, tol))
             rng = np.random.default_rng(3)
+            k = p.model.latent_dim
+            noises = (eps, rng.standard_normal((3, k)), rng.standard_normal((2, k)))
+            # The noise varied on the failing problem, then the problem varied at fixed
+            # noise (q's mean, q's covariance, x, the prior): bugs in an analytic term
+            # (the KL, the entropy) differ from one another only when q or the prior moves.
+            arguments = [(p.model, p.q, p.x, noise) for noise in noises] + [
+                (model, q, x, noises[1])
+                for label, (model, q, x) in _elbo_variants(p.model, p.q, p.x).items()
+                if label != "original"
+            ]
             probes = []
-            for noise in (
-                eps,
-                rng.standard_normal((3, p.model.latent_dim)),
-                rng.standard_normal((2, p.model.latent_dim)),
-            ):
-                z = p.q.mean + noise @ p.q.scale_tril.T
+            for model, q, x, noise in arguments:
+                z = q.mean + noise @ q.scale_tril.T
+                exact, tol = form.pathwise_value(model, q, x, z), tolerance(model, q, x, z)
                 try:
-                    value = _call(fn, p.model, p.q, p.x, noise.copy())
+                    value = _call(fn, model, q, x, noise)
                 except Exception:
                     continue
-                probes.append(
-                    (
-                        (p.model, p.q, p.x, noise),
-                        value,
-                        _pathwise_value(p.model, p.q, p.x, z),
-                        tolerance(p, z),
-                    )
-                )
+                probes.append(((model, q, x, noise), value, exact, tol))
             parts.append(
-                _diagnosis(
-                    match_suspects(_pathwise_suspects(), probes),
-                    "compare log p(x, z) and log q(z) at z = m + L eps",
-                )
+                _diagnosis(match_suspects(form.pathwise_suspects(), probes), form.fallback)
             )
         return "\n".join(parts)
 
+    suffix = "" if form.name == "joint" else f", form={form.name!r}"
     return _deterministic_check(
-        name="verify_elbo_estimator(mode='pathwise')",
+        name=f"verify_elbo_estimator(mode='pathwise'{suffix})",
         strategy=cases(),
         evaluate=evaluate,
         explain=explain,
         seed=seed,
         max_examples=max_examples,
-        tolerance_text=f"rtol={rtol:g} of |log p(x,z)| + |log q(z)| + atol={atol:g}",
+        tolerance_text=f"rtol={rtol:g} of the magnitude of the terms of {form.formula} "
+        f"+ atol={atol:g}",
     )
