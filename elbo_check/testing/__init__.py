@@ -26,12 +26,32 @@ from ._check_gradient import verify_elbo_gradient
 from ._check_kl import verify_kl
 from ._check_log_evidence import verify_log_evidence
 from ._options import BATCHES, DEFAULT_FALSE_ALARM_RATE, PROFILES
+from ._parametrisations import (
+    Custom,
+    DiagonalLogScale,
+    DiagonalLogVariance,
+    DiagonalSoftplusScale,
+    FullCholesky,
+    FullCovariance,
+    FullPrecision,
+    FullUnitCholeskyScale,
+    Parametrisation,
+)
 from ._report import VerificationReport
 
 __all__ = [
     "BATCHES",
     "DEFAULT_FALSE_ALARM_RATE",
     "PROFILES",
+    "Custom",
+    "DiagonalLogScale",
+    "DiagonalLogVariance",
+    "DiagonalSoftplusScale",
+    "FullCholesky",
+    "FullCovariance",
+    "FullPrecision",
+    "FullUnitCholeskyScale",
+    "Parametrisation",
     "VerificationReport",
     "check_elbo",
     "verify_elbo",

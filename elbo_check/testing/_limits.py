@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from .._threads import limited_when_alone, user_code_knobs
 from ._options import check_time_budget
+from ._precision import check_dtype
 from ._progress import BudgetReached, running
 from ._report import VerificationReport
 
@@ -40,16 +41,24 @@ def _single_blas_thread(verifier: _Verifier) -> _Verifier:
     ``threadpoolctl.threadpool_limits(1)``). :mod:`elbo_check._threads` says exactly
     what "the only Python thread" does and does not guarantee.
 
-    It also gives every verifier its ``time_budget`` keyword (seconds, default None)
-    and the :class:`._progress.Progress` its calls are counted in.
+    It also gives every verifier its ``time_budget`` keyword (seconds, default None),
+    its ``dtype`` keyword (the precision the user's code computes in; by default, that
+    of its returns: see :mod:`._precision`) and the :class:`._progress.Progress` its
+    calls are counted in.
     """
 
     @functools.wraps(verifier)
-    def limited(*args: Any, time_budget: float | None = None, **kwargs: Any) -> Any:
+    def limited(
+        *args: Any, time_budget: float | None = None, dtype: Any = None, **kwargs: Any
+    ) -> Any:
         __tracebackhide__ = True
         budget = check_time_budget("time_budget", time_budget)
+        declared = check_dtype(dtype)
         name = verifier.__name__
         with limited_when_alone(user_code_knobs(), 1), running(name, budget) as progress:
+            progress.default_rtol = "rtol" not in kwargs
+            if declared is not None:
+                progress.dtype, progress.declared_dtype = declared, True
             try:
                 report = verifier(*args, **kwargs)
             except BudgetReached as stop:
@@ -60,12 +69,14 @@ def _single_blas_thread(verifier: _Verifier) -> _Verifier:
         return report
 
     signature = inspect.signature(verifier)
-    extra = inspect.Parameter(
-        "time_budget", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="float | None"
-    )
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [
+        inspect.Parameter("time_budget", keyword, default=None, annotation="float | None"),
+        inspect.Parameter("dtype", keyword, default=None, annotation="Any"),
+    ]
     parameters = list(signature.parameters.values())
     at = next((i for i, p in enumerate(parameters) if p.kind is p.VAR_KEYWORD), len(parameters))
     limited.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[*parameters[:at], extra, *parameters[at:]]
+        parameters=[*parameters[:at], *extra, *parameters[at:]]
     )
     return limited  # type: ignore[return-value]

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "ANNOUNCE_AFTER_SECONDS",
     "ESTIMATE_AFTER_SECONDS",
@@ -50,10 +52,23 @@ class Progress:
         self.planned = 0
         self.stopped_early = False
         self.seed = -1  # set when the verifier resolves its seed
+        #: The precision the user's code computes in: declared (``dtype=``) or the
+        #: coarsest floating dtype its returns have had so far; None means float64.
+        self.dtype: np.dtype[Any] | None = None
+        self.declared_dtype = False
+        #: Whether the caller left ``rtol`` at its default, so that it may follow dtype.
+        self.default_rtol = True
         self.problems_planned = 0  # statistical checks: problems planned and started
         self.problems_started = 0
         self._announced = False
         self._last_report = self.start
+
+    def observe_dtype(self, dtype: np.dtype[Any] | None) -> None:
+        """Note the floating dtype of a return (ignored when ``dtype=`` was given)."""
+        if dtype is None or self.declared_dtype:
+            return
+        if self.dtype is None or np.finfo(dtype).eps > np.finfo(self.dtype).eps:
+            self.dtype = dtype
 
     def plan(self, calls: int) -> None:
         """Add ``calls`` to the calls this verifier expects to make."""

@@ -126,6 +126,9 @@ def invoke(fn: Callable[..., Any], *args: Any, names: Sequence[str] | None = Non
     progress = current()
     if progress is not None:
         progress.tick()
+        parts = result.values() if isinstance(result, dict) else result
+        for part in parts if isinstance(result, (tuple, list, dict)) else (result,):
+            progress.observe_dtype(return_dtype(part))
     for index, (original, given) in enumerate(zip(args, private, strict=True)):
         if not isinstance(original, np.ndarray):
             continue

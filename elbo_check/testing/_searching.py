@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.errors import Flaky, NoSuchExample
 from numpy.typing import NDArray
 
-from ._progress import current
+from ._precision import DEFAULT_RTOL, precision_rtol, widened
+from ._progress import Progress, current
 from ._report import (
     VerificationReport,
 )
@@ -102,6 +103,7 @@ def _deterministic_check(
         except Exception:  # the user's code raised: a failure to minimise
             tracker.first_bad = tracker.first_bad or (case, math.nan)
             return True
+        tolerance = widened(progress, case, tolerance)
         gap = abs(got - expected)
         if not math.isfinite(got) or gap > tolerance:
             tracker.first_bad = tracker.first_bad or (case, got)
@@ -140,7 +142,9 @@ def _deterministic_check(
             f"{header}: fn is not deterministic\n"
             + _unreliable((failing, math.nan), evaluate, explain)
         )
-    message = explain(failing, got, expected, tolerance, error)
+    message = explain(failing, got, expected, tolerance, error) + _precision_note(
+        progress, failing, got, expected, tolerance
+    )
     if isinstance(error, BadReturn):
         raise AssertionError(f"{header}: {error}\n{message}") from error
     if error is not None:
@@ -148,6 +152,28 @@ def _deterministic_check(
             f"{header}: fn raised {type(error).__name__}: {error}\n{message}"
         ) from error
     raise AssertionError(f"{header}\n{message}")
+
+
+def _precision_note(
+    progress: Progress | None, case: Any, got: float, expected: float, tolerance: float
+) -> str:
+    """A hint when the user's returns are below float64 precision."""
+    if progress is None or progress.dtype is None or progress.dtype.itemsize >= 8:
+        return ""
+    rtol = precision_rtol(progress.dtype, case)
+    allowed = tolerance * rtol / DEFAULT_RTOL
+    if progress.default_rtol:
+        return (
+            f"\n  (fn computes in {progress.dtype}; the tolerance was widened for it to "
+            f"rtol = {rtol:.3g}, from its epsilon, D + K and the problem's condition number)"
+        )
+    if abs(got - expected) <= allowed:
+        return (
+            f"\n  Note: fn computes in {progress.dtype}, and at that precision this gap is "
+            f"rounding (within rtol = {rtol:.3g}): leave rtol at its default, which follows "
+            "the precision of fn's returns, or pass dtype=..."
+        )
+    return ""
 
 
 #: How often a case that failed once is evaluated again to show a second output.

@@ -1,0 +1,98 @@
+"""Tolerances that follow the precision of the user's code (elbo_check.testing._precision).
+
+Correct float32 code was called a bug at the default rtol (1e-6) after hundreds of
+cases with no hint that precision was the cause. Now a float32 return, or dtype=,
+sets the default tolerance from float32's epsilon and the problem's conditioning; a
+real bug still fails; an explicit rtol is kept, with a hint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from elbo_check import ppca
+from elbo_check.testing import verify_elbo, verify_kl
+from elbo_check.testing._precision import check_dtype, precision_rtol, problem_size
+
+LOG_2PI = float(np.log(2 * np.pi))
+
+
+def _elbo32(model: Any, q: Any, x: np.ndarray, *, entropy: bool = True) -> np.float32:
+    """A textbook ELBO computed in float32 throughout (Cholesky solves)."""
+    f = np.float32
+    w, b, xx = model.weights.astype(f), model.bias.astype(f), x.astype(f)
+    m, lq = q.mean.astype(f), q.scale_tril.astype(f)
+    mu0, s0 = model.prior.mean.astype(f), model.prior.cov.astype(f)
+    noise = np.asarray(model.noise_cov, dtype=f)
+    d, k = w.shape
+    psi = noise * np.eye(d, dtype=f) if noise.ndim == 0 else noise
+    psi = np.diag(psi) if psi.ndim == 1 else psi
+    lp = np.linalg.cholesky(psi)
+    a = np.linalg.solve(lp, xx - w @ m - b)
+    spread = np.linalg.solve(lp, w @ lq)
+    ell = -0.5 * (d * f(LOG_2PI) + 2 * np.sum(np.log(np.diag(lp))) + a @ a + np.sum(spread**2))
+    l0 = np.linalg.cholesky(s0)
+    c = np.linalg.solve(l0, m - mu0)
+    ratio = np.linalg.solve(l0, lq)
+    log_det_q = 2 * np.sum(np.log(np.abs(np.diag(lq)))) if entropy else f(0.0)
+    kl = 0.5 * (np.sum(ratio**2) + c @ c - k + 2 * np.sum(np.log(np.diag(l0))) - log_det_q)
+    return f(ell - kl)
+
+
+def test_correct_float32_code_fails_the_float64_tolerance_but_passes_by_default() -> None:
+    with pytest.raises(AssertionError, match="at that precision this gap is rounding"):
+        verify_elbo(_elbo32, rtol=1e-6, max_examples=150)
+    report = verify_elbo(_elbo32, max_examples=150)
+    assert report.cases >= 150
+
+
+def test_a_real_bug_in_float32_code_still_fails() -> None:
+    with pytest.raises(AssertionError, match="widened for it"):
+        verify_elbo(lambda m, q, x: _elbo32(m, q, x, entropy=False))
+
+
+def test_declared_dtype_widens_a_float64_return_of_float32_work() -> None:
+    def as_python_float(m: Any, q: Any, x: np.ndarray) -> float:
+        return float(_elbo32(m, q, x))  # the dtype is lost on the way out
+
+    with pytest.raises(AssertionError, match="verify_elbo failed"):
+        verify_elbo(as_python_float, max_examples=150)
+    verify_elbo(as_python_float, dtype="float32", max_examples=150)
+    verify_elbo(as_python_float, dtype=np.float32, max_examples=30)
+
+
+def test_float64_returns_keep_the_float64_tolerance() -> None:
+    with pytest.raises(AssertionError):
+        verify_kl(lambda p, q: float(np.float32(1.0)) * 0 + 1e-5 + _kl(p, q))
+
+
+def _kl(p: Any, q: Any) -> float:
+    from elbo_check import kl_divergence
+
+    return float(kl_divergence(p, q))
+
+
+@pytest.mark.parametrize("bad", ["float8", "int32", 3, "complex64"])
+def test_a_bad_dtype_is_refused(bad: Any) -> None:
+    with pytest.raises(ValueError, match="dtype must be"):
+        verify_kl(_kl, dtype=bad)
+
+
+def test_dtype_names_of_other_frameworks() -> None:
+    assert check_dtype("bfloat16") == np.float32
+    assert check_dtype("torch.float32") == np.float32
+    assert check_dtype(np.float16) == np.float16
+    assert check_dtype(None) is None
+
+
+def test_the_tolerance_grows_with_dimension_and_conditioning() -> None:
+    small = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=1.0)
+    graded = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=1.0)
+    assert problem_size(small) == (3, 1.0)
+    assert problem_size((small, graded.prior)) == (3, 1.0)
+    eps32 = float(np.finfo(np.float32).eps)
+    assert precision_rtol(np.dtype(np.float32), small) == pytest.approx(8 * eps32 * 3)
+    assert precision_rtol(np.dtype(np.float64), small) == 1e-6
