@@ -20,11 +20,14 @@ on the drawn objects instead.
 
 from __future__ import annotations
 
+from inspect import isfunction as _isfunction
+
 from ._check_elbo import check_elbo, verify_elbo
 from ._check_estimator import verify_elbo_estimator
 from ._check_gradient import verify_elbo_gradient
 from ._check_kl import verify_kl
 from ._check_log_evidence import verify_log_evidence
+from ._forms import ANALYTIC_ENTROPY, ANALYTIC_KL, FORMS, JOINT, ElboForm, check_form
 from ._options import BATCHES, DEFAULT_FALSE_ALARM_RATE, PROFILES
 from ._parametrisations import (
     Custom,
@@ -40,13 +43,18 @@ from ._parametrisations import (
 from ._report import VerificationReport
 
 __all__ = [
+    "ANALYTIC_ENTROPY",
+    "ANALYTIC_KL",
     "BATCHES",
     "DEFAULT_FALSE_ALARM_RATE",
+    "FORMS",
+    "JOINT",
     "PROFILES",
     "Custom",
     "DiagonalLogScale",
     "DiagonalLogVariance",
     "DiagonalSoftplusScale",
+    "ElboForm",
     "FullCholesky",
     "FullCovariance",
     "FullPrecision",
@@ -54,6 +62,7 @@ __all__ = [
     "Parametrisation",
     "VerificationReport",
     "check_elbo",
+    "check_form",
     "verify_elbo",
     "verify_elbo_estimator",
     "verify_elbo_gradient",
@@ -64,6 +73,8 @@ __all__ = [
 # Public objects say they live here, where the docs and users import them from.
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith(f"{__name__}._"):
+    if (isinstance(_obj, type) or _isfunction(_obj)) and _obj.__module__.startswith(
+        f"{__name__}._"
+    ):
         _obj.__module__ = __name__
 del _name, _obj
