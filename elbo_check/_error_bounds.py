@@ -105,7 +105,7 @@ class LogEvidenceErrorBound:
         # d log det(I + W~' W~) / d W~ = 2 W~ (I + W~' W~)^-1 = 2 Q1 R^-T: the effect of
         # the componentwise rounding of W~ = Psi^-1/2 W L0.
         sensitivity = scipy.linalg.solve_triangular(
-            m.r_factor, m.basis.T, lower=False, trans=1, check_finite=False
+            m.r_factor, m.basis.T, lower=False, check_finite=False
         ).T
         loadings_term = 2.0 * float(np.sum(np.abs(sensitivity) * abs_loadings))
         if isinstance(noise, DenseNoise):
@@ -226,36 +226,35 @@ class LogEvidenceErrorBound:
             with np.errstate(over="ignore", invalid="ignore", under="ignore"):
                 y = m.whiten_centred(x, buffer)
                 first, size = self._row_terms(x, y, self._centre_part, maha, route)
+                rows_part = 0.5 * (gamma * first + (gamma * size) ** 2)
                 huge = np.flatnonzero(~np.isfinite(np.einsum("ij,ij->i", y, y)))
                 if huge.size:  # rows whose whitening overflows: terms at the oracle's scale
-                    e = m.row_exponents(x[huge])
-                    first_e, size_e = self._rescaled_terms(
-                        x[huge], np.ldexp(maha[huge], -2 * e), route[huge], e
+                    scaled, _, e = m.rescaled_squares(x[huge])
+                    first_e, size_e = self._rescaled_terms(x[huge], scaled, route[huge], e)
+                    # halved before scaling back: the bound on log p (half of M's) may be
+                    # finite where M's is not
+                    rows_part[huge] = np.ldexp(
+                        0.5 * (gamma * first_e + (gamma * size_e) ** 2), 2 * e
                     )
-                    first[huge] = np.ldexp(first_e, 2 * e)
-                    size[huge] = np.ldexp(size_e, e)
-                bound = (
-                    0.5 * (gamma * first + (gamma * size) ** 2)
-                    + gamma * self.log_det_term
-                    + EPS * np.abs(values[block])
-                )
+                bound = rows_part + gamma * self.log_det_term + EPS * np.abs(values[block])
             out[block] = np.where(np.isnan(bound), np.inf, bound)
 
         for_each_block(flat.shape[0], m.data_dim, work)
         return out
 
     def overflow_is_certain(self, rows: FloatArray) -> NDArray[np.bool_]:
-        """For finite rows whose Mahalanobis term came out ``inf``: whether the exact term
-        exceeds the float64 range for certain (its computed value minus its error bound,
-        both at the oracle's scale ``2^-e``, still overflows when scaled back), so that
-        ``log p(x) = -inf`` is the correctly rounded answer."""
+        """For finite rows whose log p(x) came out ``-inf``: whether the exact value is below
+        the float64 range for certain (half the computed Mahalanobis term minus its error
+        bound, both at the oracle's scale ``2^-e``, still overflows when scaled back), so
+        that ``-inf`` is the correctly rounded answer."""
         m = self.marginal
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             maha, doubled, e = m.rescaled_squares(rows)
             route = np.where(doubled, DOUBLED_ROUTE, RESIDUAL_ROUTE).astype(np.int8)
             first, size = self._rescaled_terms(rows, maha, route, e)
             lower = maha - (self.gamma * first + (self.gamma * size) ** 2)
-            certain: NDArray[np.bool_] = (lower > 0) & ~np.isfinite(np.ldexp(lower, 2 * e))
+            # log p = -(constant + M) / 2 is below -1.8e308 for certain
+            certain: NDArray[np.bool_] = (lower > 0) & ~np.isfinite(np.ldexp(0.5 * lower, 2 * e))
         return certain
 
     def refuse_undetermined(

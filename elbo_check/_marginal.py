@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from ._blocks import for_each_block
 from ._compensated import minus_products, split_halves, two_sum
+from ._errors import InvalidInputError
 from ._gaussian import Gaussian
 from ._linalg import logdet_from_tril, tril_of_gram
 from ._noise import DenseNoise, NoiseCovariance
@@ -100,9 +101,18 @@ class MarginalFactorization:
         self.weights, self.bias, self.prior, self.noise = weights, bias, prior, noise
         prior_factor = prior.scale_tril
         #: Psi^{-1/2} W, shape (D, K).
-        self.whitened_weights = freeze(noise.whiten_columns(weights))
+        with np.errstate(over="ignore", invalid="ignore"):
+            whitened_weights = noise.whiten_columns(weights)
+            loadings = whitened_weights @ prior_factor
+        if not (np.all(np.isfinite(whitened_weights)) and np.all(np.isfinite(loadings))):
+            raise InvalidInputError(
+                "weights, prior and noise_cov must give whitened loadings Psi^-1/2 W L0 "
+                "within the float64 range; they overflow (the signal-to-noise ratio is "
+                "beyond 1e308): rescale the model"
+            )
+        self.whitened_weights = freeze(whitened_weights)
         #: Psi^{-1/2} W L0, the whitened loadings, used for row-accurate residuals.
-        self.whitened_loadings = freeze(np.ascontiguousarray(self.whitened_weights @ prior_factor))
+        self.whitened_loadings = freeze(np.ascontiguousarray(loadings))
         stacked = np.vstack([self.whitened_loadings, np.eye(k)])
         # Householder QR is only normwise stable; with rows of very different sizes (noise
         # variances spread over many decades) the small rows of Q lose relative accuracy.
@@ -367,6 +377,14 @@ class MarginalFactorization:
                 whitened, coefficients, np.empty_like(whitened), scaled, None, exponents
             )
         return np.where(np.isnan(squares), np.inf, squares), doubled, exponents
+
+    def half_squares(self, rows: FloatArray) -> FloatArray:
+        """Half the squared Mahalanobis norms of rows whose square overflows float64
+        (``inf`` only where the half does too), from :meth:`rescaled_squares`."""
+        scaled, _, exponents = self.rescaled_squares(rows)
+        with np.errstate(over="ignore"):
+            half: FloatArray = np.ldexp(0.5 * scaled, 2 * exponents)
+        return half
 
     def row_exponents(self, rows: FloatArray) -> NDArray[np.intc]:
         """``e`` per row with ``2^-e`` times the row's and the mean's largest entry in [0.5, 1)."""

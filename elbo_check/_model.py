@@ -309,6 +309,9 @@ class LinearGaussianModel:
         routes = np.empty(flat.shape[0], dtype=np.int8)
         squares = self._marginal.mahalanobis(flat, routes)
         out = -0.5 * (constant + squares)
+        beyond = np.flatnonzero(squares == np.inf)
+        if beyond.size:  # M overflows, log p = -(constant + M) / 2 may not: halve first
+            out[beyond] = -0.5 * constant - self._marginal.half_squares(flat[beyond])
         self._finite_or_raise(x, out)
         value = _scalar_or_array(out.reshape(data.shape[:-1]))
         if not return_error_bound:

@@ -117,10 +117,10 @@ class Dense:
         else:
             log_noise = np.sum(np.abs(np.log(np.diag(self.psi))))
         # The loadings term: |sensitivity| against the componentwise size of the rounded
-        # W~ = Psi^-1/2 W L0, |Psi^-1/2| |W| |L0|. As implemented, the sensitivity is
-        # Q1 R^-1 = W~ R^-1 R^-1 (the code comment's derivative reads Q1 R^-T).
+        # W~ = Psi^-1/2 W L0, |Psi^-1/2| |W| |L0|. The sensitivity is the derivative
+        # d log det(I + W~'W~) / d W~ = 2 W~ (I + W~'W~)^-1 = 2 W~ R^-1 R^-T.
         r_inv = np.linalg.inv(self.r)
-        sensitivity = self.loadings @ r_inv @ r_inv
+        sensitivity = self.loadings @ r_inv @ r_inv.T
         abs_loadings = abs_g @ np.abs(self.weights) @ np.abs(self.l0)
         loadings_term = 2.0 * np.sum(np.abs(sensitivity) * abs_loadings)
         log_r = np.sum(np.abs(np.log(np.diag(self.r))))

@@ -226,6 +226,30 @@ def test_an_overflow_that_may_not_be_exact_is_refused() -> None:
     assert model.log_evidence(np.array([2.0**900, -(2.0**899)])) == -np.inf  # off the line
 
 
+@pytest.mark.filterwarnings("error")
+def test_a_mahalanobis_term_beyond_float64_with_a_finite_log_evidence() -> None:
+    """M = 2.25e308 overflows, log p = -(D log 2 pi + log det C + M) / 2 = -1.125e308 does
+    not: the value is returned (halved before scaling back), with a finite bound; at
+    twice the distance log p itself is below -1.8e308 and -inf is certain."""
+    model = LinearGaussianModel(
+        weights=[[0.0], [1.0]], bias=[0.0, 0.0], prior=Gaussian.standard(1), noise_cov=1.0
+    )
+    value, bound = model.log_evidence(np.array([1.5e154, 0.0]), return_error_bound=True)
+    exact = -0.5 * (2 * math.log(2 * math.pi) + math.log(2.0)) - 1.125e308  # M / 2
+    assert value == pytest.approx(exact, rel=4 * EPS)
+    assert np.isfinite(bound)
+    assert abs(value - exact) <= bound
+    assert model.log_evidence(np.array([1.5e154, 0.0])) == value
+    assert model.log_evidence(np.array([3e154, 0.0])) == -np.inf
+
+
+def test_loadings_that_overflow_when_whitened_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="whitened loadings"):
+        LinearGaussianModel(
+            weights=[[1e200], [1.0]], bias=[0.0, 0.0], prior=Gaussian.standard(1), noise_cov=1e-250
+        )
+
+
 def test_row_norms_neither_overflow_nor_underflow() -> None:
     rows = np.array([[3e200, 4e200], [3e-200, 4e-200], [0.0, 0.0], [3.0, -4.0]])
     np.testing.assert_allclose(row_norms(rows), [5e200, 5e-200, 0.0, 5.0], rtol=1e-15)
