@@ -445,20 +445,28 @@ def elbo_problems(
     *,
     batch_shape: tuple[int, ...] = (),
     shared_covariance: bool = True,
+    q_kinds: Sequence[str] = COV_KINDS,
     **model_options: Any,
 ) -> st.SearchStrategy[ElboProblem]:
     """``(model, q, x)`` triples; ``model_options`` go to :func:`linear_gaussian_models`.
 
     With a ``batch_shape``, ``q`` and ``x`` are batches of that shape (one q per row of
-    x), and the q's have a covariance each when ``shared_covariance=False``.
+    x), and the q's have a covariance each when ``shared_covariance=False``. ``q_kinds``
+    restricts q's covariance to some of ``"isotropic"``, ``"diagonal"`` (a mean-field
+    guide such as Pyro's AutoNormal) and ``"full"``.
     """
     models = linear_gaussian_models(**model_options)
     shared = _check_flag("shared_covariance", shared_covariance)
+    kinds = _check_kinds("q_kinds", q_kinds, COV_KINDS)
 
     @st.composite
     def problems(draw: st.DrawFn) -> ElboProblem:
         model = draw(models)
-        q = draw(variational_gaussians(model, batch_shape=batch_shape, shared_covariance=shared))
+        q = draw(
+            variational_gaussians(
+                model, batch_shape=batch_shape, shared_covariance=shared, cov_kinds=kinds
+            )
+        )
         x = draw(observations(model, batch_shape=batch_shape))
         return ElboProblem(model, q, x)
 

@@ -244,7 +244,7 @@ def test_the_forms_share_the_elbo_as_expectation_but_differ_per_sample() -> None
 # ---------------------------------------------------------------------- correct code passes
 @pytest.mark.parametrize("form", FORM_NAMES)
 def test_a_correct_implementation_of_each_form_passes_both_modes(form: str) -> None:
-    report = verify_elbo_estimator(statistical(form), form=form, calls=120, problems=3)
+    report = verify_elbo_estimator(statistical(form), form=form, calls=120, n_problems=3)
     assert 0.0 < report.worst_error < 1.0
     assert report.details["form"] == form
     report = verify_elbo_estimator(pathwise(form), mode="pathwise", form=form, max_examples=40)
@@ -257,13 +257,13 @@ def test_the_form_objects_are_accepted_as_well_as_their_names() -> None:
     verify_elbo_estimator(
         pathwise("analytic_kl"), mode="pathwise", form=ANALYTIC_KL, max_examples=10
     )
-    verify_elbo_estimator(statistical("joint"), form=JOINT, calls=80, problems=1)
+    verify_elbo_estimator(statistical("joint"), form=JOINT, calls=80, n_problems=1)
 
 
 def test_the_statistical_target_is_the_elbo_for_every_form() -> None:
     """An unbiased estimator of one form passes the statistical check of another."""
-    verify_elbo_estimator(statistical("analytic_kl"), form="joint", calls=80, problems=2)
-    verify_elbo_estimator(statistical("joint"), form="analytic_entropy", calls=80, problems=2)
+    verify_elbo_estimator(statistical("analytic_kl"), form="joint", calls=80, n_problems=2)
+    verify_elbo_estimator(statistical("joint"), form="analytic_entropy", calls=80, n_problems=2)
 
 
 # ---------------------------------------------------------------------- forms differ per sample
@@ -336,7 +336,7 @@ def test_statistical_bugs_are_biased_with_the_forms_suspect_named(
     form: str, bug: str, named: str
 ) -> None:
     with pytest.raises(AssertionError, match="the estimator is biased") as failure:
-        verify_elbo_estimator(statistical(form, bug), form=form, calls=80, problems=2)
+        verify_elbo_estimator(statistical(form, bug), form=form, calls=80, n_problems=2)
     text = diagnosis(failure)
     assert named in text, text
 

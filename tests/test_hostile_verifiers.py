@@ -139,7 +139,15 @@ def test_bad_options_are_refused_before_anything_runs(
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("problems", -1), ("problems", 0), ("problems", 1.5), ("calls", 0), ("calls", 79)],
+    [
+        ("n_problems", -1),
+        ("n_problems", 0),
+        ("n_problems", 1.5),
+        ("problems", 1.5),
+        ("problems", "four"),
+        ("calls", 0),
+        ("calls", 79),
+    ],
 )
 @pytest.mark.parametrize("verifier", [verify_elbo_estimator, verify_elbo_gradient])
 def test_bad_budgets_of_statistical_checks_are_refused(
@@ -204,13 +212,13 @@ def test_a_time_budget_stops_statistical_checks_between_problems() -> None:
         time.sleep(0.0005)
         return _elbo(m, q, x) + float(rng.standard_normal())
 
-    report = verify_elbo_estimator(estimator, calls=80, problems=60, time_budget=1.5)
+    report = verify_elbo_estimator(estimator, calls=80, n_problems=60, time_budget=1.5)
     assert report.details["stopped_by_time_budget"] == 1.5
     assert 1 <= report.cases < 60
     assert rng_calls[0] == 80 * report.cases  # only whole problems
     with pytest.raises(ValueError, match="no verdict"):
         verify_elbo_estimator(
-            lambda *a: (time.sleep(0.01), 0.0)[1], calls=800, problems=2, time_budget=0.2
+            lambda *a: (time.sleep(0.01), 0.0)[1], calls=800, n_problems=2, time_budget=0.2
         )
 
 

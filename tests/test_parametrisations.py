@@ -328,7 +328,7 @@ def test_a_reparameterised_log_scale_estimator_passes_and_a_biased_one_fails() -
     options: dict[str, Any] = {
         "mode": "stochastic",
         "calls": 80,
-        "problems": 2,
+        "n_problems": 2,
         "n_samples": 4,
         "seed": 11,
     }

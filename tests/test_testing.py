@@ -157,7 +157,7 @@ def test_kl_and_evidence_verifiers_pass_correct_code() -> None:
         (lambda: verify_elbo("elbo"), "fn must be callable; got str"),
         (lambda: verify_elbo_estimator(mc_elbo, mode="exact"), "mode must be 'statistical'"),
         (lambda: verify_elbo_estimator(mc_elbo, n_samples=0), "n_samples must be a positive"),
-        (lambda: verify_elbo_estimator(mc_elbo, calls=10), "calls must be at least 80"),
+        (lambda: verify_elbo_estimator(mc_elbo, calls=10), "calls must be an integer >= 80"),
         (lambda: verify_elbo_estimator(mc_elbo, false_alarm_rate=0.0), "false_alarm_rate must"),
         (lambda: verify_elbo_gradient(mc_elbo, mode="numeric"), "mode must be 'exact' or"),
         (
@@ -166,7 +166,7 @@ def test_kl_and_evidence_verifiers_pass_correct_code() -> None:
         ),
         (
             lambda: verify_elbo_gradient(mc_elbo, mode="stochastic", calls=40),
-            "calls must be at least 80; got calls=40",
+            "calls must be an integer >= 80; got calls=40",
         ),
     ],
 )
@@ -197,7 +197,7 @@ def test_statistical_verifier_passes_a_correct_estimator_on_many_seeds() -> None
     """
     worst = 0.0
     for seed in range(10):
-        report = verify_elbo_estimator(mc_elbo, seed=seed, calls=200, problems=2)
+        report = verify_elbo_estimator(mc_elbo, seed=seed, calls=200, n_problems=2)
         worst = max(worst, report.worst_error)
     assert worst < 1.0
 
@@ -235,7 +235,7 @@ def test_an_estimator_that_ignores_its_rng_is_flagged() -> None:
         return mc_elbo(model, q, x, own, n)
 
     with pytest.raises(AssertionError, match="does fn ignore its rng argument"):
-        verify_elbo_estimator(ignores_rng, calls=80, problems=1)
+        verify_elbo_estimator(ignores_rng, calls=80, n_problems=1)
 
 
 def test_gradient_verifier_exact_and_stochastic() -> None:
@@ -261,7 +261,7 @@ def test_gradient_verifier_exact_and_stochastic() -> None:
         return score.mean(axis=0), grad_factor
 
     assert verify_elbo_gradient(exact, max_examples=40).cases == 40
-    report = verify_elbo_gradient(reparameterised, mode="stochastic", calls=200, problems=2)
+    report = verify_elbo_gradient(reparameterised, mode="stochastic", calls=200, n_problems=2)
     assert 0.0 < report.worst_error < 1.0  # > 0: the t statistics were really computed
 
 
@@ -289,14 +289,14 @@ def test_a_score_function_gradient_passes_and_a_biased_one_fails() -> None:
         grad_factor = np.tril(inverse.T @ outer - complete_score * np.mean(weight) * inverse.T)
         return grad_mean, grad_factor
 
-    report = verify_elbo_gradient(score_function, mode="stochastic", calls=400, problems=2)
+    report = verify_elbo_gradient(score_function, mode="stochastic", calls=400, n_problems=2)
     assert 0.0 < report.worst_error < 1.0
     with pytest.raises(AssertionError, match="biased coordinates"):
         verify_elbo_gradient(
             lambda m, q, x, rng, n: score_function(m, q, x, rng, n, complete_score=False),
             mode="stochastic",
             calls=400,
-            problems=2,
+            n_problems=2,
         )
 
 
@@ -328,12 +328,16 @@ def test_statistical_checks_honour_model_options() -> None:
 
     kinds = {"noise_kinds": ("isotropic", "diagonal")}
     with pytest.raises(AssertionError, match="NotImplementedError"):
-        verify_elbo_estimator(diagonal_only, calls=80, problems=1)
-    verify_elbo_estimator(diagonal_only, calls=80, problems=3, **kinds)
+        verify_elbo_estimator(diagonal_only, calls=80, n_problems=1)
+    verify_elbo_estimator(diagonal_only, calls=80, n_problems=3, **kinds)
     verify_elbo_estimator(diagonal_pathwise, mode="pathwise", max_examples=30, **kinds)
-    verify_elbo_gradient(diagonal_gradient, mode="stochastic", calls=80, problems=3, **kinds)
-    with pytest.raises(InvalidInputError, match="accept only noise_kinds and prior_kinds"):
-        verify_elbo_estimator(mc_elbo, max_data_dim=3)
+    verify_elbo_gradient(diagonal_gradient, mode="stochastic", calls=80, n_problems=3, **kinds)
+    # Options the fixed problems cannot honour draw the problems from the strategies.
+    verify_elbo_estimator(mc_elbo, max_data_dim=3, calls=80, n_problems=2)
+    with pytest.raises(
+        InvalidInputError, match="model options must be options of linear_gaussian_models"
+    ):
+        verify_elbo_estimator(mc_elbo, max_data_dimension=3)
     with pytest.raises(InvalidInputError, match="no statistical test problem has"):
         verify_elbo_estimator(mc_elbo, noise_kinds=("full",), prior_kinds=("standard",))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,12 +15,14 @@ from .._errors import InvalidInputError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..strategies import (
+    COV_KINDS,
     ElboProblem,
     elbo_problems,
 )
 from ._calls import (
     _call,
 )
+from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
 from ._diagnosis import match_suspects
 from ._forms import ElboForm, check_form
 from ._limits import _single_blas_thread
@@ -37,7 +39,6 @@ from ._options import (
 from ._problems import (
     _elbo_scale,
     _elbo_variants,
-    _statistical_problems,
 )
 from ._report import (
     VerificationReport,
@@ -49,7 +50,7 @@ from ._report import (
 )
 from ._returns import to_scalar
 from ._searching import _deterministic_check
-from ._statistics import _batch_t, _repeated_calls, _statistical_budget
+from ._statistics import _batch_t, _repeated_calls, _statistical_calls
 
 FloatArray = NDArray[np.float64]
 
@@ -63,7 +64,9 @@ def verify_elbo_estimator(
     seed: int | np.random.Generator | None = None,
     n_samples: int = 8,
     calls: int | None = None,
-    problems: int | None = None,
+    problems: Any = None,
+    n_problems: int | None = None,
+    q_kinds: Sequence[str] | None = None,
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     profile: str | None = None,
     max_examples: int | None = None,
@@ -124,6 +127,8 @@ def verify_elbo_estimator(
     chosen_form = check_form(form)
     seed_value = _seed(seed)
     if mode == "pathwise":
+        kinds = check_q_kinds(COV_KINDS if q_kinds is None else q_kinds)
+        user = as_elbo_cases(problems, lambda: elbo_problems(q_kinds=kinds, **model_options))
         return _verify_pathwise(
             fn,
             chosen_form,
@@ -131,14 +136,24 @@ def verify_elbo_estimator(
             check_count("max_examples", max_examples, chosen["max_examples"]),
             rtol,
             atol,
-            model_options,
+            user if isinstance(user, st.SearchStrategy) else st.sampled_from(user),
         )
     if mode != "statistical":
         raise InvalidInputError(f"mode must be 'statistical' or 'pathwise'; got mode={mode!r}")
-    total_calls, count = _statistical_budget(chosen, calls, problems, n_samples)
+    total_calls = _statistical_calls(chosen, calls, n_samples)
+    cases = statistical_cases(
+        problems,
+        n_problems,
+        default_count=chosen["problems"],
+        seed=seed_value,
+        q_kinds=("full",) if q_kinds is None else q_kinds,
+        model_options=model_options,
+        calls=total_calls,
+    )
+    count = len(cases)
     critical = float(scipy.stats.t.isf(false_alarm_rate / (2 * count), BATCHES - 1))
     worst = 0.0
-    for index, (model, q, x) in enumerate(_statistical_problems(seed_value, count, model_options)):
+    for index, (model, q, x) in enumerate(cases):
         expected = float(model.elbo(q, x))
         estimates = _repeated_calls(
             "verify_elbo_estimator",
@@ -218,9 +233,8 @@ def _verify_pathwise(
     max_examples: int,
     rtol: float,
     atol: float,
-    model_options: dict[str, Any],
+    problems: st.SearchStrategy[ElboProblem],
 ) -> VerificationReport:
-    problems = elbo_problems(**model_options)
 
     @st.composite
     def cases(draw: st.DrawFn) -> tuple[ElboProblem, FloatArray]:

@@ -24,12 +24,14 @@ from .._errors import InvalidInputError, InvalidTypeError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..strategies import (
+    COV_KINDS,
     ElboProblem,
     elbo_problems,
     linear_gaussian_models,
     observations,
     variational_gaussians,
 )
+from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
 from ._diagnosis import Suspect, match_suspects
 from ._limits import _single_blas_thread
 from ._options import (
@@ -53,7 +55,6 @@ from ._parametrisations import (
 from ._problems import (
     _flat_gradient,
     _flatten,
-    _statistical_problems,
 )
 from ._report import (
     VerificationReport,
@@ -64,7 +65,7 @@ from ._report import (
 )
 from ._returns import InputMutated, invoke, to_array
 from ._searching import _deterministic_check
-from ._statistics import _batch_t, _repeated_calls, _statistical_budget
+from ._statistics import _batch_t, _repeated_calls, _statistical_calls
 from ._suspects import (
     _gradient_suspects,
 )
@@ -357,7 +358,9 @@ def verify_elbo_gradient(
     seed: int | np.random.Generator | None = None,
     n_samples: int = 8,
     calls: int | None = None,
-    problems: int | None = None,
+    problems: Any = None,
+    n_problems: int | None = None,
+    q_kinds: Sequence[str] | None = None,
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     profile: str | None = None,
     max_examples: int | None = None,
@@ -419,11 +422,22 @@ def verify_elbo_gradient(
             rtol,
             atol,
             model_options,
+            problems,
+            COV_KINDS if q_kinds is None else q_kinds,
         )
     if mode != "stochastic":
         raise InvalidInputError(f"mode must be 'exact' or 'stochastic'; got mode={mode!r}")
-    total_calls, count = _statistical_budget(chosen, calls, problems, n_samples)
-    problems_list = _statistical_problems(seed_value, count, model_options)
+    total_calls = _statistical_calls(chosen, calls, n_samples)
+    problems_list = statistical_cases(
+        problems,
+        n_problems,
+        default_count=chosen["problems"],
+        seed=seed_value,
+        q_kinds=("full",) if q_kinds is None else q_kinds,
+        model_options=model_options,
+        calls=total_calls,
+    )
+    count = len(problems_list)
     cases = [
         _legacy_case(model, q, x)
         if parametrisation is None
@@ -538,6 +552,8 @@ def _verify_exact_gradient(
     rtol: float,
     atol: float,
     model_options: dict[str, Any],
+    problems: Any,
+    q_kinds: Sequence[str],
 ) -> VerificationReport:
     def prepare(p: ElboProblem) -> _Case:
         if par is None:
@@ -584,10 +600,14 @@ def _verify_exact_gradient(
             parts.append(_diagnosis(found, "see the coordinates marked 'off'"))
         return "\n".join(parts)
 
-    strategy = (
-        elbo_problems(**model_options)
-        if par is None
-        else _parametrised_problems(par, model_options)
+    kinds = check_q_kinds(q_kinds)
+    strategy = as_elbo_cases(
+        problems,
+        lambda: (
+            elbo_problems(q_kinds=kinds, **model_options)
+            if par is None
+            else _parametrised_problems(par, model_options)
+        ),
     )
     extra = "" if not isinstance(par, Custom) else " + the Jacobian's difference error"
     return _deterministic_check(

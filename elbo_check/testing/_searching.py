@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,7 @@ class _Tracker:
 def _deterministic_check(
     *,
     name: str,
-    strategy: st.SearchStrategy[Any],
+    strategy: st.SearchStrategy[Any] | Sequence[Any],
     evaluate: Callable[[Any], tuple[float, float, float]],
     explain: Callable[[Any, float, float, float, BaseException | None], str],
     seed: int,
@@ -87,6 +87,8 @@ def _deterministic_check(
 
     ``evaluate(case)`` returns ``(got, expected, tolerance)``. A user exception counts
     as a failure; the minimal failing case is explained and raised as AssertionError.
+    ``strategy`` may also be a sequence of the user's own cases: each is checked in
+    order, and the first failing one is explained (no search, no shrinking).
     """
     tracker = _Tracker()
     progress = current()
@@ -112,14 +114,20 @@ def _deterministic_check(
         return False
 
     header = f"{name} failed (seed={seed}"
-    try:
-        failing = _search(strategy, is_bad, seed, max_examples)
-    except _Unreliable as err:
-        assert tracker.first_bad is not None
-        raise AssertionError(
-            f"{header}): fn is not deterministic\n"
-            + _unreliable(tracker.first_bad, evaluate, explain)
-        ) from err.__cause__
+    if not isinstance(strategy, st.SearchStrategy):  # the user's own cases, in order
+        failing = next((case for case in strategy if is_bad(case)), None)
+        if failing is not None:
+            index = next(i for i, case in enumerate(strategy) if case is failing)
+            header = f"{name} failed (problems[{index}] of {len(strategy)}"
+    else:
+        try:
+            failing = _search(strategy, is_bad, seed, max_examples)
+        except _Unreliable as err:
+            assert tracker.first_bad is not None
+            raise AssertionError(
+                f"{header}): fn is not deterministic\n"
+                + _unreliable(tracker.first_bad, evaluate, explain)
+            ) from err.__cause__
     if failing is None:
         return VerificationReport(
             check=name,
@@ -135,7 +143,11 @@ def _deterministic_check(
     except Exception as err:
         got = expected = tolerance = math.nan
         error = err
-    header += f"; minimal example after {tracker.cases} cases)"
+    header += (
+        f"; minimal example after {tracker.cases} cases)"
+        if isinstance(strategy, st.SearchStrategy)
+        else ")"
+    )
     if error is None and math.isfinite(got) and abs(got - expected) <= tolerance:
         # The search saw this case fail; evaluated again it passes.
         raise AssertionError(

@@ -65,21 +65,13 @@ def _repeated_calls(
     return np.asarray(results, dtype=np.float64).reshape(calls, -1)
 
 
-def _statistical_budget(
-    chosen: dict[str, int], calls: int | None, problems: int | None, n_samples: int
-) -> tuple[int, int]:
-    """Validated ``(calls per problem, problems)`` of a statistical check."""
+def _statistical_calls(chosen: dict[str, int], calls: int | None, n_samples: int) -> int:
+    """Validated calls per problem of a statistical check (and its ``n_samples``)."""
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise InvalidInputError(
             f"n_samples must be a positive integer; got n_samples={n_samples!r}"
         )
-    total_calls = check_count("calls", calls, chosen["calls"], minimum=2 * BATCHES)
-    count = check_count("problems", problems, chosen["problems"])
-    progress = current()
-    if progress is not None:
-        progress.plan(total_calls * count)
-        progress.problems_planned += count
-    return total_calls, count
+    return check_count("calls", calls, chosen["calls"], minimum=2 * BATCHES)
 
 
 def _batch_t(values: FloatArray, target: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
