@@ -33,7 +33,14 @@ from ._calls import (
     _worst_member,
     _worst_of,
 )
-from ._diagnosis import describe_gap, match_suspects
+from ._cases import as_elbo_cases
+from ._diagnosis import (
+    Probe,
+    describe_gap,
+    fit_terms,
+    match_suspects_across,
+    rounding_suspect,
+)
 from ._limits import _single_blas_thread
 from ._options import (
     _check_callable,
@@ -56,32 +63,54 @@ from ._searching import _deterministic_check
 from ._suspects import (
     ELBO_SUSPECTS,
 )
+from ._term_fit import ELBO_TERMS, elbo_context, independent_elbo_problems, safe_context
 
 FloatArray = NDArray[np.float64]
 
 
-def _elbo_probes(
+def _elbo_diagnosis(
     values_of: Callable[[list[_Problem]], list[float | None]],
-    variants: dict[str, _Problem],
+    model: LinearGaussianModel,
+    q: Gaussian,
+    x: FloatArray,
     rtol: float,
     atol: float,
-) -> tuple[
-    list[tuple[tuple[Any, ...], float, float, float]],
-    dict[str, float],
-    dict[str, tuple[float, float]],
-]:
-    """The user's values on the variants, with the exact ones, for the suspect matcher."""
-    probes, gaps, values = [], {}, {}
-    got_values = values_of(list(variants.values()))
-    for (label, (mm, qq, xx)), got in zip(variants.items(), got_values, strict=True):
-        if got is None:
-            continue
-        expected = float(mm.elbo(qq, xx))
-        tolerance = rtol * _elbo_scale(mm, qq, xx) + atol
-        probes.append(((mm, qq, xx), got, expected, tolerance))
-        gaps[label] = got - expected
-        values[label] = (got, expected)
-    return probes, gaps, values
+    tol: float,
+    *,
+    up_to_constant: bool = False,
+) -> str:
+    """The Diagnosis line: suspects, then a term-level fit, on the failing case's
+    variations and on independent problems; else what the gap depends on."""
+    groups = [_elbo_variants(model, q, x)]
+    groups += [_elbo_variants(*problem) for problem in independent_elbo_problems(model)]
+    cases = [case for group in groups for case in group.values()]
+    got_values = values_of(cases)
+    probes, contexts, gaps, values = [], [], {}, {}
+    offsets: dict[int, float] = {}
+    position = 0
+    for number, group in enumerate(groups):
+        for label, (mm, qq, xx) in group.items():
+            got = got_values[position]
+            position += 1
+            if got is None:
+                continue
+            expected = float(mm.elbo(qq, xx))
+            scale = _elbo_scale(mm, qq, xx)
+            if number == 0:
+                gaps[label] = got - expected
+                values[label] = (got, expected)
+            if up_to_constant:  # a constant per problem is allowed: compare gap changes
+                offset = offsets.setdefault(number, got - expected)
+                got -= offset
+            probes.append(Probe((mm, qq, xx), got, expected, rtol * scale + atol, scale, number))
+            contexts.append(safe_context(elbo_context, mm, qq, xx))
+    found = match_suspects_across(ELBO_SUSPECTS, probes)
+    if not found:
+        fit = fit_terms(ELBO_TERMS, contexts, probes, center=up_to_constant)
+        if fit is None and not up_to_constant:
+            fit = rounding_suspect(probes)
+        found = [fit] if fit is not None else []
+    return _diagnosis(found, describe_gap(gaps, values, tol) if gaps else "no probe")
 
 
 def check_elbo(
@@ -118,7 +147,7 @@ def verify_elbo(
     atol: float = 1e-8,
     up_to_constant: bool = False,
     batch_size: int | None = None,
-    problems: st.SearchStrategy[ElboProblem] | None = None,
+    problems: Any = None,
     **model_options: Any,
 ) -> VerificationReport:
     """Check ``fn(model, q, x) -> float``, an ELBO for one observation ``x`` of shape (D,).
@@ -148,8 +177,11 @@ def verify_elbo(
         Check a batched ``fn`` on batches of this many rows. Every member is compared;
         a failure names the member, and the diagnosis says whether the members'
         values depend on each other (a reduction or a transpose over the batch axis).
-    problems : strategy, optional
-        Your own strategy of :class:`~elbo_check.strategies.ElboProblem`.
+    problems : strategy or sequence, optional
+        Your own problems: a hypothesis strategy of
+        :class:`~elbo_check.strategies.ElboProblem`, or a sequence of them (or of
+        ``(model, q, x)`` tuples), checked in order without search. ``q_kinds=...``
+        among ``model_options`` restricts the drawn q's covariances instead.
     **model_options
         Passed to :func:`~elbo_check.strategies.linear_gaussian_models` (e.g.
         ``noise_kinds=("diagonal",)`` if your code only supports diagonal noise).
@@ -176,11 +208,12 @@ def verify_elbo(
                 "up_to_constant=True and batch_size cannot be combined; check the "
                 "constant-free code unbatched (batch_size=None)"
             )
-        batched = problems or elbo_problems(
-            batch_shape=(size,), shared_covariance=False, **model_options
+        batched = as_elbo_cases(
+            problems,
+            lambda: elbo_problems(batch_shape=(size,), shared_covariance=False, **model_options),
         )
         return _verify_batched_elbo(fn, size, batched, seed_value, examples, rtol, atol)
-    base = problems if problems is not None else elbo_problems(**model_options)
+    base = as_elbo_cases(problems, lambda: elbo_problems(**model_options))
 
     if not up_to_constant:
 
@@ -202,13 +235,8 @@ def verify_elbo(
                     f"{float(t.kl_to_prior):.6g}, cross-entropy = {float(t.cross_entropy):.6g}, "
                     f"entropy = {float(t.entropy):.6g}"
                 )
-                probes, gaps, values = _elbo_probes(
-                    _one_at_a_time(fn), _elbo_variants(p.model, p.q, p.x), rtol, atol
-                )
                 parts.append(
-                    _diagnosis(
-                        match_suspects(ELBO_SUSPECTS, probes), describe_gap(gaps, values, tol)
-                    )
+                    _elbo_diagnosis(_one_at_a_time(fn), p.model, p.q, p.x, rtol, atol, tol)
                 )
             return "\n".join(parts)
 
@@ -224,7 +252,7 @@ def verify_elbo(
 
     @st.composite
     def with_three_qs(draw: st.DrawFn) -> tuple[ElboProblem, Gaussian, Gaussian]:
-        problem = draw(base)
+        problem = draw(base if isinstance(base, st.SearchStrategy) else st.sampled_from(base))
         others = variational_gaussians(problem.model, batch_shape=problem.q.batch_shape)
         return problem, draw(others), draw(others)
 
@@ -264,14 +292,11 @@ def verify_elbo(
                 f"  got - exact varies by {got:.6g} across q (tolerance {tol:.3g}): "
                 "the difference depends on q, so it is not a dropped constant"
             )
-            probes, gaps, values = _elbo_probes(
-                _one_at_a_time(fn), _elbo_variants(p.model, p.q, p.x), rtol, atol
-            )
-            # A constant offset is allowed here, so compare gaps to the first probe's.
-            offset = gaps.get("original", 0.0)
-            shifted = [(args, g - offset, e, t) for args, g, e, t in probes]
+            # A constant offset is allowed here: compare gaps to each problem's first one.
             parts.append(
-                _diagnosis(match_suspects(ELBO_SUSPECTS, shifted), describe_gap(gaps, values, tol))
+                _elbo_diagnosis(
+                    _one_at_a_time(fn), p.model, p.q, p.x, rtol, atol, tol, up_to_constant=True
+                )
             )
         return "\n".join(parts)
 
@@ -291,7 +316,7 @@ def verify_elbo(
 def _verify_batched_elbo(
     fn: Callable[..., Any],
     size: int,
-    strategy: st.SearchStrategy[ElboProblem],
+    strategy: st.SearchStrategy[ElboProblem] | list[ElboProblem],
     seed: int,
     max_examples: int,
     rtol: float,
@@ -339,10 +364,7 @@ def _verify_batched_elbo(
         if mixing is not None:
             parts.append(mixing)
             return "\n".join(parts)
-        probes, gaps, values = _elbo_probes(values_of, variants, rtol, atol)
-        parts.append(
-            _diagnosis(match_suspects(ELBO_SUSPECTS, probes), describe_gap(gaps, values, tol))
-        )
+        parts.append(_elbo_diagnosis(values_of, p.model, q_i, x_i, rtol, atol, tol))
         return "\n".join(parts)
 
     return _deterministic_check(

@@ -31,7 +31,8 @@ from ._calls import (
     _worst_member,
     _worst_of,
 )
-from ._diagnosis import match_suspects
+from ._cases import as_kl_cases
+from ._diagnosis import Probe, fit_terms, match_suspects_across, rounding_suspect
 from ._limits import _single_blas_thread
 from ._options import (
     _check_callable,
@@ -51,6 +52,7 @@ from ._searching import _deterministic_check
 from ._suspects import (
     KL_SUSPECTS,
 )
+from ._term_fit import KL_TERMS, independent_kl_pairs, kl_context, safe_context
 
 FloatArray = NDArray[np.float64]
 
@@ -84,14 +86,36 @@ def _kl_variants(p: Gaussian, q: Gaussian) -> list[_Pair]:
 
 
 def _kl_diagnosis(
-    values: list[float | None], variants: list[_Pair], rtol: float, atol: float
+    values_of: Callable[[list[_Pair]], list[float | None]],
+    p: Gaussian,
+    q: Gaussian,
+    rtol: float,
+    atol: float,
 ) -> str:
-    probes = [
-        ((pp, qq), value, float(kl_divergence(pp, qq)), rtol * float(_kl_scale(pp, qq)) + atol)
-        for (pp, qq), value in zip(variants, values, strict=True)
-        if value is not None
-    ]
-    return _diagnosis(match_suspects(KL_SUSPECTS, probes), "compare term by term")
+    """Suspects, then a term-level fit, on the failing pair (and its swap), three
+    unrelated pairs of its dimension and two of other dimensions: each unrelated pair
+    is an independent problem."""
+    variants = _kl_variants(p, q)
+    groups = [0, 0, 1, 2, 3]
+    values = list(values_of(variants))
+    for number, pair in enumerate(independent_kl_pairs(p.dim), start=4):
+        variants.append(pair)
+        groups.append(number)
+        values += values_of([pair])  # one dimension per call (batches stack members)
+    probes, contexts = [], []
+    for (pp, qq), value, number in zip(variants, values, groups, strict=True):
+        if value is None:
+            continue
+        scale = float(_kl_scale(pp, qq))
+        probes.append(
+            Probe((pp, qq), value, float(kl_divergence(pp, qq)), rtol * scale + atol, scale, number)
+        )
+        contexts.append(safe_context(kl_context, pp, qq))
+    found = match_suspects_across(KL_SUSPECTS, probes)
+    if not found:
+        fit = fit_terms(KL_TERMS, contexts, probes) or rounding_suspect(probes)
+        found = [fit] if fit is not None else []
+    return _diagnosis(found, "compare term by term")
 
 
 @_single_blas_thread
@@ -106,6 +130,7 @@ def verify_kl(
     max_dim: int = 6,
     max_condition_number: float = 100.0,
     batch_size: int | None = None,
+    problems: Any = None,
 ) -> VerificationReport:
     """Check ``fn(p, q) -> float``, the KL divergence KL(p || q) between two Gaussians.
 
@@ -116,6 +141,9 @@ def verify_kl(
     With ``batch_size=B``, ``p`` and ``q`` are batches of ``B`` Gaussians, each with its
     own covariance (``.mean`` of shape ``(B, K)``, ``.scale_tril`` ``(B, K, K)``), and
     ``fn`` must return the ``B`` divergences, shape ``(B,)``; each member is compared.
+
+    ``problems``: your own pairs ``(p, q)``, as a hypothesis strategy or a sequence
+    (checked in order, without search).
     """
     __tracebackhide__ = True
     _check_callable(fn)
@@ -158,9 +186,7 @@ def verify_kl(
         if size is None:
             parts = [f"  K = {p.dim}", _describe_gaussian("p", p), _describe_gaussian("q", q)]
             parts.append(_numbers(got, expected, tol))
-            variants = _kl_variants(p, q)
-            values = _one_at_a_time(fn)(list(variants))
-            parts.append(_kl_diagnosis(values, variants, rtol, atol))
+            parts.append(_kl_diagnosis(_one_at_a_time(fn), p, q, rtol, atol))
             return "\n".join(parts)
         got_all, expected_all, tolerance_all = compare(pair)
         i = _worst_member(got_all, expected_all, tolerance_all)
@@ -187,13 +213,13 @@ def verify_kl(
         if mixing is not None:
             parts.append(mixing)
         else:
-            parts.append(_kl_diagnosis(values_of(variants), variants, rtol, atol))
+            parts.append(_kl_diagnosis(values_of, p_i, q_i, rtol, atol))
         return "\n".join(parts)
 
     name = "verify_kl" if size is None else f"verify_kl(batch_size={size})"
     return _deterministic_check(
         name=name,
-        strategy=pairs,
+        strategy=as_kl_cases(problems, lambda: pairs),
         evaluate=_worst_of(compare),
         explain=explain,
         seed=seed_value,

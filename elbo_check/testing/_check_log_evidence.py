@@ -17,7 +17,8 @@ from ..strategies import (
 from ._calls import (
     _call,
 )
-from ._diagnosis import match_suspects
+from ._cases import as_evidence_cases
+from ._diagnosis import Probe, fit_terms, match_suspects_across, rounding_suspect
 from ._limits import _single_blas_thread
 from ._options import (
     _check_callable,
@@ -40,11 +41,49 @@ from ._searching import _deterministic_check
 from ._suspects import (
     EVIDENCE_SUSPECTS,
 )
+from ._term_fit import EVIDENCE_TERMS, evidence_context, independent_models, safe_context
 
 FloatArray = NDArray[np.float64]
 
 
 # ---------------------------------------------------------------------- evidence
+def _evidence_diagnosis(
+    fn: Callable[..., Any],
+    model: LinearGaussianModel,
+    x: FloatArray,
+    tolerance: Callable[[LinearGaussianModel, FloatArray], float],
+) -> str:
+    """Suspects, then a term-level fit, on variations of the failing case and of two
+    independent models (other dimensions, the same noise kind)."""
+    groups = [[(model, x), (model, x + 1.0), (model, x - 0.5 * np.arange(model.data_dim))]]
+    other_prior = _with_other_prior(model)
+    if other_prior is not None:
+        groups[0].append((other_prior, x))
+    for other in independent_models(model):
+        rng = np.random.default_rng([other.data_dim, 71])
+        xx = other.marginal_mean + 1.5 * rng.standard_normal(other.data_dim)
+        groups.append([(other, xx), (other, xx + 0.8), (other, xx - 0.3 * np.arange(len(xx)))])
+        moved = _with_other_prior(other)
+        if moved is not None:
+            groups[-1].append((moved, xx))
+    probes, contexts = [], []
+    for number, group in enumerate(groups):
+        for mm, xx in group:
+            try:
+                value = _call(fn, mm, xx)
+            except Exception:
+                continue
+            scale = abs(float(mm.log_evidence(xx))) + mm.data_dim + 1
+            expected = float(mm.log_evidence(xx))
+            probes.append(Probe((mm, xx), value, expected, tolerance(mm, xx), scale, number))
+            contexts.append(safe_context(evidence_context, mm, xx))
+    found = match_suspects_across(EVIDENCE_SUSPECTS, probes)
+    if not found:
+        fit = fit_terms(EVIDENCE_TERMS, contexts, probes) or rounding_suspect(probes)
+        found = [fit] if fit is not None else []
+    return _diagnosis(found, "compare term by term")
+
+
 @_single_blas_thread
 def verify_log_evidence(
     fn: Callable[[LinearGaussianModel, FloatArray], Any],
@@ -54,11 +93,14 @@ def verify_log_evidence(
     profile: str | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    problems: Any = None,
     **model_options: Any,
 ) -> VerificationReport:
     """Check ``fn(model, x) -> float``, the log marginal likelihood log p(x) for one x.
 
-    Tolerance: ``rtol * (|log p(x)| + D + 1) + atol``.
+    Tolerance: ``rtol * (|log p(x)| + D + 1) + atol``. ``problems``: your own pairs
+    ``(model, x)`` (or ``(model, q, x)`` problems), as a hypothesis strategy or a
+    sequence (checked in order, without search).
     """
     __tracebackhide__ = True
     _check_callable(fn)
@@ -86,25 +128,12 @@ def verify_log_evidence(
         parts = [_describe_model(model), f"  x = {_fmt(x)}"]
         if error is None:
             parts.append(_numbers(got, expected, tol))
-            probes = []
-            variants = [(model, x), (model, x + 1.0), (model, x - 0.5 * np.arange(model.data_dim))]
-            other_prior = _with_other_prior(model)
-            if other_prior is not None:
-                variants.append((other_prior, x))
-            for mm, xx in variants:
-                try:
-                    value = _call(fn, mm, xx)
-                except Exception:
-                    continue
-                probes.append(((mm, xx), value, float(mm.log_evidence(xx)), tolerance(mm, xx)))
-            parts.append(
-                _diagnosis(match_suspects(EVIDENCE_SUSPECTS, probes), "compare term by term")
-            )
+            parts.append(_evidence_diagnosis(fn, model, x, tolerance))
         return "\n".join(parts)
 
     return _deterministic_check(
         name="verify_log_evidence",
-        strategy=cases,
+        strategy=as_evidence_cases(problems, lambda: cases),
         evaluate=evaluate,
         explain=explain,
         seed=seed_value,
