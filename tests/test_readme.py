@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+
+from elbo_check import Gaussian, kl_divergence
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -30,14 +34,34 @@ def test_readme_example_runs_and_its_verifier_catches_a_bug() -> None:
         values = model.elbo(q, x)  # type: ignore[attr-defined]
         return values * 0 + values.mean()  # BUG: one value for the whole batch
 
-    exec(source, {"my_elbo": correct, "my_batched_elbo": correct})
+    others = {"my_mc_elbo": _mc_elbo, "my_vae_loss": _analytic_kl, "my_grad": _log_scale_grad}
+    exec(source, {"my_elbo": correct, "my_batched_elbo": correct, **others})
     with pytest.raises(AssertionError, match="entropy term H\\(q\\) is missing"):
         exec(
             source,
             {
                 "my_elbo": lambda model, q, x: model.elbo(q, x) - q.entropy(),
                 "my_batched_elbo": correct,
+                **others,
             },
         )
     with pytest.raises(AssertionError, match="the members of a batch interact"):
-        exec(source, {"my_elbo": correct, "my_batched_elbo": mean_reduced})
+        exec(source, {"my_elbo": correct, "my_batched_elbo": mean_reduced, **others})
+
+
+def _mc_elbo(model: Any, q: Any, x: np.ndarray, rng: Any, n: int) -> float:
+    z = q.mean + rng.standard_normal((n, q.dim)) @ q.scale_tril.T
+    return float(np.mean(model.log_joint(x, z) - q.log_prob(z)))
+
+
+def _analytic_kl(model: Any, q: Any, x: np.ndarray, rng: Any, n: int) -> float:
+    z = q.mean + rng.standard_normal((n, q.dim)) @ q.scale_tril.T
+    log_likelihood = model.log_joint(x, z) - model.prior.log_prob(z)
+    return float(np.mean(log_likelihood) - kl_divergence(q, model.prior))
+
+
+def _log_scale_grad(model: Any, params: dict[str, np.ndarray], x: np.ndarray) -> Any:
+    scale = np.exp(params["log_scale"])
+    q = Gaussian.from_diagonal(mean=params["loc"], variances=scale**2)
+    g = model.elbo_grad_variational(q, x)
+    return {"loc": g.mean, "log_scale": np.diagonal(g.scale_tril) * scale}
