@@ -291,7 +291,8 @@ def _try_combination(
         if not np.any(np.abs(features[:, i]) > tol):
             return None
     for i, a in zip(free, coefficients, strict=True):
-        if not np.any(np.abs(a * features[:, i]) > tol):
+        # A scale within 1e-3 of 1 fits rounding noise (float32 code), not a bug.
+        if abs(a) < 1e-3 or not np.any(np.abs(a * features[:, i]) > tol):
             return None
     names = [chosen[i].describe(1.0) for i in fixed]
     names += [chosen[i].describe(1.0 + a) for i, a in zip(free, coefficients, strict=True)]
