@@ -63,10 +63,15 @@ def _single_blas_thread(verifier: _Verifier) -> _Verifier:
                 report = verifier(*args, **kwargs)
             except BudgetReached as stop:
                 return stop.report(progress)
-        if progress.stopped_early and isinstance(report, VerificationReport):
-            details = {**report.details, "stopped_by_time_budget": budget}
-            return dataclasses.replace(report, details=details)
-        return report
+        if not isinstance(report, VerificationReport):
+            return report
+        details = dict(report.details)
+        if progress.stopped_early:
+            details["stopped_by_time_budget"] = budget
+        widened = progress.default_rtol and progress.dtype is not None
+        if widened and progress.dtype is not None and progress.dtype.itemsize < 8:
+            details["precision"] = str(progress.dtype)
+        return dataclasses.replace(report, details=details) if details != report.details else report
 
     signature = inspect.signature(verifier)
     keyword = inspect.Parameter.KEYWORD_ONLY

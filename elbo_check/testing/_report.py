@@ -53,6 +53,9 @@ class VerificationReport:
             f"{self.check}: passed on {self.cases} cases (seed {self.seed}); worst error "
             f"{self.worst_error:.3g}; tolerance {self.tolerance}"
         )
+        precision = self.details.get("precision")
+        if precision is not None:
+            text += f" (widened for {precision} code: see elbo_check.testing._precision)"
         budget = self.details.get("stopped_by_time_budget")
         if budget is not None:
             text += f" (stopped early by time_budget={budget:g} s: fewer cases than planned)"
