@@ -894,18 +894,21 @@ BUGS: tuple[Implementation, ...] = (
 # =========================================================================== helpers for tests
 def suspect_names(kind: str) -> tuple[str, ...]:
     """Names of the suspects the verifier of ``kind`` can put on its diagnosis line."""
-    from elbo_check.testing import _suspects
+    from elbo_check.testing import FORMS, _suspects
 
     catalogues: dict[str, Any] = {
         "elbo": _suspects.ELBO_SUSPECTS,
         "kl": _suspects.KL_SUSPECTS,
         "evidence": _suspects.EVIDENCE_SUSPECTS,
-        "estimator": _suspects._estimator_suspects(8),
+        "estimator": _suspects._estimator_suspects(8)
+        + tuple(s for form in FORMS.values() for s in form.estimator_suspects(8)),
         "pathwise": _suspects._pathwise_suspects(),
         "gradient": _suspects._gradient_suspects(),
         "stochastic_gradient": _suspects._gradient_suspects(),
         "batched_elbo": _suspects.ELBO_SUSPECTS,
         "batched_kl": _suspects.KL_SUSPECTS,
+        "float32_elbo": _suspects.ELBO_SUSPECTS,
+        "log_scale_gradient": (),
     }
     names = tuple(suspect.name for suspect in catalogues[kind])
     return (*names, _INTERACT) if kind.startswith("batched") else names
@@ -919,3 +922,171 @@ def diagnosed_names(message: str) -> list[str]:
         for line in message.splitlines()
         if line.startswith(prefix) and not line.startswith(prefix + "no known bug matches")
     ]
+
+
+# =========================================================================== issue 10 additions
+# Hostile functions, the options users now reach for (diagonal guides, analytic-KL forms,
+# float32 code) and gradients in a guide's own parameters.
+def elbo_edits_x_in_place(model: Any, q: Any, x: FloatArray) -> float:
+    x -= model.bias  # BUG: edits the caller's array (and then uses the centred x twice)
+    return elbo_correct(model, q, x + model.bias)
+
+
+_CALLS = [0]
+
+
+def elbo_not_deterministic(model: Any, q: Any, x: FloatArray) -> float:
+    _CALLS[0] += 1
+    return elbo_correct(model, q, x) + (1.0 if _CALLS[0] % 7 == 0 else 0.0)  # BUG: state
+
+
+def elbo_returns_nothing(model: Any, q: Any, x: FloatArray) -> Any:
+    elbo_correct(model, q, x)  # BUG: the value is computed and dropped
+
+
+def elbo_correct_float32(model: Any, q: Any, x: FloatArray) -> Any:
+    """The closed form, computed in float32 throughout (correct at float32 precision)."""
+    f = np.float32
+    m, s = q.mean.astype(f), (q.scale_tril @ q.scale_tril.T).astype(f)
+    w, b, xx = model.weights.astype(f), model.bias.astype(f), x.astype(f)
+    noise = noise_matrix(model).astype(f)
+    residual = xx - w @ m - b
+    lp = np.linalg.cholesky(noise)
+    a = np.linalg.solve(lp, residual)
+    spread = np.linalg.solve(lp, w @ np.linalg.cholesky(s))
+    ell = -0.5 * (len(x) * f(LOG_2PI) + 2 * np.sum(np.log(np.diag(lp))) + a @ a + np.sum(spread**2))
+    s0 = model.prior.cov.astype(f)
+    l0 = np.linalg.cholesky(s0)
+    c = np.linalg.solve(l0, m - model.prior.mean.astype(f))
+    ratio = np.linalg.solve(l0, np.linalg.cholesky(s))
+    k = len(m)
+    log_det_ratio = 2 * np.sum(np.log(np.diag(l0))) - 2 * np.sum(
+        np.log(np.diag(np.linalg.cholesky(s)))
+    )
+    return f(ell - 0.5 * (np.sum(ratio**2) + c @ c - k + log_det_ratio))
+
+
+def estimator_mean_field_variance_as_scale(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> float:
+    """An AutoNormal-style estimator that reads q's marginal variances as its scales."""
+    variances = np.diagonal(q.scale_tril @ q.scale_tril.T)
+    z = q.mean + rng.standard_normal((n_samples, q.dim)) * variances  # BUG: not sqrt
+    log_q = log_normal(z, q.mean, q.scale_tril @ q.scale_tril.T)
+    return float(np.mean(_log_joint(model, x, z) - log_q))
+
+
+def estimator_analytic_kl_added(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> float:
+    """The analytic-KL form with the KL added instead of subtracted."""
+    z = q.mean + rng.standard_normal((n_samples, q.dim)) @ q.scale_tril.T
+    log_lik = log_normal(
+        np.broadcast_to(x, (n_samples, len(x))) - z @ model.weights.T - model.bias,
+        np.zeros(len(x)),
+        noise_matrix(model),
+    )
+    kl = gaussian_kl(q.mean, q.scale_tril @ q.scale_tril.T, model.prior.mean, model.prior.cov)
+    return float(np.mean(log_lik) + kl)  # BUG: + KL
+
+
+def log_scale_gradient_correct(model: Any, params: dict[str, FloatArray], x: FloatArray) -> Any:
+    """d ELBO / d (loc, log_scale) for q = N(loc, diag(exp(2 log_scale))), by hand."""
+    scale = np.exp(params["log_scale"])
+    noise = noise_matrix(model)
+    w = model.weights
+    precision = w.T @ np.linalg.solve(noise, w) + np.linalg.inv(model.prior.cov)
+    residual = x - w @ params["loc"] - model.bias
+    grad_loc = w.T @ np.linalg.solve(noise, residual) - np.linalg.solve(
+        model.prior.cov, params["loc"] - model.prior.mean
+    )
+    grad_scale = -np.diagonal(precision) * scale + 1.0 / scale  # d/ds_i of the ELBO
+    return {"loc": grad_loc, "log_scale": grad_scale * scale}
+
+
+def log_scale_gradient_missing_jacobian(
+    model: Any, params: dict[str, FloatArray], x: FloatArray
+) -> Any:
+    grads = log_scale_gradient_correct(model, params, x)
+    scale = np.exp(params["log_scale"])
+    return {"loc": grads["loc"], "log_scale": grads["log_scale"] / scale}  # BUG: d/ds returned
+
+
+def elbo_float32_missing_entropy(model: Any, q: Any, x: FloatArray) -> Any:
+    """float32 code with the entropy dropped: still a bug at float32's tolerance."""
+    s = (q.scale_tril @ q.scale_tril.T).astype(np.float32)
+    return elbo_correct_float32(model, q, x) - np.float32(0.5) * np.float32(
+        len(q.mean) * (1 + LOG_2PI) + 2 * np.sum(np.log(np.diag(np.linalg.cholesky(s))))
+    )
+
+
+KINDS["float32_elbo"] = (testing.verify_elbo, {})
+KINDS["log_scale_gradient"] = (
+    testing.verify_elbo_gradient,
+    {"parametrisation": testing.DiagonalLogScale()},
+)
+SIGNATURES["float32_elbo"] = "fn(model, q, x) -> numpy.float32"
+SIGNATURES["log_scale_gradient"] = (
+    "fn(model, params, x) -> {'loc', 'log_scale'} with parametrisation=DiagonalLogScale()"
+)
+
+CORRECT = (
+    *CORRECT,
+    Implementation(
+        "float32_elbo_correct",
+        "float32_elbo",
+        "the closed form computed in float32 (passes at float32's tolerance)",
+        elbo_correct_float32,
+    ),
+    Implementation(
+        "log_scale_gradient_correct",
+        "log_scale_gradient",
+        "(loc, log_scale) gradient derived by hand",
+        log_scale_gradient_correct,
+    ),
+)
+
+BUGS = (
+    *BUGS,
+    Implementation(
+        "elbo_edits_x_in_place", "elbo", "x -= b on the caller's array", elbo_edits_x_in_place
+    ),
+    Implementation(
+        "elbo_not_deterministic",
+        "elbo",
+        "state kept between calls: wrong on every 7th call",
+        elbo_not_deterministic,
+    ),
+    Implementation(
+        "elbo_returns_nothing", "elbo", "the value computed and not returned", elbo_returns_nothing
+    ),
+    Implementation(
+        "float32_elbo_missing_entropy",
+        "float32_elbo",
+        "float32 code with the entropy dropped",
+        elbo_float32_missing_entropy,
+        diagnosis="entropy term H(q) is missing",
+    ),
+    Implementation(
+        "estimator_mean_field_variance_as_scale",
+        "estimator",
+        "a mean-field guide's variances used as its scales (z = m + var * eps)",
+        estimator_mean_field_variance_as_scale,
+        options={"q_kinds": ("diagonal",)},
+        diagnosis="covariance as the scale",
+    ),
+    Implementation(
+        "estimator_analytic_kl_added",
+        "estimator",
+        "analytic-KL form with the KL added: log p(x|z) + KL(q || p(z))",
+        estimator_analytic_kl_added,
+        options={"form": "analytic_kl"},
+        diagnosis="KL is added instead of subtracted",
+    ),
+    Implementation(
+        "log_scale_gradient_missing_jacobian",
+        "log_scale_gradient",
+        "d ELBO / d scale returned for d ELBO / d log scale",
+        log_scale_gradient_missing_jacobian,
+    ),
+)
