@@ -86,8 +86,12 @@ class Implementation:
         return f"{self.verifier.__name__}(fn{', ' + options if options else ''})"
 
     def verify(self, **overrides: Any) -> Any:
-        """Run the verifier on this implementation; AssertionError when caught."""
-        return self.verifier(self.fn, **{**self.all_options(), **overrides})
+        """Run the verifier on this implementation; AssertionError when caught.
+
+        The profile is ``dev`` (the default a user gets) unless overridden, so the
+        matrix measures the same settings in CI, where the default would be ``ci``."""
+        options = {"profile": "dev", **self.all_options(), **overrides}
+        return self.verifier(self.fn, **options)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -28,6 +28,14 @@ class _Failure(Exception):
     """Raised internally to hand a failing case out of hypothesis' search."""
 
 
+#: Calls of the user's function spent shrinking a failure before the smallest failing
+#: case found so far is reported. Ordinary failures shrink in a few hundred; a failure
+#: at the edge of the tolerance (rounding) can take over 10,000 (two minutes), with a
+#: case no more telling than the one reached here. A count, not a time: the reported
+#: case is the same on every machine.
+MAX_SHRINK_CALLS = 1000
+
+
 class _StopSearch(BaseException):
     """Raised from inside the search when the time budget is used up before any failure:
     a BaseException, so hypothesis neither catches nor shrinks it."""
@@ -71,6 +79,8 @@ class _Tracker:
     worst: float = 0.0
     error: BaseException | None = None
     first_bad: tuple[Any, float] | None = None
+    latest_bad: Any = None
+    shrink_calls: int = 0
 
 
 def _deterministic_check(
@@ -99,16 +109,22 @@ def _deterministic_check(
         if progress is not None and tracker.first_bad is None and progress.exhausted():
             progress.stopped_early = True  # no failure yet: stop the search here
             raise _StopSearch
+        if tracker.first_bad is not None:
+            tracker.shrink_calls += 1
+            if tracker.shrink_calls > MAX_SHRINK_CALLS:
+                raise _StopSearch  # report the smallest failing case found so far
         tracker.cases += 1
         try:
             got, expected, tolerance = evaluate(case)
         except Exception:  # the user's code raised: a failure to minimise
             tracker.first_bad = tracker.first_bad or (case, math.nan)
+            tracker.latest_bad = case
             return True
         tolerance = widened(progress, case, tolerance)
         gap = abs(got - expected)
         if not math.isfinite(got) or gap > tolerance:
             tracker.first_bad = tracker.first_bad or (case, got)
+            tracker.latest_bad = case  # the shrinker only tries smaller cases
             return True
         tracker.worst = max(tracker.worst, gap / tolerance if tolerance > 0 else 0.0)
         return False
@@ -128,6 +144,8 @@ def _deterministic_check(
                 f"{header}): fn is not deterministic\n"
                 + _unreliable(tracker.first_bad, evaluate, explain)
             ) from err.__cause__
+    if failing is None and tracker.latest_bad is not None:
+        failing = tracker.latest_bad  # shrinking stopped at MAX_SHRINK_CALLS
     if failing is None:
         return VerificationReport(
             check=name,
