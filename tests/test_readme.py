@@ -23,6 +23,18 @@ def test_readme_has_one_example() -> None:
     assert len(_python_blocks()) == 1
 
 
+@pytest.fixture
+def dev_profile() -> Any:
+    """The example as a user runs it: the default (dev) effort, also in CI."""
+    from elbo_check import _config
+
+    before = _config._settings["profile"]
+    _config.configure(profile="dev", seed=_config._settings["seed"])
+    yield
+    _config._settings["profile"] = before
+
+
+@pytest.mark.usefixtures("dev_profile")
 def test_readme_example_runs_and_its_verifier_catches_a_bug() -> None:
     """With a correct ELBO the example passes; with the entropy dropped it raises."""
     (source,) = _python_blocks()

@@ -179,8 +179,15 @@ def draw_examples(strategy: st.SearchStrategy[Any], count: int, seed: int) -> li
         find(
             strategy,
             keep,
+            # From hypothesis' default profile: a profile loaded by the caller's test
+            # suite (derandomize=True, say) must not change which problems a seed gives.
             settings=settings(
-                max_examples=count, database=None, deadline=None, phases=[Phase.generate]
+                settings.get_profile("default"),
+                max_examples=count,
+                database=None,
+                deadline=None,
+                derandomize=False,
+                phases=[Phase.generate],
             ),
             random=random.Random(seed),
         )
