@@ -65,7 +65,10 @@ myst_dmath_double_inline = True
 # -- autodoc / autosummary / numpydoc ----------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_preserve_defaults = True
+# Not True: the verifiers' signatures add ``time_budget`` and ``dtype`` to the
+# function they wrap (``__signature__``), which defaults read back from source cannot
+# match ("pop from empty list").
+autodoc_preserve_defaults = False
 autodoc_type_aliases = {
     "ArrayLike": "numpy.typing.ArrayLike",
     "FloatArray": "numpy.typing.NDArray",
