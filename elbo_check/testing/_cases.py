@@ -139,9 +139,14 @@ def as_kl_cases(
 
 
 def as_evidence_cases(
-    problems: Any, default: Callable[[], st.SearchStrategy[tuple[LinearGaussianModel, Any]]]
+    problems: Any,
+    default: Callable[[], st.SearchStrategy[tuple[LinearGaussianModel, Any]]],
+    rows: int | None = None,
 ) -> st.SearchStrategy[tuple[LinearGaussianModel, Any]] | list[tuple[LinearGaussianModel, Any]]:
-    """Pairs ``(model, x)``; an :class:`ElboProblem` or ``(model, q, x)`` is accepted too."""
+    """Pairs ``(model, x)``; an :class:`ElboProblem` or ``(model, q, x)`` is accepted too.
+
+    ``x`` has shape ``(D,)``, or ``(rows, D)`` when ``rows`` (a batch size) is given.
+    """
     if problems is None:
         return default()
     if _is_strategy(problems):
@@ -150,18 +155,20 @@ def as_evidence_cases(
     for index, item in enumerate(_sequence(problems)):
         if isinstance(item, ElboProblem) or (isinstance(item, tuple) and len(item) == 3):
             triple = _check_triple(index, item)
-            cases.append((triple.model, triple.x))
-            continue
-        if not (isinstance(item, tuple) and len(item) == 2):
+            model, x = triple.model, triple.x
+        elif isinstance(item, tuple) and len(item) == 2:
+            model, x = item
+        else:
             raise InvalidInputError(f"problems[{index}] must be a pair (model, x)")
-        model, x = item
         if not isinstance(model, LinearGaussianModel):
             raise InvalidInputError(f"problems[{index}] must hold a LinearGaussianModel")
         data = np.array(x, dtype=np.float64)
-        if data.shape != (model.data_dim,) or not np.all(np.isfinite(data)):
+        shape = (model.data_dim,) if rows is None else (rows, model.data_dim)
+        if data.shape != shape or not np.all(np.isfinite(data)):
             raise InvalidInputError(
-                f"problems[{index}]: x must be finite of shape ({model.data_dim},); got "
-                f"{data.shape}"
+                f"problems[{index}]: x must be finite of shape {shape}"
+                + ("" if rows is None else f" (batch_size={rows} rows)")
+                + f"; got {data.shape}"
             )
         cases.append((model, data))
     return cases
