@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from elbo_check import Gaussian, kl_divergence, ppca
+from elbo_check import Gaussian, InvalidInputError, kl_divergence, ppca
 from elbo_check.strategies import elbo_problems
 from elbo_check.testing import (
     verify_elbo,
@@ -46,6 +46,21 @@ def test_a_diagonal_guide_is_checked_on_diagonal_q() -> None:
         calls=400,
         problems=[(MODEL, _diagonal_q([0.7]), X), (MODEL, _diagonal_q([1.3]), X)],
     )
+
+
+def _mean_field_elbo(model: Any, q: Any, x: np.ndarray) -> float:
+    """A mean-field ELBO: q's covariance read as its diagonal (right for diagonal q only)."""
+    diagonal_q = Gaussian.from_diagonal(mean=q.mean, variances=np.diagonal(q.cov))
+    return float(model.elbo(diagonal_q, x))
+
+
+def test_verify_elbo_takes_q_kinds_like_the_statistical_checks() -> None:
+    with pytest.raises(AssertionError, match="verify_elbo failed"):
+        verify_elbo(_mean_field_elbo, max_examples=50)
+    for kinds in (("diagonal",), ("isotropic", "diagonal")):
+        assert verify_elbo(_mean_field_elbo, q_kinds=kinds, max_examples=50).cases == 50
+    with pytest.raises(InvalidInputError, match="q_kinds must be a non-empty sequence"):
+        verify_elbo(_mean_field_elbo, q_kinds=("diag",))
 
 
 def test_a_strategy_is_drawn_from_with_the_seed() -> None:

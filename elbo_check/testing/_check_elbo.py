@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from .._errors import InvalidInputError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..strategies import (
+    COV_KINDS,
     ElboProblem,
     elbo_problems,
     variational_gaussians,
@@ -33,7 +34,7 @@ from ._calls import (
     _worst_member,
     _worst_of,
 )
-from ._cases import as_elbo_cases
+from ._cases import as_elbo_cases, check_q_kinds
 from ._diagnosis import (
     Probe,
     describe_gap,
@@ -148,6 +149,7 @@ def verify_elbo(
     up_to_constant: bool = False,
     batch_size: int | None = None,
     problems: Any = None,
+    q_kinds: Sequence[str] | None = None,
     **model_options: Any,
 ) -> VerificationReport:
     """Check ``fn(model, q, x) -> float``, an ELBO for one observation ``x`` of shape (D,).
@@ -180,8 +182,10 @@ def verify_elbo(
     problems : strategy or sequence, optional
         Your own problems: a hypothesis strategy of
         :class:`~elbo_check.strategies.ElboProblem`, or a sequence of them (or of
-        ``(model, q, x)`` tuples), checked in order without search. ``q_kinds=...``
-        among ``model_options`` restricts the drawn q's covariances instead.
+        ``(model, q, x)`` tuples), checked in order without search.
+    q_kinds : sequence of str, optional
+        The covariance kinds of the drawn q: some of ``"full"``, ``"diagonal"`` (a
+        mean-field guide) and ``"isotropic"`` (default: all three).
     **model_options
         Passed to :func:`~elbo_check.strategies.linear_gaussian_models` (e.g.
         ``noise_kinds=("diagonal",)`` if your code only supports diagonal noise).
@@ -202,6 +206,7 @@ def verify_elbo(
     seed_value = _seed(seed)
     examples = check_count("max_examples", max_examples, chosen["max_examples"])
     size = check_batch_size(batch_size)
+    kinds = check_q_kinds(COV_KINDS if q_kinds is None else q_kinds)
     if size is not None:
         if up_to_constant:
             raise InvalidInputError(
@@ -210,10 +215,12 @@ def verify_elbo(
             )
         batched = as_elbo_cases(
             problems,
-            lambda: elbo_problems(batch_shape=(size,), shared_covariance=False, **model_options),
+            lambda: elbo_problems(
+                batch_shape=(size,), shared_covariance=False, q_kinds=kinds, **model_options
+            ),
         )
         return _verify_batched_elbo(fn, size, batched, seed_value, examples, rtol, atol)
-    base = as_elbo_cases(problems, lambda: elbo_problems(**model_options))
+    base = as_elbo_cases(problems, lambda: elbo_problems(q_kinds=kinds, **model_options))
 
     if not up_to_constant:
 
@@ -253,7 +260,9 @@ def verify_elbo(
     @st.composite
     def with_three_qs(draw: st.DrawFn) -> tuple[ElboProblem, Gaussian, Gaussian]:
         problem = draw(base if isinstance(base, st.SearchStrategy) else st.sampled_from(base))
-        others = variational_gaussians(problem.model, batch_shape=problem.q.batch_shape)
+        others = variational_gaussians(
+            problem.model, batch_shape=problem.q.batch_shape, cov_kinds=kinds
+        )
         return problem, draw(others), draw(others)
 
     def evaluate_constant(
