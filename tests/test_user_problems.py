@@ -63,6 +63,36 @@ def test_verify_elbo_takes_q_kinds_like_the_statistical_checks() -> None:
         verify_elbo(_mean_field_elbo, q_kinds=("diag",))
 
 
+def _diagonal_kl(p: Any, q: Any) -> Any:
+    """KL between mean-field Gaussians (reads only the variances: wrong for full ones)."""
+    vp = np.diagonal(p.cov, axis1=-2, axis2=-1)
+    vq = np.diagonal(q.cov, axis1=-2, axis2=-1)
+    d = p.mean - q.mean
+    return 0.5 * np.sum(vp / vq + d * d / vq - 1 + np.log(vq) - np.log(vp), axis=-1)
+
+
+def test_verify_kl_takes_q_kinds_for_both_gaussians() -> None:
+    with pytest.raises(AssertionError, match="only the diagonals of the covariances"):
+        verify_kl(_diagonal_kl, max_examples=50)
+    assert verify_kl(_diagonal_kl, q_kinds=("diagonal",), max_examples=50).cases == 50
+    assert verify_kl(_diagonal_kl, q_kinds="isotropic", batch_size=3, max_examples=20).cases
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"q_kinds": ()}, "q_kinds must be a non-empty sequence"),
+        ({"max_dim": 0}, "max_dim must be an integer >= 1"),
+        ({"max_dim": 2.5}, "max_dim must be an integer >= 1 or None"),
+        ({"max_condition_number": 0.5}, "max_condition_number must be a finite real number >= 1"),
+        ({"max_condition_number": float("inf")}, "max_condition_number must be a finite"),
+    ],
+)
+def test_verify_kl_options_are_validated(options: dict[str, Any], said: str) -> None:
+    with pytest.raises(InvalidInputError, match=said):
+        verify_kl(_diagonal_kl, **options)
+
+
 def test_a_strategy_is_drawn_from_with_the_seed() -> None:
     strategy = elbo_problems(q_kinds=("isotropic",), max_latent_dim=2)
     first = draw_examples(strategy, 3, seed=5)

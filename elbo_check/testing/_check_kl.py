@@ -13,6 +13,7 @@ from .._gaussian import Gaussian, kl_divergence
 from .._linalg import solve_tril, solve_tril_rows
 from .._random import random_gaussian
 from ..strategies import (
+    COV_KINDS,
     gaussians,
 )
 from ._batching import (
@@ -31,13 +32,14 @@ from ._calls import (
     _worst_member,
     _worst_of,
 )
-from ._cases import as_kl_cases
+from ._cases import as_kl_cases, check_q_kinds
 from ._diagnosis import Probe, fit_terms, match_suspects_across, rounding_suspect
 from ._limits import _single_blas_thread
 from ._options import (
     _check_callable,
     _profile,
     _seed,
+    check_condition_number,
     check_count,
     check_tolerance,
 )
@@ -131,6 +133,7 @@ def verify_kl(
     max_condition_number: float = 100.0,
     batch_size: int | None = None,
     problems: Any = None,
+    q_kinds: Sequence[str] | None = None,
 ) -> VerificationReport:
     """Check ``fn(p, q) -> float``, the KL divergence KL(p || q) between two Gaussians.
 
@@ -143,7 +146,9 @@ def verify_kl(
     ``fn`` must return the ``B`` divergences, shape ``(B,)``; each member is compared.
 
     ``problems``: your own pairs ``(p, q)``, as a hypothesis strategy or a sequence
-    (checked in order, without search).
+    (checked in order, without search). ``q_kinds`` restricts the covariances of both
+    Gaussians to some of ``"full"``, ``"diagonal"`` and ``"isotropic"`` (default: all),
+    e.g. ``("diagonal",)`` for the KL between two mean-field Gaussians.
     """
     __tracebackhide__ = True
     _check_callable(fn)
@@ -151,16 +156,20 @@ def verify_kl(
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
     size = check_batch_size(batch_size)
+    kinds = check_q_kinds(COV_KINDS if q_kinds is None else q_kinds)
     shape = () if size is None else (size,)
-    dims = st.integers(1, max_dim)
+    dims = st.integers(1, check_count("max_dim", max_dim, 6))
     pairs = dims.flatmap(
         lambda k: st.tuples(
             *[
                 gaussians(
                     k,
                     batch_shape=shape,
-                    max_condition_number=max_condition_number,
+                    max_condition_number=check_condition_number(
+                        "max_condition_number", max_condition_number
+                    ),
                     shared_covariance=size is None,
+                    cov_kinds=kinds,
                 )
                 for _ in range(2)
             ]

@@ -116,3 +116,10 @@ def check_time_budget(name: str, value: Any) -> float | None:
             f"{name} must be None or a positive, finite number of seconds; got {name}={value!r}"
         )
     return float(value)
+
+
+def check_condition_number(name: str, value: Any) -> float:
+    """A finite real number >= 1 (a bound on a condition number)."""
+    if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 1:
+        raise InvalidInputError(f"{name} must be a finite real number >= 1; got {name}={value!r}")
+    return float(value)
