@@ -19,11 +19,18 @@ from ..strategies import (
     ElboProblem,
     elbo_problems,
 )
+from ._batching import check_batch_size
 from ._calls import (
     _call,
 )
 from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
 from ._diagnosis import match_suspects
+from ._estimator_batches import (
+    batched_pathwise,
+    batched_statistical,
+    batched_statistical_cases,
+    pathwise_batches,
+)
 from ._forms import ElboForm, check_form
 from ._limits import _single_blas_thread
 from ._options import (
@@ -72,6 +79,7 @@ def verify_elbo_estimator(
     max_examples: int | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    batch_size: int | None = None,
     **model_options: Any,
 ) -> VerificationReport:
     r"""Check a Monte-Carlo ELBO estimator.
@@ -113,6 +121,59 @@ def verify_elbo_estimator(
     modes (e.g. ``noise_kinds=("isotropic", "diagonal")`` for code without full noise),
     any option of :func:`~elbo_check.strategies.linear_gaussian_models` in pathwise mode.
 
+    ``batch_size=B`` checks code that estimates the ELBOs of a minibatch at once, one
+    :math:`q(z\mid x_b)` per row: ``fn`` receives one ``model``, ``x`` of shape ``(B, D)``
+    and a ``q`` with ``q.mean`` of shape ``(B, K)`` and a covariance per member
+    (``q.scale_tril`` and ``q.cov`` of shape ``(B, K, K)``), and returns the ``B``
+    estimates, shape ``(B,)``. In statistical mode ``fn(model, q, x, rng, n_samples)``;
+    every member is z-tested against its own ELBO, with the Bonferroni correction over
+    ``B`` times the number of batches. In pathwise mode ``fn(model, q, x, eps)`` with
+    ``eps`` of shape ``(n, B, K)`` (sample axis first, then batch, then event, as in
+    torch and numpyro) must return, per member, its form's value at
+    :math:`z_{ib} = m_b + L_b\varepsilon_{ib}`. A failure names the worst member and how
+    many fail, and says whether the return had the wrong shape (a reduction over the
+    batch axis) or the members interact (a member's value changes with its batch-mates).
+
+    Parameters
+    ----------
+    fn : callable
+        The estimator under test (signatures above).
+    mode : {"statistical", "pathwise"}
+        The check to run.
+    form : str or ElboForm
+        ``"joint"``, ``"analytic_kl"`` or ``"analytic_entropy"``.
+    seed : int or numpy.random.Generator, optional
+        Makes the check reproducible (default: ``$ELBO_CHECK_SEED`` or 0).
+    n_samples : int
+        Statistical mode: the ``n_samples`` argument passed to ``fn``.
+    calls : int, optional
+        Statistical mode: calls per problem (per batch with ``batch_size``), at least
+        ``2 * BATCHES``; default from ``profile``.
+    problems : strategy or sequence, optional
+        Your own problems: a hypothesis strategy of
+        :class:`~elbo_check.strategies.ElboProblem` or a sequence of them (or of
+        ``(model, q, x)`` tuples). With ``batch_size=B`` each problem is one batch: a
+        ``q`` of batch shape ``(B,)`` and ``x`` of shape ``(B, D)``, sharing the model.
+        Without, the verifier's own problems (with ``batch_size``: each grown into a
+        batch of ``B`` observations of its model, each with its own q).
+    n_problems : int, optional
+        Statistical mode: problems (batches) drawn from a strategy or the verifier's own.
+    q_kinds : sequence of str, optional
+        Covariance kinds of q: ``"isotropic"``, ``"diagonal"``, ``"full"``.
+    false_alarm_rate : float
+        Statistical mode: the probability that a correct estimator fails a call.
+    profile : str, optional
+        ``"dev"`` or ``"ci"``: default counts.
+    max_examples : int, optional
+        Pathwise mode: cases to try.
+    rtol, atol : float
+        Tolerances relative to the magnitude of the terms (a deterministic comparison
+        in pathwise mode, the slack of the z-test in statistical mode).
+    batch_size : int, optional
+        Check batched code on batches of this many members (``None``: unbatched).
+    **model_options
+        See above.
+
     Returns
     -------
     VerificationReport
@@ -126,8 +187,20 @@ def verify_elbo_estimator(
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     chosen_form = check_form(form)
     seed_value = _seed(seed)
+    size = check_batch_size(batch_size)
     if mode == "pathwise":
         kinds = check_q_kinds(COV_KINDS if q_kinds is None else q_kinds)
+        if size is not None:
+            return batched_pathwise(
+                fn,
+                chosen_form,
+                size,
+                pathwise_batches(problems, size, kinds, model_options),
+                seed=seed_value,
+                max_examples=check_count("max_examples", max_examples, chosen["max_examples"]),
+                rtol=rtol,
+                atol=atol,
+            )
         user = as_elbo_cases(problems, lambda: elbo_problems(q_kinds=kinds, **model_options))
         return _verify_pathwise(
             fn,
@@ -141,6 +214,29 @@ def verify_elbo_estimator(
     if mode != "statistical":
         raise InvalidInputError(f"mode must be 'statistical' or 'pathwise'; got mode={mode!r}")
     total_calls = _statistical_calls(chosen, calls, n_samples)
+    if size is not None:
+        batches = batched_statistical_cases(
+            problems,
+            n_problems,
+            size,
+            default_count=chosen["problems"],
+            seed=seed_value,
+            q_kinds=("full",) if q_kinds is None else q_kinds,
+            model_options=model_options,
+            calls=total_calls,
+        )
+        return batched_statistical(
+            fn,
+            chosen_form,
+            batches,
+            size,
+            seed=seed_value,
+            n_samples=n_samples,
+            calls=total_calls,
+            false_alarm_rate=false_alarm_rate,
+            rtol=rtol,
+            atol=atol,
+        )
     cases = statistical_cases(
         problems,
         n_problems,
