@@ -13,26 +13,44 @@ typical bugs:
 The analytic-KL form is the one of ``TraceMeanField_ELBO`` and of most VAE code; the
 analytic-entropy form is the one of ADVI. Each form object (:data:`JOINT`,
 :data:`ANALYTIC_KL`, :data:`ANALYTIC_ENTROPY`) gives its exact per-sample value
-(:meth:`ElboForm.pathwise_value`) from the oracle's pieces and its catalogues of
-suspects, the values its well-known bugs produce, for the statistical and the pathwise
-estimator checks. :func:`check_form` turns a user's ``form=`` argument into one of them.
+(:meth:`ElboForm.pathwise_value`) and the exact gradient of that value with respect to
+:math:`(m, L)` at fixed noise (:meth:`ElboForm.pathwise_gradient`: what autodiff of a
+reparameterised estimate gives) from the oracle's pieces, and its catalogues of
+suspects, the values its well-known bugs produce (in :mod:`._form_suspects`).
+:func:`check_form` turns a user's ``form=`` argument into one of them.
+
+Pathwise gradients
+------------------
+With :math:`z_i = m + L\varepsilon_i` and the scores of the model
+
+.. math::
+    g^{\mathrm{lik}}(z) = \nabla_z \log p(x\mid z) = W^\top\Psi^{-1}(x - Wz - b),\qquad
+    g(z) = \nabla_z \log p(x, z) = g^{\mathrm{lik}}(z) - \Sigma_0^{-1}(z - \mu_0),
+
+a sampled term :math:`\frac1n\sum_i f(z_i)` has the gradient
+:math:`\frac1n\sum_i \nabla f(z_i)` in :math:`m` and
+:math:`\operatorname{tril}\bigl(\frac1n\sum_i \nabla f(z_i)\,\varepsilon_i^\top\bigr)` in
+:math:`L`. At fixed noise :math:`\log q(z_i) = -\frac K2\log 2\pi - \sum_k\log L_{kk}
+- \frac12|\varepsilon_i|^2` depends on :math:`L` only through its diagonal, so the joint
+and the analytic-entropy forms have the same pathwise gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .._errors import InvalidInputError
 from .._gaussian import LOG_2PI, Gaussian, kl_divergence
-from .._linalg import cholesky
+from .._gradients import prior_solve_rows
 from .._model import LinearGaussianModel
 from ._diagnosis import Suspect
-from ._suspects import _estimator_suspects, _pathwise_suspects
+
+if TYPE_CHECKING:
+    from ._form_suspects import _Bug
 
 __all__ = [
     "ANALYTIC_ENTROPY",
@@ -114,56 +132,84 @@ def _expected_pieces(
     )
 
 
-def _is_standard(g: Gaussian) -> bool:
-    return bool(np.all(g.mean == 0.0) and np.all(g.scale_tril == np.eye(g.dim)))
+# ---------------------------------------------------------------------- pathwise gradients
+#: A gradient in (m, L) (the second entry lower triangular), or the sizes of its terms.
+GradientPair = tuple[FloatArray, FloatArray]
 
 
-def _gaussian_with_cov(mean: FloatArray, cov: FloatArray) -> Gaussian | None:
-    try:
-        return Gaussian._trusted(mean, cholesky("cov", 0.5 * (cov + cov.T)))
-    except ValueError:
-        return None
+def _samples(q: Gaussian, eps: FloatArray) -> FloatArray:
+    """``z_i = m + L eps_i`` for the rows of ``eps``."""
+    return q.mean + eps @ q.scale_tril.T
 
 
-#: Wrong laws of the samples, shared by every form: (name, advice, z from (q, eps),
-#: covariance of z from q).
-_SAMPLING_BUGS: tuple[
-    tuple[
-        str,
-        str,
-        Callable[[Gaussian, FloatArray], FloatArray],
-        Callable[[Gaussian], FloatArray],
-    ],
-    ...,
-] = (
-    (
-        "samples use the transposed Cholesky factor (z = m + L^T eps)",
-        "z = m + L eps, i.e. eps @ L.T for row vectors, with L lower triangular",
-        lambda q, e: q.mean + e @ q.scale_tril,
-        lambda q: q.scale_tril.T @ q.scale_tril,
-    ),
-    (
-        "samples use the covariance as the scale (z = m + S eps)",
-        "the scale is the Cholesky factor L, not S = L L^T",
-        lambda q, e: q.mean + e @ q.cov.T,
-        lambda q: q.cov @ q.cov,
-    ),
-    (
-        "one noise draw is shared across latent dimensions",
-        "use every column of eps (shape (n_samples, K)), one independent normal per dimension",
-        lambda q, e: q.mean + np.repeat(e[:, :1], q.dim, axis=1) @ q.scale_tril.T,
-        lambda q: q.scale_tril @ np.ones((q.dim, q.dim)) @ q.scale_tril.T,
-    ),
-)
+def _likelihood_scores(
+    model: LinearGaussianModel, x: FloatArray, z: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    r"""Rows :math:`W^\top\Psi^{-1}(x - Wz_i - b)` (whitened by the noise's own factor), and
+    the sizes of the terms they are differences of."""
+    marginal = model._marginal
+    weights = marginal.whitened_weights  # Psi^{-1/2} W
+    residual = marginal.noise.whiten(x - model.bias - z @ model.weights.T)
+    size = (np.abs(marginal.noise.whiten(x - model.bias)) + np.abs(z @ weights.T)) @ np.abs(weights)
+    return residual @ weights, size
 
 
-@dataclass(frozen=True)
-class _Bug:
-    """A bug of one form: the value it gives from the sample pieces (None: undefined)."""
+def _prior_scores(model: LinearGaussianModel, z: FloatArray) -> tuple[FloatArray, FloatArray]:
+    r"""Rows :math:`-\Sigma_0^{-1}(z_i - \mu_0)` (solves with the prior's factor) and sizes."""
+    prior = model.prior
+    size = np.abs(prior_solve_rows(prior, z)) + np.abs(prior_solve_rows(prior, prior.mean))
+    return -prior_solve_rows(prior, z - prior.mean), size
 
-    name: str
-    advice: str
-    value: Callable[[LinearGaussianModel, Gaussian, _Pieces], Any]
+
+def _joint_scores(
+    model: LinearGaussianModel, x: FloatArray, z: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Rows of grad_z log p(x, z_i), and sizes."""
+    likelihood, first = _likelihood_scores(model, x, z)
+    prior, second = _prior_scores(model, z)
+    return likelihood + prior, first + second
+
+
+def _through_samples(scores: FloatArray, eps: FloatArray) -> GradientPair:
+    r"""The gradient in :math:`(m, L)` of :math:`\frac1n\sum_i f(m + L\varepsilon_i)` from
+    the rows :math:`\nabla f(z_i)`: their mean, and :math:`\operatorname{tril}` of the mean
+    of :math:`\nabla f(z_i)\,\varepsilon_i^\top`."""
+    n = scores.shape[0]
+    return np.mean(scores, axis=0), np.tril(scores.T @ eps) / n
+
+
+def _log_scale_gradient(q: Gaussian) -> FloatArray:
+    r""":math:`\partial \sum_k \log L_{kk} / \partial L = \operatorname{diag}(1/L_{kk})`."""
+    return np.diag(1.0 / np.diagonal(q.scale_tril))
+
+
+def _kl_gradient(model: LinearGaussianModel, q: Gaussian) -> tuple[GradientPair, GradientPair]:
+    r"""The gradient of :math:`\mathrm{KL}(q\,\|\,p(z))` in :math:`(m, L)`:
+    :math:`\Sigma_0^{-1}(m - \mu_0)` and
+    :math:`\operatorname{tril}(\Sigma_0^{-1}L) - \operatorname{diag}(1/L_{kk})`; and sizes."""
+    prior = model.prior
+    solved_factor = prior_solve_rows(prior, q.scale_tril.T).T  # S0^-1 L
+    gradient = (
+        prior_solve_rows(prior, q.mean - prior.mean),
+        np.tril(solved_factor) - _log_scale_gradient(q),
+    )
+    size = (
+        np.abs(prior_solve_rows(prior, q.mean)) + np.abs(prior_solve_rows(prior, prior.mean)),
+        np.tril(np.abs(solved_factor)) + np.abs(_log_scale_gradient(q)),
+    )
+    return gradient, size
+
+
+def _joint_path_gradient(
+    model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
+) -> tuple[GradientPair, GradientPair]:
+    r"""The pathwise gradient of :math:`\frac1n\sum_i\log p(x, z_i) + \sum_k\log L_{kk}`
+    (the joint and the analytic-entropy forms up to constants), and sizes."""
+    scores, sizes = _joint_scores(model, x, _samples(q, eps))
+    gm, gl = _through_samples(scores, eps)
+    mm, ml = _through_samples(sizes, np.abs(eps))
+    entropy = _log_scale_gradient(q)
+    return (gm, gl + entropy), (mm, ml + np.abs(entropy))
 
 
 # ---------------------------------------------------------------------- forms
@@ -173,7 +219,9 @@ class ElboForm:
     Subclasses define :meth:`assemble`, the per-sample value from the sample terms
     :math:`\log p(x\mid z_i)`, :math:`\log p(z_i)` and :math:`\log q(z_i)`; its mean over
     :math:`z_i = m + L\varepsilon_i` is :meth:`pathwise_value` and its expectation under
-    :math:`q` is the ELBO for every form.
+    :math:`q` is the ELBO for every form. :meth:`pathwise_gradient` is the exact gradient
+    of :meth:`pathwise_value` in :math:`(m, L)` at fixed :math:`\varepsilon`; its
+    expectation is the ELBO's gradient for every form.
 
     Attributes
     ----------
@@ -215,73 +263,64 @@ class ElboForm:
         """The size of the terms the estimate is computed from, for relative tolerances."""
         raise NotImplementedError
 
-    # -- suspects
+    # -- gradients
+    def pathwise_gradient(
+        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
+    ) -> GradientPair:
+        r"""The exact gradient of :meth:`pathwise_value` at :math:`z_i = m + L\varepsilon_i`
+        with respect to :math:`(m, L)`, holding the noise ``eps`` (shape ``(n, K)``) fixed.
+
+        Returns
+        -------
+        grad_mean : ndarray, shape (K,)
+        grad_scale_tril : ndarray, shape (K, K)
+            Lower triangular.
+        """
+        return self.pathwise_gradient_with_sizes(model, q, x, eps)[0]
+
+    def pathwise_gradient_with_sizes(
+        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
+    ) -> tuple[GradientPair, GradientPair]:
+        """:meth:`pathwise_gradient` and, entry by entry, the size of the terms it is a sum
+        of (for relative tolerances: a cancellation keeps the terms' rounding)."""
+        raise NotImplementedError
+
+    def sampled_scores(
+        self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
+    ) -> FloatArray:
+        """Rows: the gradient in z of the form's sampled term at each ``z_i``."""
+        raise NotImplementedError
+
+    # -- suspects (catalogues in ._form_suspects)
     def _bugs(self) -> tuple[_Bug, ...]:
         """The form's own bugs, written on the sample pieces (both modes)."""
         return ()
 
-    def _sampling_bugs(self) -> tuple[_Bug, ...]:
-        return ()
-
     def estimator_suspects(self, n_samples: int) -> tuple[Suspect, ...]:
         """Suspects ``predict(model, q, x)``: the expected estimate each bug gives."""
+        from ._form_suspects import estimator_suspects
 
-        def expected(bug: _Bug) -> Callable[..., Any]:
-            return lambda m, q, x: _scalar(bug.value(m, q, _expected_pieces(m, q, x, n_samples)))
-
-        def wrong_law(cov_of: Callable[[Gaussian], FloatArray]) -> Callable[..., Any]:
-            return lambda m, q, x: _scalar(
-                self.assemble(m, q, _expected_pieces(m, q, x, n_samples, (q.mean, cov_of(q))))
-            )
-
-        sampling = tuple(
-            Suspect(name, advice, wrong_law(cov_of)) for name, advice, _, cov_of in _SAMPLING_BUGS
-        )
-        return sampling + tuple(Suspect(b.name, b.advice, expected(b)) for b in self._bugs())
+        return estimator_suspects(self, n_samples)
 
     def pathwise_suspects(self) -> tuple[Suspect, ...]:
         """Suspects ``predict(model, q, x, eps)``: the value each bug gives for ``eps``."""
+        from ._form_suspects import pathwise_suspects
 
-        def at(transform: Callable[[Gaussian, FloatArray], FloatArray]) -> Callable[..., Any]:
-            return lambda m, q, x, e: self.pathwise_value(m, q, x, transform(q, e))
+        return pathwise_suspects(self)
 
-        def sampled(bug: _Bug) -> Callable[..., Any]:
-            return lambda m, q, x, e: _scalar(
-                bug.value(m, q, _sample_pieces(m, q, x, q.mean + e @ q.scale_tril.T))
-            )
+    def gradient_suspects(self) -> tuple[Suspect, ...]:
+        """Suspects ``predict(model, q, x)``: the expected gradient (flat: the mean, then
+        the lower triangle of L row by row) each bug gives, for the exact and the
+        statistical gradient checks."""
+        from ._form_suspects import gradient_suspects
 
-        sampling = tuple(
-            Suspect(name, advice, at(transform)) for name, advice, transform, _ in _SAMPLING_BUGS
-        )
-        own = tuple(Suspect(b.name, b.advice, sampled(b)) for b in self._bugs())
-        return sampling + own + self._other_forms()
+        return gradient_suspects(self)
 
-    def _other_forms(self) -> tuple[Suspect, ...]:
-        """A correct estimate of another form: right in expectation, wrong per sample."""
+    def pathwise_gradient_suspects(self) -> tuple[Suspect, ...]:
+        """Suspects ``predict(model, q, x, eps)``: the flat gradient each bug gives."""
+        from ._form_suspects import pathwise_gradient_suspects
 
-        def value_of(form: ElboForm) -> Callable[..., Any]:
-            return lambda m, q, x, e: form.pathwise_value(m, q, x, q.mean + e @ q.scale_tril.T)
-
-        return tuple(
-            Suspect(
-                f"fn computes {form.title}, {form.formula}, not {self.title}",
-                f"the forms agree in expectation but not per sample: verify with "
-                f"form={form.name!r}",
-                value_of(form),
-            )
-            for form in FORMS.values()
-            if form.name != self.name
-        )
-
-
-def _scalar(value: Any) -> float | None:
-    if value is None:
-        return None
-    return float(np.mean(value))
-
-
-def _mean(values: FloatArray) -> float:
-    return float(np.mean(values))
+        return pathwise_gradient_suspects(self)
 
 
 class JointForm(ElboForm):
@@ -313,33 +352,38 @@ class JointForm(ElboForm):
     ) -> float:
         return float(np.mean(np.abs(model.log_joint(x, z)) + np.abs(q.log_prob(z))))
 
+    def pathwise_gradient_with_sizes(
+        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
+    ) -> tuple[GradientPair, GradientPair]:
+        r"""At fixed noise :math:`-\log q(z_i) = \frac K2\log 2\pi + \sum_k\log L_{kk}
+        + \frac12|\varepsilon_i|^2`, so
+
+        .. math::
+            \nabla_m = \frac1n\sum_i g(z_i),\qquad
+            \nabla_L = \operatorname{tril}\Bigl(\frac1n\sum_i g(z_i)\varepsilon_i^\top\Bigr)
+                + \operatorname{diag}(1/L_{kk}).
+        """
+        return _joint_path_gradient(model, q, x, eps)
+
+    def sampled_scores(
+        self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
+    ) -> FloatArray:
+        return _joint_scores(model, x, z)[0]
+
     def _bugs(self) -> tuple[_Bug, ...]:
-        return (
-            _Bug(
-                "log q(z) is added instead of subtracted",
-                "the estimate is log p(x, z) - log q(z)",
-                lambda m, q, p: p.log_likelihood + p.log_prior + p.log_q,
-            ),
-            _Bug(
-                "log p(z) is missing (log p(x | z) used where log p(x, z) belongs)",
-                "log p(x, z) = log p(x | z) + log p(z)",
-                lambda m, q, p: p.log_likelihood - p.log_q,
-            ),
-            _Bug(
-                "log q(z) is evaluated under the prior (log p(z) - log p(z) cancels)",
-                "log q(z) uses q's mean and covariance, not the prior's",
-                lambda m, q, p: p.log_likelihood,
-            ),
-        )
+        from ._form_suspects import joint_bugs
+
+        return joint_bugs()
 
     def estimator_suspects(self, n_samples: int) -> tuple[Suspect, ...]:
-        # The shared catalogue is the joint form's; its own bugs follow.
-        own = super().estimator_suspects(n_samples)[len(_SAMPLING_BUGS) :]
-        return _estimator_suspects(n_samples) + own
+        from ._form_suspects import joint_estimator_suspects
+
+        return joint_estimator_suspects(n_samples)
 
     def pathwise_suspects(self) -> tuple[Suspect, ...]:
-        own = super().pathwise_suspects()[len(_SAMPLING_BUGS) :]
-        return _pathwise_suspects() + own
+        from ._form_suspects import joint_pathwise_suspects
+
+        return joint_pathwise_suspects()
 
 
 class AnalyticKLForm(ElboForm):
@@ -371,90 +415,31 @@ class AnalyticKLForm(ElboForm):
         cross = float(kl_divergence(q, model.prior)) + entropy
         return float(np.mean(np.abs(model.log_likelihood(x, z)))) + abs(cross) + abs(entropy)
 
+    def pathwise_gradient_with_sizes(
+        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
+    ) -> tuple[GradientPair, GradientPair]:
+        r"""The likelihood's path gradient minus the KL's closed-form gradient:
+
+        .. math::
+            \nabla_m = \frac1n\sum_i g^{\mathrm{lik}}(z_i) - \Sigma_0^{-1}(m - \mu_0),\qquad
+            \nabla_L = \operatorname{tril}\Bigl(\frac1n\sum_i g^{\mathrm{lik}}(z_i)
+                \varepsilon_i^\top - \Sigma_0^{-1}L\Bigr) + \operatorname{diag}(1/L_{kk}).
+        """
+        scores, sizes = _likelihood_scores(model, x, _samples(q, eps))
+        gm, gl = _through_samples(scores, eps)
+        mm, ml = _through_samples(sizes, np.abs(eps))
+        (km, kl_factor), (kmm, kml) = _kl_gradient(model, q)
+        return (gm - km, gl - kl_factor), (mm + kmm, ml + kml)
+
+    def sampled_scores(
+        self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
+    ) -> FloatArray:
+        return _likelihood_scores(model, x, z)[0]
+
     def _bugs(self) -> tuple[_Bug, ...]:
-        def kl(m: LinearGaussianModel, q: Gaussian) -> float:
-            return float(kl_divergence(q, m.prior))
+        from ._form_suspects import analytic_kl_bugs
 
-        def kl_to(g: Gaussian | None, m: LinearGaussianModel) -> float | None:
-            return None if g is None else float(kl_divergence(g, m.prior))
-
-        def with_sd_as_variance(m: LinearGaussianModel, q: Gaussian) -> float | None:
-            if not np.array_equal(q.cov, np.diag(np.diagonal(q.cov))):
-                return None
-            return kl_to(_gaussian_with_cov(q.mean, np.diag(np.sqrt(q.variances))), m)
-
-        def unless_none(value: float | None, build: Callable[[float], Any]) -> Any:
-            return None if value is None else build(value)
-
-        return (
-            _Bug(
-                "the KL is added instead of subtracted",
-                "the ELBO is the reconstruction MINUS KL(q || p(z))",
-                lambda m, q, p: p.log_likelihood + kl(m, q),
-            ),
-            _Bug(
-                "the KL is averaged over latent dimensions instead of summed",
-                "sum the per-dimension KL terms over K (no .mean() over the latent axis)",
-                lambda m, q, p: (
-                    p.log_likelihood - kl(m, q) / m.latent_dim if m.latent_dim > 1 else None
-                ),
-            ),
-            _Bug(
-                "the KL is computed against N(0, I) although the prior is not standard normal",
-                "use the model's prior mean mu0 and covariance S0 in the KL",
-                lambda m, q, p: (
-                    None
-                    if _is_standard(m.prior)
-                    else p.log_likelihood - float(kl_divergence(q, Gaussian.standard(q.dim)))
-                ),
-            ),
-            _Bug(
-                "the KL is taken in the wrong direction, KL(p(z) || q)",
-                "the ELBO uses KL(q || p(z)) (q first)",
-                lambda m, q, p: p.log_likelihood - float(kl_divergence(m.prior, q)),
-            ),
-            _Bug(
-                "the KL term is missing",
-                "subtract KL(q || p(z)) once",
-                lambda m, q, p: p.log_likelihood,
-            ),
-            _Bug(
-                "log p(x, z) is used where log p(x | z) belongs (the prior counted twice, "
-                "in log p(z) and in the KL)",
-                "with the KL in closed form, sample only the likelihood log p(x | z)",
-                lambda m, q, p: p.log_likelihood + p.log_prior - kl(m, q),
-            ),
-            _Bug(
-                "the reconstruction is summed over samples instead of averaged",
-                "average log p(x | z_i) over the samples, then subtract the KL once",
-                lambda m, q, p: p.n * p.log_likelihood - kl(m, q) if p.n > 1 else None,
-            ),
-            _Bug(
-                "the KL is subtracted once per data dimension (broadcast against the (D,) "
-                "per-dimension log-likelihood terms and then summed)",
-                "sum the log-likelihood over the D data dimensions first, then subtract the KL",
-                lambda m, q, p: (
-                    p.log_likelihood - m.data_dim * kl(m, q) if m.data_dim > 1 else None
-                ),
-            ),
-            _Bug(
-                "the KL lacks its factor 1/2",
-                "KL = 1/2 (tr(S0^-1 S) + (m - mu0)^T S0^-1 (m - mu0) - K + log det S0 - log det S)",
-                lambda m, q, p: p.log_likelihood - 2.0 * kl(m, q),
-            ),
-            _Bug(
-                "the KL's dimension term -K is missing",
-                "KL = 1/2 (... - K ...)",
-                lambda m, q, p: p.log_likelihood - kl(m, q) - 0.5 * q.dim,
-            ),
-            _Bug(
-                "the KL uses q's standard deviations where its variances belong",
-                "the KL needs the variances sigma^2 (exp(log_var), not exp(0.5 * log_var))",
-                lambda m, q, p: unless_none(
-                    with_sd_as_variance(m, q), lambda wrong: p.log_likelihood - wrong
-                ),
-            ),
-        )
+        return analytic_kl_bugs()
 
 
 class AnalyticEntropyForm(ElboForm):
@@ -480,61 +465,31 @@ class AnalyticEntropyForm(ElboForm):
         entropy_terms = 0.5 * q.dim * (1.0 + LOG_2PI) + 0.5 * abs(float(q.log_det_cov))
         return float(np.mean(np.abs(model.log_joint(x, z)))) + entropy_terms
 
+    def pathwise_gradient_with_sizes(
+        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
+    ) -> tuple[GradientPair, GradientPair]:
+        r"""The log joint's path gradient plus :math:`\nabla_L H(q) =
+        \operatorname{diag}(1/L_{kk})`:
+
+        .. math::
+            \nabla_m = \frac1n\sum_i g(z_i),\qquad
+            \nabla_L = \operatorname{tril}\Bigl(\frac1n\sum_i g(z_i)\varepsilon_i^\top\Bigr)
+                + \operatorname{diag}(1/L_{kk}),
+
+        the joint form's pathwise gradient (the estimates differ by a constant in
+        :math:`(m, L)` at fixed noise).
+        """
+        return _joint_path_gradient(model, q, x, eps)
+
+    def sampled_scores(
+        self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
+    ) -> FloatArray:
+        return _joint_scores(model, x, z)[0]
+
     def _bugs(self) -> tuple[_Bug, ...]:
-        def joint(p: _Pieces) -> FloatArray:
-            return p.log_likelihood + p.log_prior
+        from ._form_suspects import analytic_entropy_bugs
 
-        def entropy(q: Gaussian) -> float:
-            return float(q.entropy())
-
-        return (
-            _Bug(
-                "the entropy has the wrong sign (H(q) subtracted)",
-                "the ELBO is E_q[log p(x, z)] + H(q): add the entropy",
-                lambda m, q, p: joint(p) - entropy(q),
-            ),
-            _Bug(
-                "the entropy term H(q) is missing",
-                "add H(q) = K/2 (1 + log 2 pi) + sum(log diag L)",
-                lambda m, q, p: joint(p),
-            ),
-            _Bug(
-                "the entropy uses the variance as the scale (log det S where 1/2 log det S "
-                "belongs)",
-                "H(q) = K/2 (1 + log 2 pi) + sum(log diag L) = ... + 1/2 sum(log variances)",
-                lambda m, q, p: joint(p) + entropy(q) + 0.5 * float(q.log_det_cov),
-            ),
-            _Bug(
-                "the log-determinant of q's covariance is missing from the entropy",
-                "H(q) includes + 1/2 log det S = sum(log diag L)",
-                lambda m, q, p: joint(p) + entropy(q) - 0.5 * float(q.log_det_cov),
-            ),
-            _Bug(
-                "the entropy's constant K/2 (1 + log 2 pi) is missing",
-                "H(q) = K/2 (1 + log 2 pi) + sum(log diag L)",
-                lambda m, q, p: joint(p) + entropy(q) - 0.5 * q.dim * (1.0 + LOG_2PI),
-            ),
-            _Bug(
-                "the entropy's K/2 is missing (K/2 log 2 pi used for K/2 (1 + log 2 pi))",
-                "H(q) = K/2 (1 + log 2 pi) + sum(log diag L)",
-                lambda m, q, p: joint(p) + entropy(q) - 0.5 * q.dim,
-            ),
-            _Bug(
-                "the entropy is averaged over latent dimensions instead of summed",
-                "sum the per-dimension entropies over K",
-                lambda m, q, p: joint(p) + entropy(q) / q.dim if q.dim > 1 else None,
-            ),
-            _Bug(
-                "log p(z) is missing (log p(x | z) used where log p(x, z) belongs)",
-                "with the entropy in closed form, sample the joint log p(x | z) + log p(z)",
-                lambda m, q, p: p.log_likelihood + entropy(q),
-            ),
-            _Bug(
-                "the log joint is summed over samples instead of averaged",
-                "average log p(x, z_i) over the samples, then add H(q) once",
-                lambda m, q, p: p.n * joint(p) + entropy(q) if p.n > 1 else None,
-            ),
-        )
+        return analytic_entropy_bugs()
 
 
 JOINT: ElboForm = JointForm()
