@@ -153,7 +153,7 @@ def test_bad_options_are_refused_before_anything_runs(
 def test_bad_budgets_of_statistical_checks_are_refused(
     verifier: Callable[..., Any], option: str, value: Any
 ) -> None:
-    mode = {"mode": "stochastic"} if verifier is verify_elbo_gradient else {}
+    mode = {"mode": "statistical"} if verifier is verify_elbo_gradient else {}
     with pytest.raises(ValueError, match=option):
         verifier(lambda *a: 0.0, **{option: value}, **mode)
 

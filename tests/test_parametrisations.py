@@ -302,7 +302,7 @@ def test_an_upper_triangle_gradient_of_the_cholesky_factor_is_not_a_parameter() 
         verify_elbo_gradient(dense, parametrisation=FullCholesky(), **FEW)
 
 
-# ---------------------------------------------------------------------- stochastic mode
+# ---------------------------------------------------------------------- statistical mode
 def _reparameterised(scale_factor: float = 1.0) -> Any:
     """A numpy reparameterisation estimator in (loc, log_scale), analytic entropy."""
 
@@ -326,7 +326,7 @@ def _reparameterised(scale_factor: float = 1.0) -> Any:
 
 def test_a_reparameterised_log_scale_estimator_passes_and_a_biased_one_fails() -> None:
     options: dict[str, Any] = {
-        "mode": "stochastic",
+        "mode": "statistical",
         "calls": 80,
         "n_problems": 2,
         "n_samples": 4,

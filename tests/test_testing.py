@@ -159,13 +159,16 @@ def test_kl_and_evidence_verifiers_pass_correct_code() -> None:
         (lambda: verify_elbo_estimator(mc_elbo, n_samples=0), "n_samples must be a positive"),
         (lambda: verify_elbo_estimator(mc_elbo, calls=10), "calls must be an integer >= 80"),
         (lambda: verify_elbo_estimator(mc_elbo, false_alarm_rate=0.0), "false_alarm_rate must"),
-        (lambda: verify_elbo_gradient(mc_elbo, mode="numeric"), "mode must be 'exact' or"),
         (
-            lambda: verify_elbo_gradient(mc_elbo, mode="stochastic", n_samples=-2),
+            lambda: verify_elbo_gradient(mc_elbo, mode="numeric"),
+            "mode must be one of 'exact', 'statistical', 'pathwise'",
+        ),
+        (
+            lambda: verify_elbo_gradient(mc_elbo, mode="statistical", n_samples=-2),
             "n_samples must be a positive integer; got n_samples=-2",
         ),
         (
-            lambda: verify_elbo_gradient(mc_elbo, mode="stochastic", calls=40),
+            lambda: verify_elbo_gradient(mc_elbo, mode="statistical", calls=40),
             "calls must be an integer >= 80; got calls=40",
         ),
     ],
@@ -238,7 +241,7 @@ def test_an_estimator_that_ignores_its_rng_is_flagged() -> None:
         verify_elbo_estimator(ignores_rng, calls=80, n_problems=1)
 
 
-def test_gradient_verifier_exact_and_stochastic() -> None:
+def test_gradient_verifier_exact_and_statistical() -> None:
     """Closed-form gradients pass exactly; a reparameterised estimate passes statistically."""
 
     def exact(
@@ -261,7 +264,7 @@ def test_gradient_verifier_exact_and_stochastic() -> None:
         return score.mean(axis=0), grad_factor
 
     assert verify_elbo_gradient(exact, max_examples=40).cases == 40
-    report = verify_elbo_gradient(reparameterised, mode="stochastic", calls=200, n_problems=2)
+    report = verify_elbo_gradient(reparameterised, mode="statistical", calls=200, n_problems=2)
     assert 0.0 < report.worst_error < 1.0  # > 0: the t statistics were really computed
 
 
@@ -289,12 +292,12 @@ def test_a_score_function_gradient_passes_and_a_biased_one_fails() -> None:
         grad_factor = np.tril(inverse.T @ outer - complete_score * np.mean(weight) * inverse.T)
         return grad_mean, grad_factor
 
-    report = verify_elbo_gradient(score_function, mode="stochastic", calls=400, n_problems=2)
+    report = verify_elbo_gradient(score_function, mode="statistical", calls=400, n_problems=2)
     assert 0.0 < report.worst_error < 1.0
     with pytest.raises(AssertionError, match="biased coordinates"):
         verify_elbo_gradient(
             lambda m, q, x, rng, n: score_function(m, q, x, rng, n, complete_score=False),
-            mode="stochastic",
+            mode="statistical",
             calls=400,
             n_problems=2,
         )
@@ -331,7 +334,7 @@ def test_statistical_checks_honour_model_options() -> None:
         verify_elbo_estimator(diagonal_only, calls=80, n_problems=1)
     verify_elbo_estimator(diagonal_only, calls=80, n_problems=3, **kinds)
     verify_elbo_estimator(diagonal_pathwise, mode="pathwise", max_examples=30, **kinds)
-    verify_elbo_gradient(diagonal_gradient, mode="stochastic", calls=80, n_problems=3, **kinds)
+    verify_elbo_gradient(diagonal_gradient, mode="statistical", calls=80, n_problems=3, **kinds)
     # Options the fixed problems cannot honour draw the problems from the strategies.
     verify_elbo_estimator(mc_elbo, max_data_dim=3, calls=80, n_problems=2)
     with pytest.raises(

@@ -1,4 +1,5 @@
-"""verify_elbo_gradient: exact and stochastic gradients in (m, L) or the user's parameters.
+"""verify_elbo_gradient: exact, statistical and pathwise gradients in (m, L) or the
+user's parameters.
 
 With ``parametrisation=None`` the user's function receives q (a Gaussian) and returns the
 gradient in q's mean and Cholesky factor; with a :class:`Parametrisation` it receives
@@ -10,16 +11,16 @@ tolerance).
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import scipy.stats
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from .._errors import InvalidInputError, InvalidTypeError
-from .._gaussian import Gaussian
 from ..strategies import (
     COV_KINDS,
     ElboProblem,
@@ -29,15 +30,12 @@ from ..strategies import (
     variational_gaussians,
 )
 from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
-from ._diagnosis import Suspect, match_suspects
-from ._gradient_cases import (
-    _Case,
-    _legacy_case,
-    _param_case,
-)
+from ._forms import ElboForm, check_form
+from ._gradient_cases import _Case, _legacy_case, _param_case
+from ._gradient_diagnosis import gradient_suspects_across
+from ._gradient_statistics import verify_statistical_gradient
 from ._limits import _single_blas_thread
 from ._options import (
-    BATCHES,
     DEFAULT_FALSE_ALARM_RATE,
     _check_callable,
     _check_rate,
@@ -46,28 +44,26 @@ from ._options import (
     check_count,
     check_tolerance,
 )
-from ._parametrisations import (
-    Custom,
-    Parametrisation,
-)
-from ._report import (
-    VerificationReport,
-    _diagnosis,
-)
+from ._parametrisations import Custom, Parametrisation
+from ._pathwise_gradient import verify_pathwise_gradient
+from ._report import VerificationReport, _diagnosis
 from ._searching import _deterministic_check
-from ._statistics import _batch_t, _repeated_calls, _statistical_calls
+from ._statistics import _statistical_calls
 
 FloatArray = NDArray[np.float64]
-Params = dict[str, FloatArray]
+
+#: The modes, and the deprecated name of one of them.
+MODES = ("exact", "statistical", "pathwise")
+_DEPRECATED_MODES = {"stochastic": "statistical"}
 
 
-# ---------------------------------------------------------------------- gradients in (m, L)
 @_single_blas_thread
 def verify_elbo_gradient(
     fn: Callable[..., Any],
     *,
     parametrisation: Parametrisation | None = None,
     mode: str = "exact",
+    form: str | ElboForm = "joint",
     seed: int | np.random.Generator | None = None,
     n_samples: int = 8,
     calls: int | None = None,
@@ -83,12 +79,29 @@ def verify_elbo_gradient(
 ) -> VerificationReport:
     r"""Check gradients of the ELBO with respect to q's parameters.
 
-    **Which signature.** With ``parametrisation=None`` (the default, and the original
-    interface) ``fn`` receives q itself and differentiates in q's mean ``m`` and lower
-    Cholesky factor ``L``::
+    Three modes, parallel to :func:`verify_elbo_estimator`'s:
+
+    ``mode="exact"`` (default): the exact gradient of the ELBO.
+
+    ``mode="statistical"``: an unbiased estimate of it (reparameterisation, score
+    function, sticking the landing, ...). Each coordinate is t-tested on batch means as
+    in :func:`verify_elbo_estimator`, Bonferroni-corrected over all coordinates and
+    problems, so a correct estimator fails a call with probability at most
+    ``false_alarm_rate``. ``mode="stochastic"`` is a deprecated name of this mode.
+
+    ``mode="pathwise"``: the noise ``eps`` (shape ``(n, K)``) is given, and ``fn`` must
+    return exactly the gradient of its ``form``'s estimate at
+    :math:`z_i = m + L\varepsilon_i` with respect to :math:`(m, L)` (or the
+    parameters), holding ``eps`` fixed: what autodiff of a reparameterised estimate
+    gives. A deterministic check over hypothesis-drawn problems and noise (``n`` in 1..4,
+    entries in [-3, 3]), with shrinking.
+
+    **Which signature.** With ``parametrisation=None`` (the default) ``fn`` receives q
+    itself and differentiates in q's mean ``m`` and lower Cholesky factor ``L``::
 
         fn(model, q, x) -> (grad_mean, grad_scale_tril)                  # exact
-        fn(model, q, x, rng, n_samples) -> (grad_mean, grad_scale_tril)  # stochastic
+        fn(model, q, x, rng, n_samples) -> (grad_mean, grad_scale_tril)  # statistical
+        fn(model, q, x, eps) -> (grad_mean, grad_scale_tril)             # pathwise
 
     (entries above the diagonal of ``grad_scale_tril`` are ignored). With a
     :class:`Parametrisation` (``DiagonalLogScale()``, ``FullUnitCholeskyScale()``,
@@ -98,22 +111,53 @@ def verify_elbo_gradient(
 
         fn(model, params, x) -> {"loc": ..., "log_scale": ...}
         fn(model, params, x, rng, n_samples) -> (grad_loc, grad_log_scale)
+        fn(model, params, x, eps) -> {"loc": ..., "log_scale": ...}
 
-    The expected value is the closed form pulled back through the map
+    The expected value is the one in :math:`(m, L)` pulled back through the map
     (:meth:`Parametrisation.pullback`). Entries that are not parameters (above the
     diagonal of a factor, the unit diagonal of ``unit_scale_tril``) must have gradient 0;
     a symmetric ``cov`` or ``precision`` gradient is compared through its symmetric part.
     Diagonal parametrisations are checked on diagonal q's.
 
-    ``mode="exact"``: compared within ``rtol * (|g| + 1) + atol`` per coordinate, plus,
-    for :class:`Custom`, the error bound of its finite-difference Jacobian; hypothesis
-    shrinks a mismatch to a minimal example.
+    ``form`` (``"joint"``, ``"analytic_kl"``, ``"analytic_entropy"`` or an
+    :class:`ElboForm`) says which estimate is differentiated. Every form has the ELBO as
+    its expectation, and its pathwise gradient the ELBO's gradient as expectation, so in
+    the exact and statistical modes the expected gradient is the same for all forms:
+    there ``form`` only picks the suspects a failure is compared with (the KL's gradient
+    missing, for the analytic-KL form) and is recorded in the report's details. In
+    pathwise mode it selects the exact target (see Notes).
 
-    ``mode="stochastic"``: ``fn`` must return an unbiased estimate (reparameterisation,
-    score function, ...). Each coordinate is t-tested on batch means as in
-    :func:`verify_elbo_estimator`, Bonferroni-corrected over all coordinates and
-    problems, so a correct estimator fails a call with probability at most
-    ``false_alarm_rate``.
+    Tolerances: exact mode compares within ``rtol * (|g| + 1) + atol`` per coordinate;
+    pathwise mode within ``rtol * (|g| + magnitude + 1) + atol``, the magnitude being
+    the sum of the absolute values of the terms the coordinate is a sum of (see
+    :meth:`ElboForm.pathwise_gradient_with_sizes`); both plus, for :class:`Custom`, the
+    error bound of its finite-difference Jacobian. A failure's diagnosis names a
+    suspect only when it explains the user's gradient on the failing problem and on an
+    independent problem of the same dimensions, noise, prior and q kinds.
+
+    Notes
+    -----
+    With :math:`g(z) = \nabla_z\log p(x, z) = -\Sigma_0^{-1}(z - \mu_0)
+    + W^\top\Psi^{-1}(x - Wz - b)`, :math:`g^{\mathrm{lik}}` its likelihood part and
+    :math:`z_i = m + L\varepsilon_i`, the pathwise targets are, for the joint and the
+    analytic-entropy forms (at fixed noise :math:`-\log q(z_i) = \sum_k \log L_{kk} +
+    \mathrm{const}`, and :math:`H(q) = \sum_k\log L_{kk} + \mathrm{const}`),
+
+    .. math::
+        \nabla_m = \frac1n\sum_i g(z_i),\qquad
+        \nabla_L = \operatorname{tril}\Bigl(\frac1n\sum_i g(z_i)\varepsilon_i^\top\Bigr)
+            + \operatorname{diag}(1/L_{kk}),
+
+    and for the analytic-KL form
+
+    .. math::
+        \nabla_m = \frac1n\sum_i g^{\mathrm{lik}}(z_i) - \Sigma_0^{-1}(m - \mu_0),\qquad
+        \nabla_L = \operatorname{tril}\Bigl(\frac1n\sum_i g^{\mathrm{lik}}(z_i)
+            \varepsilon_i^\top - \Sigma_0^{-1}L\Bigr) + \operatorname{diag}(1/L_{kk}).
+
+    A sticking-the-landing estimator (log q's parameters detached) is unbiased but not
+    the gradient of its estimate: it passes ``mode="statistical"`` and fails
+    ``mode="pathwise"``, with that named.
     """
     __tracebackhide__ = True
     _check_callable(fn)
@@ -123,110 +167,88 @@ def verify_elbo_gradient(
             "parametrisation must be None or a Parametrisation (DiagonalLogScale(), "
             f"FullCholesky(), Custom(...), ...); got {type(parametrisation).__name__}"
         )
+    if isinstance(mode, str) and mode in _DEPRECATED_MODES:
+        warnings.warn(
+            f"verify_elbo_gradient(mode={mode!r}) is deprecated; use "
+            f"mode={_DEPRECATED_MODES[mode]!r} (the same test, named as in "
+            "verify_elbo_estimator)",
+            DeprecationWarning,
+            stacklevel=3,  # the caller of the verifier's wrapper
+        )
+        mode = _DEPRECATED_MODES[mode]
+    if mode not in MODES:
+        choices = ", ".join(repr(m) for m in MODES)
+        raise InvalidInputError(
+            f"mode must be one of {choices} ('stochastic' is a deprecated name of "
+            f"'statistical'); got mode={mode!r}"
+        )
+    chosen_form = check_form(form)
     chosen = _profile(profile)
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
-    if mode == "exact":
-        return _verify_exact_gradient(
+    if mode == "statistical":
+        total_calls = _statistical_calls(chosen, calls, n_samples)
+        return verify_statistical_gradient(
             fn,
             parametrisation,
-            seed_value,
-            check_count("max_examples", max_examples, chosen["max_examples"]),
-            rtol,
-            atol,
-            model_options,
-            problems,
-            COV_KINDS if q_kinds is None else q_kinds,
+            chosen_form,
+            label=_label(parametrisation, mode, chosen_form),
+            seed=seed_value,
+            problems=statistical_cases(
+                problems,
+                n_problems,
+                default_count=chosen["problems"],
+                seed=seed_value,
+                q_kinds=("full",) if q_kinds is None else q_kinds,
+                model_options=model_options,
+                calls=total_calls,
+            ),
+            calls=total_calls,
+            n_samples=n_samples,
+            false_alarm_rate=false_alarm_rate,
+            rtol=rtol,
+            atol=atol,
         )
-    if mode != "stochastic":
-        raise InvalidInputError(f"mode must be 'exact' or 'stochastic'; got mode={mode!r}")
-    total_calls = _statistical_calls(chosen, calls, n_samples)
-    problems_list = statistical_cases(
+    kinds = check_q_kinds(COV_KINDS if q_kinds is None else q_kinds)
+    strategy = as_elbo_cases(
         problems,
-        n_problems,
-        default_count=chosen["problems"],
-        seed=seed_value,
-        q_kinds=("full",) if q_kinds is None else q_kinds,
-        model_options=model_options,
-        calls=total_calls,
+        lambda: (
+            elbo_problems(q_kinds=kinds, **model_options)
+            if parametrisation is None
+            else _parametrised_problems(parametrisation, model_options)
+        ),
     )
-    count = len(problems_list)
-    cases = [
-        _legacy_case(model, q, x)
-        if parametrisation is None
-        else _param_case(parametrisation, model, q, x)
-        for model, q, x in problems_list
-    ]
-    comparisons = sum(case.expected.size for case in cases)
-    critical = float(scipy.stats.t.isf(false_alarm_rate / (2 * comparisons), BATCHES - 1))
-    label = _label(parametrisation, "stochastic")
-    worst = 0.0
-    for index, case in enumerate(cases):
-        expected = case.expected
-        draws = _repeated_calls(
-            "verify_elbo_gradient",
-            lambda model, q, x, rng, n, case=case: case.call(fn, rng, n),
-            case.convert,
-            (case.model, case.q, case.x, n_samples),
-            [seed_value, 78, index],
-            total_calls,
+    examples = check_count("max_examples", max_examples, chosen["max_examples"])
+    if mode == "pathwise":
+        report = verify_pathwise_gradient(
+            fn,
+            parametrisation,
+            chosen_form,
+            label=_label(parametrisation, mode, chosen_form),
+            seed=seed_value,
+            max_examples=examples,
+            rtol=rtol,
+            atol=atol,
+            problems=strategy
+            if isinstance(strategy, st.SearchStrategy)
+            else st.sampled_from(strategy),
         )
-        mean, standard_error, t = _batch_t(draws, expected)
-        # Spread below the deterministic tolerance is rounding, not randomness (BLAS may
-        # round a repeated computation differently): such coordinates, and any whose
-        # bias is within that tolerance, are judged as deterministic values.
-        tolerance = rtol * (np.abs(expected) + 1.0) + atol + case.error
-        constant = standard_error <= tolerance
-        exact_bad = constant & (np.abs(mean - expected) > tolerance)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(
-                constant | (np.abs(mean - expected) <= tolerance), 0.0, np.abs(t) / critical
-            )
-        worst = max(worst, float(np.max(ratio)))
-        if np.any(ratio > 1.0) or np.any(exact_bad) or not np.all(np.isfinite(mean)):
-            rows = [
-                f"    {name:>12s}: exact {expected[i]: .6g}, mean {mean[i]: .6g} "
-                f"+- {standard_error[i]:.2g} (t = {t[i]:.3g})"
-                + ("  <-- biased" if ratio[i] > 1.0 or exact_bad[i] else "")
-                + ("" if free else "  (not a parameter: must be 0)")
-                for i, (name, free) in enumerate(case.names)
-            ]
-            allowance = critical * standard_error + tolerance
-            suspects = [
-                suspect for suspect in case.suspects if _predicts(suspect, case, mean, allowance)
-            ]
-            rows.append(_diagnosis(suspects, "see the coordinates marked 'biased'"))
-            raise AssertionError(
-                f"{label} failed: biased coordinates (seed="
-                f"{seed_value}, problem {index + 1} of {count}; critical |t| = {critical:.3g} "
-                f"for false-alarm rate {false_alarm_rate:g} over {comparisons} coordinates)\n"
-                + case.describe()
-                + "\n"
-                + "\n".join(rows)
-            )
-    return VerificationReport(
-        check=label,
-        cases=count,
-        worst_error=worst,
-        tolerance=f"|t| <= {critical:.3g} per coordinate (false-alarm rate {false_alarm_rate:g})",
-        seed=seed_value,
-        details={"calls": total_calls, "n_samples": n_samples, "critical_t": critical},
-    )
+    else:
+        report = _verify_exact_gradient(
+            fn, parametrisation, chosen_form, seed_value, examples, rtol, atol, strategy
+        )
+    return dataclasses.replace(report, details={**report.details, "form": chosen_form.name})
 
 
-def _label(par: Parametrisation | None, mode: str) -> str:
-    if par is None:
-        return "verify_elbo_gradient" + ("" if mode == "exact" else "(mode='stochastic')")
-    extra = "" if mode == "exact" else ", mode='stochastic'"
-    return f"verify_elbo_gradient(parametrisation={par!r}{extra})"
-
-
-def _predicts(suspect: Suspect, case: _Case, mean: FloatArray, allowance: FloatArray) -> bool:
-    try:
-        predicted = suspect.predict(case.model, case.point, case.x)
-    except (ValueError, np.linalg.LinAlgError, FloatingPointError):
-        return False
-    return predicted is not None and bool(np.all(np.abs(mean - predicted) <= allowance))
+def _label(par: Parametrisation | None, mode: str, form: ElboForm) -> str:
+    """The report's and the failure's name of the call, e.g.
+    ``verify_elbo_gradient(mode='pathwise', form='analytic_kl')``."""
+    options = [] if par is None else [f"parametrisation={par!r}"]
+    if mode != "exact":
+        options.append(f"mode={mode!r}")
+    if mode == "pathwise" and form.name != "joint":
+        options.append(f"form={form.name!r}")
+    return "verify_elbo_gradient" + (f"({', '.join(options)})" if options else "")
 
 
 def _parametrised_problems(
@@ -253,71 +275,46 @@ def _parametrised_problems(
 def _verify_exact_gradient(
     fn: Callable[..., Any],
     par: Parametrisation | None,
+    form: ElboForm,
     seed: int,
     max_examples: int,
     rtol: float,
     atol: float,
-    model_options: dict[str, Any],
-    problems: Any,
-    q_kinds: Sequence[str],
+    strategy: Any,
 ) -> VerificationReport:
-    def prepare(p: ElboProblem) -> _Case:
+    suspects = form.gradient_suspects()
+
+    def prepare(model: Any, q: Any, x: Any, variant: int = 0) -> _Case:
         if par is None:
-            return _legacy_case(p.model, p.q, p.x)
-        return _param_case(par, p.model, p.q, p.x)
+            return _legacy_case(model, q, x, suspects)
+        return _param_case(par, model, q, x, suspects)
 
     def compare(case: _Case) -> tuple[FloatArray, FloatArray, FloatArray]:
         expected = case.expected  # computed before fn sees anything
         got = case.convert(case.call(fn))
-        return got, expected, rtol * (np.abs(expected) + 1.0) + atol + case.error
+        return got, expected, case.tolerance(rtol, atol)
 
     def evaluate(p: ElboProblem) -> tuple[float, float, float]:
-        got, expected, tolerance = compare(prepare(p))
+        got, expected, tolerance = compare(prepare(p.model, p.q, p.x))
         return float(np.max(np.abs(got - expected) / tolerance)), 0.0, 1.0
 
     def explain(
         p: ElboProblem, got: float, expected: float, tol: float, error: BaseException | None
     ) -> str:
         try:
-            case = prepare(p)
+            case = prepare(p.model, p.q, p.x)
         except Exception as err:  # a Custom map that raised
             return f"  the parametrisation's map raised {type(err).__name__}: {err}"
         parts = [case.describe()]
         if error is None:
-            g, e, tolerance = compare(case)
-            parts += [
-                f"    {name:>12s}: expected {e[i]: .10g}, got {g[i]: .10g}, "
-                f"gap {g[i] - e[i]:.3g}"
-                + ("  <-- off" if abs(g[i] - e[i]) > tolerance[i] else "")
-                + ("" if free else "  (not a parameter: must be 0)")
-                for i, (name, free) in enumerate(case.names)
-            ]
-            probes = []
-            moved = Gaussian._trusted(case.q.mean + 0.5, case.q.scale_tril * 1.3)
-            for qq in (case.q, moved):
-                try:
-                    probe = prepare(ElboProblem(p.model, qq, p.x))
-                    value = probe.convert(probe.call(fn))
-                except Exception:
-                    continue
-                bound = rtol * (np.abs(probe.expected) + 1) + atol + probe.error
-                probes.append(((p.model, probe.point, p.x), value, probe.expected, bound))
-            found = match_suspects(case.suspects, probes)
+            parts += _rows(case, *compare(case))
+            found = gradient_suspects_across(fn, prepare, case, case.suspects, rtol, atol)
             parts.append(_diagnosis(found, "see the coordinates marked 'off'"))
         return "\n".join(parts)
 
-    kinds = check_q_kinds(q_kinds)
-    strategy = as_elbo_cases(
-        problems,
-        lambda: (
-            elbo_problems(q_kinds=kinds, **model_options)
-            if par is None
-            else _parametrised_problems(par, model_options)
-        ),
-    )
     extra = "" if not isinstance(par, Custom) else " + the Jacobian's difference error"
     return _deterministic_check(
-        name=_label(par, "exact"),
+        name=_label(par, "exact", form),
         strategy=strategy,
         evaluate=evaluate,
         explain=explain,
@@ -326,3 +323,14 @@ def _verify_exact_gradient(
         tolerance_text=f"|got - exact| <= rtol={rtol:g} * (|exact| + 1) + atol={atol:g}{extra} "
         "per entry",
     )
+
+
+def _rows(case: _Case, got: FloatArray, expected: FloatArray, tolerance: FloatArray) -> list[str]:
+    """One line per coordinate: expected, got, gap; the ones off marked."""
+    return [
+        f"    {name:>12s}: expected {expected[i]: .10g}, got {got[i]: .10g}, "
+        f"gap {got[i] - expected[i]:.3g}"
+        + ("  <-- off" if abs(got[i] - expected[i]) > tolerance[i] else "")
+        + ("" if free else "  (not a parameter: must be 0)")
+        for i, (name, free) in enumerate(case.names)
+    ]

@@ -1,14 +1,15 @@
-"""The gradient check's cases: reading a user's gradient, the exact one, its suspects.
+"""The gradient check's cases: reading a user's gradient, the expected one, its suspects.
 
-For (m, L) gradients and for gradients in a :class:`Parametrisation`'s parameters;
-used by :mod:`._check_gradient`.
+For (m, L) gradients and for gradients in a :class:`Parametrisation`'s parameters, of
+the ELBO (exact and statistical modes) or of a form's reparameterised estimate at given
+noise (pathwise mode); used by :mod:`._check_gradient` and :mod:`._pathwise_gradient`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from .._errors import InvalidInputError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ._diagnosis import Suspect
+from ._forms import ElboForm
 from ._parametrisations import (
     FullCovariance,
     FullPrecision,
@@ -35,9 +37,6 @@ from ._report import (
     _fmt,
 )
 from ._returns import InputMutated, invoke, to_array
-from ._suspects import (
-    _gradient_suspects,
-)
 
 FloatArray = NDArray[np.float64]
 Params = dict[str, FloatArray]
@@ -147,11 +146,14 @@ def _call_with_params(fn: Callable[..., Any], model: Any, params: Params, *rest:
 # ---------------------------------------------------------------------- one case
 @dataclass
 class _Case:
-    """One problem as the user's function sees it, with the exact answer.
+    """One problem as the user's function sees it, with the expected answer.
 
-    ``point`` is what ``fn`` receives in q's place (q itself, or the parameters);
-    ``expected`` and ``error`` are flat (``error`` bounds the error of ``expected``: 0
-    except for a :class:`Custom` map); ``suspects`` predict from ``(model, point, x)``.
+    ``point`` is what ``fn`` receives in q's place (q itself, or the parameters) and
+    ``extra`` what it receives after ``x`` (the noise ``eps`` in pathwise mode);
+    ``expected``, ``error`` and ``magnitude`` are flat (``error`` bounds the error of
+    ``expected``: 0 except for a :class:`Custom` map; ``magnitude`` is the size of the
+    terms ``expected`` is a sum of, 0 where only ``|expected|`` counts); ``suspects``
+    predict from :attr:`arguments`.
     """
 
     model: LinearGaussianModel
@@ -163,20 +165,37 @@ class _Case:
     names: list[tuple[str, bool]]
     convert: Callable[[Any], FloatArray]
     suspects: Sequence[Suspect]
+    extra: tuple[Any, ...] = ()
+    magnitude: FloatArray | None = field(default=None)
+
+    @property
+    def arguments(self) -> tuple[Any, ...]:
+        """What ``fn`` and the suspects receive: ``(model, point, x, *extra)``."""
+        return (self.model, self.point, self.x, *self.extra)
 
     def call(self, fn: Callable[..., Any], *rest: Any) -> Any:
         if isinstance(self.point, Gaussian):
-            return invoke(fn, self.model, self.point, self.x, *rest)
-        return _call_with_params(fn, self.model, self.point, self.x, *rest)
+            return invoke(fn, self.model, self.point, self.x, *self.extra, *rest)
+        return _call_with_params(fn, self.model, self.point, self.x, *self.extra, *rest)
+
+    def tolerance(self, rtol: float, atol: float) -> FloatArray:
+        """``rtol * (|expected| + magnitude + 1) + atol + error``, entry by entry."""
+        size = np.abs(self.expected) + (0.0 if self.magnitude is None else self.magnitude)
+        return rtol * (size + 1.0) + atol + self.error
 
     def describe(self) -> str:
         parts = [_describe_model(self.model), _describe_gaussian("q", self.q)]
         if not isinstance(self.point, Gaussian):
             parts += [f"  params[{key!r}] = {_fmt(value)}" for key, value in self.point.items()]
-        return "\n".join([*parts, f"  x = {_fmt(self.x)}"])
+        parts.append(f"  x = {_fmt(self.x)}")
+        if self.extra:
+            parts.append(f"  eps = {_fmt(self.extra[0])}")
+        return "\n".join(parts)
 
 
-def _legacy_case(model: LinearGaussianModel, q: Gaussian, x: FloatArray) -> _Case:
+def _legacy_case(
+    model: LinearGaussianModel, q: Gaussian, x: FloatArray, suspects: Sequence[Suspect]
+) -> _Case:
     k = q.dim
     expected = _flat_gradient(model, q, x)
     return _Case(
@@ -188,15 +207,20 @@ def _legacy_case(model: LinearGaussianModel, q: Gaussian, x: FloatArray) -> _Cas
         np.zeros_like(expected),
         [(name, True) for name in _coordinate_names(k)],
         functools.partial(_flat_gradient_pair, k=k),
-        _gradient_suspects(),
+        suspects,
     )
 
 
 def _param_case(
-    par: Parametrisation, model: LinearGaussianModel, q: Gaussian, x: FloatArray
+    par: Parametrisation,
+    model: LinearGaussianModel,
+    q: Gaussian,
+    x: FloatArray,
+    suspects: Sequence[Suspect],
 ) -> _Case:
     """The case at ``par``'s parameters of (the family member nearest) ``q``; the exact
-    gradient at ``par.to_gaussian(params)``, computed before ``fn`` sees anything."""
+    gradient at ``par.to_gaussian(params)``, computed before ``fn`` sees anything;
+    ``suspects`` in (m, L) are pulled back through ``par``."""
     params = par.from_gaussian(par.project(q))
     member = par.to_gaussian(params)
     grads = model.elbo_grad_variational(member, x)
@@ -210,18 +234,87 @@ def _param_case(
         _flatten_params(par, error),
         _param_coordinates(par, params),
         lambda value: _flatten_params(par, _read_gradient(par, value, params)),
-        _param_suspects(par),
+        _param_suspects(par, suspects, _elbo_gradient),
     )
 
 
-def _param_suspects(par: Parametrisation) -> list[Suspect]:
-    """The (m, L) gradient suspects pulled back through ``par``, and classic chain-rule
-    mistakes of ``par``; each predicts from ``(model, params, x)``."""
+def _pathwise_case(
+    form: ElboForm,
+    par: Parametrisation | None,
+    model: LinearGaussianModel,
+    q: Gaussian,
+    x: FloatArray,
+    eps: FloatArray,
+) -> _Case:
+    """The pathwise case at noise ``eps``: the exact gradient of ``form``'s estimate at
+    ``z = m + L eps`` (pulled back through ``par``), computed before ``fn`` runs."""
+    suspects = form.pathwise_gradient_suspects()
+    if par is None:
+        (gm, gl), sizes = form.pathwise_gradient_with_sizes(model, q, x, eps)
+        expected = _flatten((gm, gl))
+        k = q.dim
+        return _Case(
+            model,
+            q,
+            x,
+            q,
+            expected,
+            np.zeros_like(expected),
+            [(name, True) for name in _coordinate_names(k)],
+            functools.partial(_flat_gradient_pair, k=k),
+            suspects,
+            (eps,),
+            _flatten(sizes),
+        )
+    params = par.from_gaussian(par.project(q))
+    member = par.to_gaussian(params)
+    (gm, gl), (mm, ml) = form.pathwise_gradient_with_sizes(model, member, x, eps)
+    exact, error = par.pullback_with_error(params, gm, gl)
+    # The sizes pulled back: exact for maps with a positive diagonal Jacobian (the
+    # diagonal maps), a scale of the terms otherwise.
+    pulled_sizes = np.abs(_flatten_params(par, par.pullback(params, mm, ml)))
+
+    def gradient(
+        m: LinearGaussianModel, g: Gaussian, xx: FloatArray, e: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        return form.pathwise_gradient(m, g, xx, e)
+
+    return _Case(
+        model,
+        member,
+        x,
+        params,
+        _flatten_params(par, exact),
+        _flatten_params(par, error),
+        _param_coordinates(par, params),
+        lambda value: _flatten_params(par, _read_gradient(par, value, params)),
+        _param_suspects(par, suspects, gradient),
+        (eps,),
+        pulled_sizes,
+    )
+
+
+def _elbo_gradient(
+    model: LinearGaussianModel, q: Gaussian, x: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    grads = model.elbo_grad_variational(q, x)
+    return grads.mean, grads.scale_tril
+
+
+def _param_suspects(
+    par: Parametrisation,
+    suspects: Sequence[Suspect],
+    gradient_of: Callable[..., tuple[FloatArray, FloatArray]],
+) -> list[Suspect]:
+    """The (m, L) gradient ``suspects`` pulled back through ``par``, and classic
+    chain-rule mistakes of ``par`` applied to the right (m, L) gradient
+    ``gradient_of(model, q, x, *extra)``; each predicts from ``(model, params, x,
+    *extra)``."""
 
     def pulled(suspect: Suspect) -> Suspect:
-        def predict(model: LinearGaussianModel, params: Params, x: FloatArray) -> Any:
+        def predict(model: LinearGaussianModel, params: Params, x: FloatArray, *extra: Any) -> Any:
             q = par.to_gaussian(params)
-            flat = suspect.predict(model, q, x)
+            flat = suspect.predict(model, q, x, *extra)
             if flat is None:
                 return None
             k = q.dim
@@ -232,15 +325,13 @@ def _param_suspects(par: Parametrisation) -> list[Suspect]:
         return Suspect(suspect.name, suspect.advice, predict)
 
     def mistake(name: str, advice: str, wrong: _Wrong) -> Suspect:
-        def predict(model: LinearGaussianModel, params: Params, x: FloatArray) -> Any:
-            grads = model.elbo_grad_variational(par.to_gaussian(params), x)
-            return _flatten_params(par, wrong(params, grads.mean, np.tril(grads.scale_tril)))
+        def predict(model: LinearGaussianModel, params: Params, x: FloatArray, *extra: Any) -> Any:
+            gm, gl = gradient_of(model, par.to_gaussian(params), x, *extra)
+            return _flatten_params(par, wrong(params, gm, np.tril(gl)))
 
         return Suspect(name, advice, predict)
 
-    return [pulled(s) for s in _gradient_suspects()] + [
-        mistake(*entry) for entry in _chain_rule_mistakes(par)
-    ]
+    return [pulled(s) for s in suspects] + [mistake(*entry) for entry in _chain_rule_mistakes(par)]
 
 
 _Wrong = Callable[[Params, FloatArray, FloatArray], Params]
