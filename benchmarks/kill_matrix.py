@@ -106,7 +106,7 @@ def _speed(result: Result) -> str:
                 f"t = {t.group(1)} (critical {t.group(2)})"
             )
         return "deterministic comparison"
-    if kind == "stochastic_gradient":
+    if kind == "statistical_gradient":
         problem = re.search(r"problem (\d+) of (\d+)", message)
         critical = re.search(r"critical \|t\| = ([\d.e+-]+)", message)
         ts = [abs(float(v)) for v in re.findall(r"\(t = (\S+?)\)", message)]
@@ -146,7 +146,7 @@ def _diagnosis(result: Result) -> tuple[str, bool | None]:
     if named:
         marks = [("**" + n + "**") if expected and expected in n else n for n in named]
         return "; ".join(marks), hit
-    if impl.kind == "stochastic_gradient":
+    if impl.kind == "statistical_gradient":
         coords = ", ".join(_biased_coordinates(result.message)) or "?"
         return f"(no diagnosis in this mode) biased coordinates: {coords}", hit
     fallback = [line for line in result.message.splitlines() if line.startswith("Diagnosis:")]

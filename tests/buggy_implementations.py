@@ -37,7 +37,7 @@ KINDS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "estimator": (testing.verify_elbo_estimator, {"mode": "statistical"}),
     "pathwise": (testing.verify_elbo_estimator, {"mode": "pathwise"}),
     "gradient": (testing.verify_elbo_gradient, {"mode": "exact"}),
-    "stochastic_gradient": (testing.verify_elbo_gradient, {"mode": "statistical"}),
+    "statistical_gradient": (testing.verify_elbo_gradient, {"mode": "statistical"}),
     "batched_elbo": (testing.verify_elbo, {"batch_size": 4}),
     "batched_kl": (testing.verify_kl, {"batch_size": 4}),
 }
@@ -49,7 +49,7 @@ SIGNATURES = {
     "estimator": "fn(model, q, x, rng, n_samples)",
     "pathwise": "fn(model, q, x, eps)",
     "gradient": "fn(model, q, x) -> (grad_mean, grad_scale_tril)",
-    "stochastic_gradient": "fn(model, q, x, rng, n_samples) -> (grad_mean, grad_scale_tril)",
+    "statistical_gradient": "fn(model, q, x, rng, n_samples) -> (grad_mean, grad_scale_tril)",
     "batched_elbo": "fn(model, q, x) -> (B,): x (B, D), q.scale_tril (B, K, K)",
     "batched_kl": "fn(p, q) -> (B,): batches of B Gaussians, a covariance each",
 }
@@ -490,7 +490,7 @@ def gradient_wrt_covariance(model: Any, q: Any, x: FloatArray) -> tuple[FloatArr
     return grad_mean, 0.5 * (np.linalg.inv(q.cov) - _posterior_precision(model))
 
 
-def stochastic_gradient_correct(
+def statistical_gradient_correct(
     model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
 ) -> tuple[FloatArray, FloatArray]:
     # Reparameterisation gradient of E_q[log p(x, z)] plus the entropy's exact gradient.
@@ -502,7 +502,7 @@ def stochastic_gradient_correct(
     return grad_mean, grad_factor
 
 
-def stochastic_gradient_missing_entropy(
+def statistical_gradient_missing_entropy(
     model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
 ) -> tuple[FloatArray, FloatArray]:
     # Only the reparameterised E_q[log p(x, z)] part: the entropy's diag(1 / L_ii) is lost.
@@ -511,11 +511,11 @@ def stochastic_gradient_missing_entropy(
     return g.mean(axis=0), np.tril(g.T @ eps / n_samples)
 
 
-def stochastic_gradient_wrong_sign(
+def statistical_gradient_wrong_sign(
     model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
 ) -> tuple[FloatArray, FloatArray]:
     # The gradient of the loss -ELBO.
-    grad_mean, grad_factor = stochastic_gradient_correct(model, q, x, rng, n_samples)
+    grad_mean, grad_factor = statistical_gradient_correct(model, q, x, rng, n_samples)
     return -grad_mean, -grad_factor
 
 
@@ -592,10 +592,10 @@ CORRECT: tuple[Implementation, ...] = (
     ),
     Implementation("gradient_correct", "gradient", "closed-form (m, L) gradient", gradient_correct),
     Implementation(
-        "stochastic_gradient_correct",
-        "stochastic_gradient",
+        "statistical_gradient_correct",
+        "statistical_gradient",
         "reparameterisation gradient + exact entropy gradient",
-        stochastic_gradient_correct,
+        statistical_gradient_correct,
     ),
     Implementation(
         "batched_elbo_correct", "batched_elbo", "minibatch ELBO, a q per row", batched_elbo
@@ -837,17 +837,17 @@ BUGS: tuple[Implementation, ...] = (
         diagnosis="the gradient with respect to the covariance S is returned for L",
     ),
     Implementation(
-        "stochastic_gradient_missing_entropy",
-        "stochastic_gradient",
+        "statistical_gradient_missing_entropy",
+        "statistical_gradient",
         "reparameterised gradient without the entropy's diag(1 / L_ii)",
-        stochastic_gradient_missing_entropy,
+        statistical_gradient_missing_entropy,
         diagnosis="the entropy's contribution diag(1 / L_ii) is missing",
     ),
     Implementation(
-        "stochastic_gradient_wrong_sign",
-        "stochastic_gradient",
+        "statistical_gradient_wrong_sign",
+        "statistical_gradient",
         "gradient of the loss -ELBO",
-        stochastic_gradient_wrong_sign,
+        statistical_gradient_wrong_sign,
         diagnosis="the gradient has the wrong sign",
     ),
     # ----------------------------------------------------------------- batched
@@ -908,7 +908,7 @@ def suspect_names(kind: str) -> tuple[str, ...]:
         + tuple(s for form in FORMS.values() for s in form.estimator_suspects(8)),
         "pathwise": _suspects._pathwise_suspects(),
         "gradient": _suspects._gradient_suspects(),
-        "stochastic_gradient": _suspects._gradient_suspects(),
+        "statistical_gradient": _suspects._gradient_suspects(),
         "batched_elbo": _suspects.ELBO_SUSPECTS,
         "batched_kl": _suspects.KL_SUSPECTS,
         "float32_elbo": _suspects.ELBO_SUSPECTS,

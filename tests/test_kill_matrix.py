@@ -125,7 +125,7 @@ def test_correct_implementation_passes(
 ) -> None:
     report = impl.verify(seed=seed, **options)
     assert report.cases > 0
-    if impl.kind in ("estimator", "stochastic_gradient"):
+    if impl.kind in ("estimator", "statistical_gradient"):
         # A passing t-test reports its largest |t| / critical value; exactly 0 would mean
         # that no coordinate was actually tested.
         assert 0.0 < report.worst_error <= 1.0, f"implausible report: {report}"

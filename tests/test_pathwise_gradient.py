@@ -188,6 +188,85 @@ def test_the_pullback_matches_central_differences_in_the_users_parameters(
             assert abs(fd - exact) <= FD_RTOL * 10 * (1 + abs(exact)), (key, index, fd, exact)
 
 
+def gradient_of_value(value: Callable[[np.ndarray, np.ndarray], float], q: Gaussian) -> np.ndarray:
+    """Central differences of ``value(m, L)`` at q, flat: m, then tril(L) row by row."""
+    k = q.dim
+
+    def along(direction_m: np.ndarray, direction_l: np.ndarray, size: float) -> float:
+        return central(
+            lambda h: value(q.mean + h * direction_m, q.scale_tril + h * direction_l), size
+        )
+
+    out = [along(np.eye(k)[i], np.zeros((k, k)), q.mean[i]) for i in range(k)]
+    for i, j in zip(*np.tril_indices(k), strict=True):
+        step = np.zeros((k, k))
+        step[i, j] = 1.0
+        out.append(along(np.zeros(k), step, q.scale_tril[i, j]))
+    return np.array(out)
+
+
+def buggy_values(
+    form: str, model: LinearGaussianModel, q: Gaussian, x: np.ndarray, eps: np.ndarray
+) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+    """Estimates whose exact gradients some suspects claim, as functions of (m, L):
+    an independent route to the suspects' closed forms."""
+    chosen = FORMS[form]
+
+    def at(mean: np.ndarray, factor: np.ndarray) -> Gaussian:
+        return Gaussian.from_cholesky(mean=mean, scale_tril=factor)
+
+    def sticking(mean: np.ndarray, factor: np.ndarray) -> float:
+        z = mean + eps @ factor.T  # log q's own parameters frozen at q
+        return float(np.mean(model.log_joint(x, z) - q.log_prob(z)))
+
+    def unscaled(mean: np.ndarray, factor: np.ndarray) -> float:
+        return chosen.pathwise_value(model, at(mean, factor), x, mean + eps)
+
+    def sampled_only(mean: np.ndarray, factor: np.ndarray) -> float:
+        z = mean + eps @ factor.T
+        sampled = model.log_likelihood(x, z)
+        if form != "analytic_kl":
+            sampled = sampled + model.prior.log_prob(z)
+        return float(np.mean(sampled))
+
+    return {
+        "sticking the landing": sticking,
+        "the noise is not scaled": unscaled,
+        "is missing": sampled_only,
+    }
+
+
+@pytest.mark.parametrize("form", FORM_NAMES)
+@pytest.mark.parametrize("q_kind", ["diagonal", "full"])
+def test_the_gradient_suspects_are_gradients_of_the_buggy_estimates(form: str, q_kind: str) -> None:
+    """Each suspect's closed form equals central differences of the estimate it claims
+    (log q's parameters frozen, z = m + eps, the analytic term dropped); none fits the
+    correct gradient."""
+    model, q, x = make_problem(11, "full", "full", q_kind)
+    eps = np.random.default_rng(12).standard_normal((3, q.dim))
+    suspects = FORMS[form].pathwise_gradient_suspects()
+    correct = np.concatenate(
+        [
+            FORMS[form].pathwise_gradient(model, q, x, eps)[0],
+            FORMS[form].pathwise_gradient(model, q, x, eps)[1][np.tril_indices(q.dim)],
+        ]
+    )
+    for label, value in buggy_values(form, model, q, x, eps).items():
+        (suspect,) = [s for s in suspects if label in s.name]
+        predicted = np.asarray(suspect.predict(model, q, x, eps))
+        numeric = gradient_of_value(value, q)
+        assert np.allclose(predicted, numeric, rtol=1e-6, atol=1e-6), (label, predicted, numeric)
+    for suspect in suspects:
+        predicted = np.asarray(suspect.predict(model, q, x, eps))
+        same = np.allclose(predicted, correct, rtol=1e-9, atol=1e-9)
+        # The joint and analytic-entropy forms share their pathwise gradient.
+        assert (
+            not same
+            or "analytic-entropy form" in suspect.name
+            or ("the joint form" in suspect.name)
+        ), suspect.name
+
+
 # ---------------------------------------------------------------------- a user's code
 def noise_matrix(model: LinearGaussianModel) -> np.ndarray:
     noise = np.asarray(model.noise_cov, dtype=float)
@@ -222,7 +301,7 @@ def user_gradient(
     scores = likelihood + prior
     if bug == "stl":  # -log q's path gradient L^-T eps, its score term detached
         scores = scores + np.linalg.solve(factor.T, eps.T).T
-    grad_factor = np.tril(scores.T @ eps / n)
+    grad_factor = np.tril((eps.T @ scores if bug == "transposed_outer" else scores.T @ eps) / n)
     if bug not in ("stl", "no_analytic"):
         grad_factor = grad_factor + log_scale
     return scores.mean(axis=0), grad_factor
@@ -302,6 +381,7 @@ PATHWISE_BUGS = [
     ("analytic_entropy", "analytic_entropy", "no_analytic", "the entropy's gradient"),
     ("joint", "joint", "no_analytic", "the gradient of -log q(z), diag(1 / L_ii), is missing"),
     ("analytic_kl", "analytic_kl", "no_analytic", "the KL's gradient is missing"),
+    ("analytic_entropy", "analytic_entropy", "transposed_outer", "outer product"),
 ]
 
 
@@ -314,23 +394,30 @@ def test_a_wrong_pathwise_gradient_fails_with_its_mistake_named(
     assert named in diagnosis(failure), str(failure.value)
 
 
-def test_a_wrong_pathwise_gradient_in_log_scales_is_named() -> None:
-    def missing_entropy(model: Any, params: dict[str, np.ndarray], x: Any, eps: Any) -> Any:
+@pytest.mark.parametrize(
+    ("bug", "named"),
+    [
+        ("no_analytic", "the entropy's gradient"),
+        ("no_chain_rule", "the chain rule's factor d scale / d log_scale is missing"),
+    ],
+)
+def test_a_wrong_pathwise_gradient_in_log_scales_is_named(bug: str, named: str) -> None:
+    def wrong(model: Any, params: dict[str, np.ndarray], x: Any, eps: Any) -> Any:
         scale = np.exp(params["log_scale"])
         gm, gl = user_gradient(
-            "analytic_entropy", model, params["loc"], np.diag(scale), x, eps, "no_analytic"
+            "analytic_entropy", model, params["loc"], np.diag(scale), x, eps, bug
         )
-        return {"loc": gm, "log_scale": np.diag(gl) * scale}
+        return {"loc": gm, "log_scale": np.diag(gl) * (1.0 if bug == "no_chain_rule" else scale)}
 
     with pytest.raises(AssertionError, match="log_scale") as failure:
         verify_elbo_gradient(
-            missing_entropy,
+            wrong,
             mode="pathwise",
             form="analytic_entropy",
             parametrisation=DiagonalLogScale(),
             **FEW,
         )
-    assert "the entropy's gradient" in diagnosis(failure), str(failure.value)
+    assert named in diagnosis(failure), str(failure.value)
 
 
 # ---------------------------------------------------------------------- the arguments

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._gaussian import LOG_2PI, Gaussian, kl_divergence
+from .._gradients import prior_solve_rows
 from .._linalg import cholesky, solve_tril
 from .._model import LinearGaussianModel
 from ._diagnosis import Suspect
@@ -483,6 +484,11 @@ def _pathwise_suspects() -> tuple[Suspect, ...]:
     )
 
 
+def _inverse_cov(q: Gaussian) -> FloatArray:
+    """S^-1 = L^-T L^-1 from q's factor."""
+    return solve_tril(q.scale_tril, solve_tril(q.scale_tril, np.eye(q.dim)), trans=True)
+
+
 def _gradient_suspects() -> tuple[Suspect, ...]:
     def closed(m: LinearGaussianModel, q: Gaussian, x: FloatArray) -> Any:
         return m.elbo_grad_variational(q, x)
@@ -509,14 +515,14 @@ def _gradient_suspects() -> tuple[Suspect, ...]:
             "chain rule: d/dL = tril(2 (dELBO/dS) L)",
             lambda m, q, x: flat(
                 closed(m, q, x).mean,
-                0.5 * (-m.posterior_precision + np.linalg.inv(q.cov)),
+                0.5 * (-m.posterior_precision + _inverse_cov(q)),
             ),
         ),
         Suspect(
             "the prior term's gradient is missing from the mean gradient",
             "d/dm includes -S0^-1 (m - mu0)",
             lambda m, q, x: flat(
-                closed(m, q, x).mean + np.linalg.solve(m.prior.cov, q.mean - m.prior.mean),
+                closed(m, q, x).mean + prior_solve_rows(m.prior, q.mean - m.prior.mean),
                 closed(m, q, x).scale_tril,
             ),
         ),
