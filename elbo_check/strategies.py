@@ -31,6 +31,7 @@ import numpy as np
 import scipy.linalg
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
+from hypothesis.extra.numpy import arrays
 from numpy.typing import NDArray
 
 from ._gaussian import Gaussian
@@ -120,10 +121,6 @@ def _dims(name: str, dim: _Dim) -> st.SearchStrategy[int]:
 
 
 # ---------------------------------------------------------------------- building blocks
-#: Entries of drawn vectors are multiples of ``bound / GRID_STEPS`` (a 16-bit grid).
-GRID_STEPS = 2**15 - 1
-
-
 #: Strategies are built once per set of arguments: hypothesis validates a strategy object
 #: the first time it is drawn from, which cost more than the draws themselves when every
 #: problem built its own (~40% of the time of generating a problem).
@@ -142,26 +139,14 @@ def _choices(kinds: tuple[str, ...]) -> st.SearchStrategy[str]:
 
 @_cached
 def _vectors(size: int, bound: float, *, signed: bool = True) -> st.SearchStrategy[FloatArray]:
-    """Vectors of ``size`` entries in ``[-bound, bound]`` (``[0, bound]`` if not ``signed``).
+    """Vectors of ``size`` floats in ``[-bound, bound]`` (``[0, bound]`` if not ``signed``).
 
-    The entries come from one draw of ``2 * size`` bytes, read as 16-bit integers —
-    zigzag-coded when signed (0, -1, 1, -2, ...), so that smaller bytes mean smaller
-    magnitudes and every entry shrinks toward 0. One byte-string draw instead of one
-    float draw per entry makes a problem ~6x cheaper to generate (100 lists of 60
-    floats: 1.1 s; 100 strings of 120 bytes: 0.17 s) and shrinks as well; the 16-bit
-    grid (steps of ``bound / 32767``) is far finer than any property of a test problem.
+    One array draw (hypothesis' ``arrays``) instead of a list of floats: the same
+    values and the same shrinking toward simple numbers (0, then small integers), at a
+    third of the cost (100 draws of 60 entries: 0.48 s against 1.29 s).
     """
-    if size == 0:
-        return st.just(np.zeros(0))
-
-    def decode(raw: bytes) -> FloatArray:
-        codes = np.frombuffer(raw, dtype=">u2").astype(np.int64)
-        if not signed:
-            return np.asarray(bound * np.minimum(codes / (2 * GRID_STEPS), 1.0), np.float64)
-        steps = np.where(codes % 2 == 1, -((codes + 1) // 2), codes // 2)
-        return np.asarray(bound * np.clip(steps / GRID_STEPS, -1.0, 1.0), np.float64)
-
-    return st.binary(min_size=2 * size, max_size=2 * size).map(decode)
+    elements = st.floats(-bound if signed else 0.0, bound, allow_nan=False)
+    return arrays(np.float64, size, elements=elements)
 
 
 @_cached
