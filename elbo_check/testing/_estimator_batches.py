@@ -40,7 +40,9 @@ from ._batching import as_values, member, stack_gaussians
 from ._calls import _BATCH_AXIS_HINT, _failing_members, _worst_member, _worst_of
 from ._cases import as_elbo_cases, statistical_cases
 from ._estimator_diagnosis import (
+    DIAGNOSIS_CRITICAL,
     StatisticalEvidence,
+    ValuesOf,
     diagnosis_calls,
     kind_of,
     near_posterior,
@@ -60,10 +62,6 @@ FloatArray = NDArray[np.float64]
 Triple = tuple[LinearGaussianModel, Gaussian, FloatArray]
 
 _QUANTITY = "ELBO estimate"
-#: The two-sided 0.1% critical value of the batch-means t statistic: the failing member's
-#: mean in its batch and among copies of itself differ by more than this many standard
-#: errors of the difference before the members are said to interact.
-INTERACTION_CRITICAL = float(scipy.stats.t.isf(0.0005, BATCHES - 1))
 
 
 # ---------------------------------------------------------------------- problems
@@ -228,11 +226,15 @@ def batched_statistical(
         )
 
         def at_position(
-            m: LinearGaussianModel, qq: Gaussian, xx: FloatArray, stream: list[int], i: int = i
+            m: LinearGaussianModel,
+            qq: Gaussian,
+            xx: FloatArray,
+            stream: list[int],
+            n: int,
+            i: int = i,
         ) -> FloatArray | None:
-            values = diagnosis_calls(
-                fn, convert, (*_copies(m, qq, xx, size), n_samples), stream, calls
-            )
+            arguments = (*_copies(m, qq, xx, size), n_samples)
+            values = diagnosis_calls(fn, convert, arguments, stream, n)
             return None if values is None else values[:, i]
 
         lines = [
@@ -243,13 +245,23 @@ def batched_statistical(
             f"  t = {t[i]:.3g}; critical |t| = {critical:.3g} for false-alarm rate "
             f"{false_alarm_rate:g} over {comparisons} members ({len(cases)} batches of {size})",
         ]
-        mixing = _statistical_interaction(at_position, first, size, [seed, 79, index], critical)
+        mixing = _statistical_interaction(
+            at_position, first, size, [seed, 79, index], calls, critical
+        )
         if mixing is not None:
             lines.append(mixing)
         else:
             lines.append(
                 statistical_diagnosis(
-                    form, n_samples, first, at_position, [seed, 78, index], critical, rtol, atol
+                    form,
+                    n_samples,
+                    first,
+                    at_position,
+                    [seed, 78, index],
+                    calls,
+                    critical,
+                    rtol,
+                    atol,
                 )
             )
         raise AssertionError("\n".join(lines))
@@ -283,26 +295,27 @@ _INTERACTION_FIX = (
 
 
 def _statistical_interaction(
-    at_position: Callable[
-        [LinearGaussianModel, Gaussian, FloatArray, list[int]], FloatArray | None
-    ],
+    at_position: ValuesOf,
     first: StatisticalEvidence,
     size: int,
     stream: list[int],
+    calls: int,
     critical: float,
 ) -> str | None:
     """A diagnosis if the failing member's mean estimate changes when its batch-mates are
-    copies of it: a two-sample z-test at the check's critical value."""
+    copies of it: a two-sample t-test at the diagnosis' level (``DIAGNOSIS_CRITICAL``)."""
     if size == 1:
         return None
-    alone = at_position(*first.problem, stream)
+    alone = at_position(*first.problem, stream, calls)
     if alone is None:
         return None
     mean, standard_error, _ = (float(v) for v in _batch_t(alone, np.array(first.expected)))
     spread = math.hypot(first.standard_error, standard_error)
-    tolerance = first.allowed - critical * first.standard_error
-    # The verdict is in; this only chooses between explanations, at a level of its own.
-    level = min(critical, INTERACTION_CRITICAL)
+    tolerance = first.tolerance
+    # The verdict is in; this only chooses between explanations, at the diagnosis' level:
+    # the means in the batch and among copies differ by more than DIAGNOSIS_CRITICAL
+    # standard errors of the difference.
+    level = min(critical, DIAGNOSIS_CRITICAL)
     if abs(mean - first.mean) <= level * spread + tolerance:
         return None
     return (
