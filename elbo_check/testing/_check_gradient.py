@@ -31,7 +31,7 @@ from ..strategies import (
 )
 from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
 from ._forms import ElboForm, check_form
-from ._gradient_cases import _Case, _legacy_case, _param_case
+from ._gradient_cases import _Case, _legacy_case, _param_case, coordinate_rows
 from ._gradient_diagnosis import gradient_suspects_across
 from ._gradient_statistics import verify_statistical_gradient
 from ._limits import _single_blas_thread
@@ -307,7 +307,7 @@ def _verify_exact_gradient(
             return f"  the parametrisation's map raised {type(err).__name__}: {err}"
         parts = [case.describe()]
         if error is None:
-            parts += _rows(case, *compare(case))
+            parts += coordinate_rows(case, *compare(case))
             found = gradient_suspects_across(fn, prepare, case, case.suspects, rtol, atol)
             parts.append(_diagnosis(found, "see the coordinates marked 'off'"))
         return "\n".join(parts)
@@ -323,14 +323,3 @@ def _verify_exact_gradient(
         tolerance_text=f"|got - exact| <= rtol={rtol:g} * (|exact| + 1) + atol={atol:g}{extra} "
         "per entry",
     )
-
-
-def _rows(case: _Case, got: FloatArray, expected: FloatArray, tolerance: FloatArray) -> list[str]:
-    """One line per coordinate: expected, got, gap; the ones off marked."""
-    return [
-        f"    {name:>12s}: expected {expected[i]: .10g}, got {got[i]: .10g}, "
-        f"gap {got[i] - expected[i]:.3g}"
-        + ("  <-- off" if abs(got[i] - expected[i]) > tolerance[i] else "")
-        + ("" if free else "  (not a parameter: must be 0)")
-        for i, (name, free) in enumerate(case.names)
-    ]

@@ -409,6 +409,19 @@ def _chain_rule_mistakes(par: Parametrisation) -> list[tuple[str, str, _Wrong]]:
     return []
 
 
+def coordinate_rows(
+    case: _Case, got: FloatArray, expected: FloatArray, tolerance: FloatArray
+) -> list[str]:
+    """One line per coordinate of ``case``: expected, got, gap; the ones off marked."""
+    return [
+        f"    {name:>12s}: expected {expected[i]: .10g}, got {got[i]: .10g}, "
+        f"gap {got[i] - expected[i]:.3g}"
+        + ("  <-- off" if not abs(got[i] - expected[i]) <= tolerance[i] else "")
+        + ("" if free else "  (not a parameter: must be 0)")
+        for i, (name, free) in enumerate(case.names)
+    ]
+
+
 def _coordinate_names(k: int) -> list[str]:
     rows, cols = np.tril_indices(k)
     return [f"mean[{i}]" for i in range(k)] + [

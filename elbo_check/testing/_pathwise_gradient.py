@@ -20,7 +20,7 @@ from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..strategies import ElboProblem
 from ._forms import ElboForm
-from ._gradient_cases import _Case, _pathwise_case
+from ._gradient_cases import _Case, _pathwise_case, coordinate_rows
 from ._gradient_diagnosis import gradient_suspects_across
 from ._parametrisations import Custom, Parametrisation
 from ._report import VerificationReport, _diagnosis
@@ -86,14 +86,7 @@ def verify_pathwise_gradient(
             return f"  the parametrisation's map raised {type(err).__name__}: {err}"
         parts = [case.describe(), f"  form: {form.describe()}"]
         if error is None:
-            g, e, tolerance = compare(case)
-            parts += [
-                f"    {name:>12s}: expected {e[i]: .10g}, got {g[i]: .10g}, "
-                f"gap {g[i] - e[i]:.3g}"
-                + ("  <-- off" if abs(g[i] - e[i]) > tolerance[i] else "")
-                + ("" if free else "  (not a parameter: must be 0)")
-                for i, (name, free) in enumerate(case.names)
-            ]
+            parts += coordinate_rows(case, *compare(case))
 
             def probe(
                 model: LinearGaussianModel, q: Gaussian, x: FloatArray, variant: int
