@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from elbo_check import Gaussian, InvalidInputError, LinearGaussianModel
-from elbo_check.strategies import ElboProblem
+from elbo_check.strategies import ElboProblem, elbo_problems
 from elbo_check.testing import verify_elbo_estimator
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -187,18 +187,29 @@ def test_a_bias_of_one_member_names_that_member(mode: str) -> None:
     assert "interact" not in text  # its value does not depend on its batch-mates
 
 
-def test_the_forms_own_bug_is_named_in_a_batch() -> None:
-    """A batched estimator with an unbatched bug: the form's suspect, through packing."""
-
+@pytest.mark.parametrize("mode", ["statistical", "pathwise"])
+def test_the_forms_own_bug_is_named_in_a_batch(mode: str) -> None:
+    """A batched estimator with an unbatched bug: the form's suspect, found by packing the
+    failing member (and the diagnosis' other problems) into batches of copies."""
+    fn = (statistical if mode == "statistical" else pathwise)("analytic_kl", "KL added")
+    options = STAT if mode == "statistical" else PATH
     with pytest.raises(AssertionError) as failure:
-        verify_elbo_estimator(
-            pathwise("analytic_kl", "KL added"),
-            mode="pathwise",
-            form="analytic_kl",
-            batch_size=2,
-            max_examples=25,
-        )
-    assert "Diagnosis: the KL is added instead of subtracted" in message(failure)
+        verify_elbo_estimator(fn, mode=mode, form="analytic_kl", batch_size=2, **options)
+    text = message(failure)
+    assert "Diagnosis: the KL is added instead of subtracted" in text, text
+    assert "interact" not in text
+
+
+def test_a_batched_estimator_that_edits_its_input_is_reported() -> None:
+    def edits(
+        model: LinearGaussianModel, q: Gaussian, x: np.ndarray, rng: np.random.Generator, n: int
+    ) -> Any:
+        values = statistical("joint")(model, q, x, rng, n)
+        x -= 1.0
+        return values
+
+    with pytest.raises(AssertionError, match="fn changed its input x in place"):
+        verify_elbo_estimator(edits, batch_size=2, **STAT)
 
 
 # ---------------------------------------------------------------------- the arguments
@@ -214,6 +225,16 @@ def test_batch_size_is_validated_before_fn_is_called(batch_size: Any, mode: str)
     with pytest.raises(InvalidInputError, match=r"batch_size must be None or an int >= 1; got"):
         verify_elbo_estimator(fn, mode=mode, batch_size=batch_size)
     assert not called
+
+
+def test_a_strategy_of_batches_is_drawn_from() -> None:
+    strategy = elbo_problems(batch_shape=(3,), shared_covariance=False, max_latent_dim=2)
+    report = verify_elbo_estimator(
+        statistical("analytic_kl"), form="analytic_kl", batch_size=3, problems=strategy, **STAT
+    )
+    assert report.cases == 2
+    with pytest.raises(InvalidInputError, match=r"problems \(a drawn problem\): with batch_size=3"):
+        verify_elbo_estimator(statistical("joint"), batch_size=3, problems=elbo_problems(), **STAT)
 
 
 def _batch_of(size: int) -> ElboProblem:

@@ -52,7 +52,7 @@ from ._estimator_diagnosis import (
 from ._forms import ElboForm
 from ._options import BATCHES
 from ._report import VerificationReport, _describe_gaussian, _describe_model, _fmt, _numbers
-from ._returns import BadReturn, invoke
+from ._returns import BadReturn, InputMutated, invoke
 from ._searching import _deterministic_check
 from ._statistics import _batch_t, _repeated_calls
 
@@ -131,7 +131,11 @@ def batched_statistical_cases(
     )
     if own:
         return [_grown(m, q, x, size, [seed, i]) for i, (m, q, x) in enumerate(cases)]
-    return [_as_batch(f"problems[{i}]", m, q, x, size) for i, (m, q, x) in enumerate(cases)]
+    drawn = isinstance(problems, st.SearchStrategy)
+    return [
+        _as_batch("problems (a drawn problem)" if drawn else f"problems[{i}]", m, q, x, size)
+        for i, (m, q, x) in enumerate(cases)
+    ]
 
 
 def _copies(model: LinearGaussianModel, q: Gaussian, x: FloatArray, size: int) -> tuple[Any, ...]:
@@ -171,7 +175,7 @@ def batched_statistical(
                 name, fn, convert, (model, q, x, n_samples), [seed, 77, index], calls
             )
         except AssertionError as err:
-            if not isinstance(err.__cause__, BadReturn):
+            if not isinstance(err.__cause__, BadReturn) or isinstance(err.__cause__, InputMutated):
                 raise
             raise AssertionError(
                 f"{name} failed (seed={seed}, batch {index + 1} of {len(cases)}): "
