@@ -29,8 +29,11 @@ from ..strategies import (
     observations,
     variational_gaussians,
 )
+from ._batching import check_batch_size
 from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
 from ._forms import ElboForm, check_form
+from ._gradient_batch_statistics import batched_statistical_problems, verify_batched_statistical
+from ._gradient_batches import batched_gradient_problems, verify_batched_gradient
 from ._gradient_cases import _Case, _legacy_case, _param_case, coordinate_rows
 from ._gradient_diagnosis import gradient_suspects_across
 from ._gradient_statistics import verify_statistical_gradient
@@ -75,6 +78,7 @@ def verify_elbo_gradient(
     max_examples: int | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    batch_size: int | None = None,
     **model_options: Any,
 ) -> VerificationReport:
     r"""Check gradients of the ELBO with respect to q's parameters.
@@ -135,6 +139,81 @@ def verify_elbo_gradient(
     suspect only when it explains the user's gradient on the failing problem and on an
     independent problem of the same dimensions, noise, prior and q kinds.
 
+    **Batches.** With ``batch_size=B``, ``fn`` is batched VAE code: one model and a
+    minibatch of ``B`` members, each with its own observation and q. ``x`` has shape
+    ``(B, D)``; q has batch shape ``(B,)`` with a covariance per member (``q.mean``
+    ``(B, K)``, ``q.scale_tril`` and ``q.cov`` ``(B, K, K)``); with a parametrisation
+    every parameter has a leading batch axis (``DiagonalLogScale``: ``loc`` and
+    ``log_scale`` of shape ``(B, K)``). ``fn`` returns, for each member ``b``, the
+    gradient of member ``b``'s ELBO with respect to member ``b``'s own parameters, the
+    batch axis first: what autodiff of the *sum* of the members' ELBOs gives::
+
+        fn(model, q, x) -> (grad_mean (B, K), grad_scale_tril (B, K, K))       # exact
+        fn(model, q, x, rng, n_samples) -> (grad_mean, grad_scale_tril)       # statistical
+        fn(model, q, x, eps) -> (grad_mean, grad_scale_tril)                  # pathwise
+        fn(model, params, x) -> {"loc": (B, K), "log_scale": (B, K)}  # DiagonalLogScale
+
+    In pathwise mode ``eps`` has shape ``(n, B, K)`` (sample axis first, as in
+    :func:`verify_elbo_estimator`) and member ``b``'s target is its form's pathwise
+    gradient at ``eps[:, b, :]``. Every coordinate of every member is compared (in the
+    statistical mode the Bonferroni correction runs over all of them). A failure names
+    the worst member and how many fail, and says whether the return has the wrong
+    shape (the gradients summed or averaged over the batch axis), whether it is the
+    gradient of the batch *mean* of the ELBOs (every member's gradient divided by
+    ``B``), whether the members interact (a member's gradient changes with its
+    batch-mates), and otherwise diagnoses the member as an unbatched gradient (it is
+    packed, at its position, into batches of copies of itself).
+
+    Parameters
+    ----------
+    fn : callable
+        The code under test, with the signature of its mode (above).
+    parametrisation : Parametrisation, optional
+        Differentiate in these parameters instead of ``(m, L)`` (default: ``(m, L)``).
+    mode : {"exact", "statistical", "pathwise"}
+        Which gradient ``fn`` returns (above).
+    form : str or ElboForm
+        The estimate differentiated (pathwise mode) or the suspects named.
+    seed : int or numpy.random.Generator, optional
+        Makes the check reproducible (default: ``$ELBO_CHECK_SEED`` or 0).
+    n_samples : int
+        Statistical mode: passed to ``fn``.
+    calls : int, optional
+        Statistical mode: calls per problem (per batch with ``batch_size``).
+    problems : strategy or sequence, optional
+        Your own problems (:class:`~elbo_check.strategies.ElboProblem` or ``(model, q,
+        x)``). With ``batch_size=B`` each is one batch: q of batch shape ``(B,)`` and
+        ``x`` of shape ``(B, D)``.
+    n_problems : int, optional
+        Statistical mode: problems (batches) drawn from a strategy or the verifier's own
+        (with ``batch_size``, each grown into ``B`` observations of its model, each
+        with its own q near its posterior).
+    q_kinds : sequence of str, optional
+        Covariance kinds of the drawn q's (``"full"``, ``"diagonal"``, ``"isotropic"``).
+    false_alarm_rate : float
+        Statistical mode: the probability that a correct estimator fails a call.
+    profile : str, optional
+        ``"dev"`` or ``"ci"``: the default ``max_examples``, ``calls`` and problems.
+    max_examples : int, optional
+        Exact and pathwise modes: cases the search tries.
+    rtol, atol : float
+        Tolerances (above).
+    batch_size : int, optional
+        Check batched code on batches of this many members (``None``: unbatched).
+    **model_options
+        Passed to :func:`~elbo_check.strategies.linear_gaussian_models`.
+
+    Returns
+    -------
+    VerificationReport
+
+    Raises
+    ------
+    AssertionError
+        With the failing problem (the failing member of a batch) and a diagnosis.
+    InvalidInputError
+        For invalid arguments, before ``fn`` is called.
+
     Notes
     -----
     With :math:`g(z) = \nabla_z\log p(x, z) = -\Sigma_0^{-1}(z - \mu_0)
@@ -186,6 +265,30 @@ def verify_elbo_gradient(
     chosen = _profile(profile)
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
+    size = check_batch_size(batch_size)
+    if size is not None:
+        report = _verify_batches(
+            fn,
+            parametrisation,
+            mode,
+            chosen_form,
+            size,
+            seed=seed_value,
+            chosen=chosen,
+            n_samples=n_samples,
+            calls=calls,
+            problems=problems,
+            n_problems=n_problems,
+            q_kinds=q_kinds,
+            false_alarm_rate=false_alarm_rate,
+            max_examples=max_examples,
+            rtol=rtol,
+            atol=atol,
+            model_options=model_options,
+        )
+        return dataclasses.replace(
+            report, details={**report.details, "form": chosen_form.name, "batch_size": size}
+        )
     if mode == "statistical":
         total_calls = _statistical_calls(chosen, calls, n_samples)
         return verify_statistical_gradient(
@@ -240,15 +343,100 @@ def verify_elbo_gradient(
     return dataclasses.replace(report, details={**report.details, "form": chosen_form.name})
 
 
-def _label(par: Parametrisation | None, mode: str, form: ElboForm) -> str:
+def _label(par: Parametrisation | None, mode: str, form: ElboForm, size: int | None = None) -> str:
     """The report's and the failure's name of the call, e.g.
-    ``verify_elbo_gradient(mode='pathwise', form='analytic_kl')``."""
+    ``verify_elbo_gradient(mode='pathwise', form='analytic_kl', batch_size=4)``."""
     options = [] if par is None else [f"parametrisation={par!r}"]
     if mode != "exact":
         options.append(f"mode={mode!r}")
     if mode == "pathwise" and form.name != "joint":
         options.append(f"form={form.name!r}")
+    if size is not None:
+        options.append(f"batch_size={size}")
     return "verify_elbo_gradient" + (f"({', '.join(options)})" if options else "")
+
+
+def _verify_batches(
+    fn: Callable[..., Any],
+    par: Parametrisation | None,
+    mode: str,
+    form: ElboForm,
+    size: int,
+    *,
+    seed: int,
+    chosen: dict[str, int],
+    n_samples: int,
+    calls: int | None,
+    problems: Any,
+    n_problems: int | None,
+    q_kinds: Sequence[str] | None,
+    false_alarm_rate: float,
+    max_examples: int | None,
+    rtol: float,
+    atol: float,
+    model_options: dict[str, Any],
+) -> VerificationReport:
+    """``batch_size=size`` in every mode (see :mod:`._gradient_batches`)."""
+    batched = sorted({"batch_shape", "shared_covariance"} & set(model_options))
+    if batched:
+        raise InvalidInputError(
+            f"batch_size={size} draws batches of {size} members, each with its own q; "
+            f"{batched} cannot be combined with it (leave them out)"
+        )
+    label = _label(par, mode, form, size)
+    if mode == "statistical":
+        total_calls = _statistical_calls(chosen, calls, n_samples)
+        return verify_batched_statistical(
+            fn,
+            par,
+            form,
+            size,
+            label=label,
+            seed=seed,
+            batches=batched_statistical_problems(
+                problems,
+                n_problems,
+                size,
+                default_count=chosen["problems"],
+                seed=seed,
+                q_kinds=("full",) if q_kinds is None else q_kinds,
+                model_options=model_options,
+                calls=total_calls,
+            ),
+            calls=total_calls,
+            n_samples=n_samples,
+            false_alarm_rate=false_alarm_rate,
+            rtol=rtol,
+            atol=atol,
+        )
+    kinds = check_q_kinds(
+        (COV_KINDS if q_kinds is None else q_kinds) if par is None else par.cov_kinds
+    )
+    extra = "" if not isinstance(par, Custom) else " + the Jacobian's difference error"
+    if mode == "pathwise":
+        tolerance_text = (
+            f"|got - exact| <= rtol={rtol:g} * (|exact| + magnitude + 1) + atol={atol:g}"
+            f"{extra} per entry, the magnitude being the sum of the absolute values of the "
+            f"terms of the gradient of {form.formula}"
+        )
+    else:
+        tolerance_text = (
+            f"|got - exact| <= rtol={rtol:g} * (|exact| + 1) + atol={atol:g}{extra} per entry"
+        )
+    return verify_batched_gradient(
+        fn,
+        par,
+        form,
+        size,
+        pathwise=mode == "pathwise",
+        label=label,
+        seed=seed,
+        max_examples=check_count("max_examples", max_examples, chosen["max_examples"]),
+        rtol=rtol,
+        atol=atol,
+        problems=batched_gradient_problems(problems, size, kinds, model_options),
+        tolerance_text=tolerance_text,
+    )
 
 
 def _parametrised_problems(
