@@ -222,6 +222,41 @@ def test_a_log_scale_gradient_summed_over_the_batch_is_a_wrong_shape() -> None:
     assert "summed or averaged over the batch axis" in str(failure.value)
 
 
+def test_one_wrong_member_is_named_without_an_interaction() -> None:
+    def member_1_off(model: LinearGaussianModel, q: Gaussian, x: np.ndarray) -> Any:
+        gm, gl = exact_gradient(model, q.mean, q.scale_tril, x, "")
+        gm = gm.copy()
+        gm[1] += 10.0
+        return gm, gl
+
+    with pytest.raises(AssertionError) as failure:
+        verify_elbo_gradient(member_1_off, batch_size=3, **EXACT)
+    message = str(failure.value)
+    assert "member 1 of the batch of 3 (1 of 3 members fail)" in message, message
+    assert "interact" not in message
+    assert "batch MEAN" not in message
+
+
+def test_a_batch_axis_last_is_named() -> None:
+    def last(model: LinearGaussianModel, q: Gaussian, x: np.ndarray) -> Any:
+        gm, gl = exact_gradient(model, q.mean, q.scale_tril, x, "")
+        return gm.T, np.moveaxis(gl, 0, -1)
+
+    with pytest.raises(AssertionError, match="is the batch axis last"):
+        verify_elbo_gradient(last, batch_size=3, **EXACT)
+
+
+@pytest.mark.parametrize("mode", ["exact", "statistical"])
+def test_an_input_edited_in_place_is_reported_as_such(mode: str) -> None:
+    def editing(model: LinearGaussianModel, q: Gaussian, x: np.ndarray, *rest: Any) -> Any:
+        x -= model.bias
+        return user(mode)(model, q, x + model.bias, *rest)
+
+    with pytest.raises(AssertionError, match="changed its input x in place") as failure:
+        verify_elbo_gradient(editing, batch_size=2, **MODES[mode])
+    assert "Hint: an error that appears only with batches" not in str(failure.value)
+
+
 # ---------------------------------------------------------------------- the arguments
 @pytest.mark.parametrize("bad", [0, -2, 2.5, True, "3"])
 def test_a_bad_batch_size_is_refused_before_fn_is_called(bad: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
+from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from .._gaussian import Gaussian
@@ -40,7 +41,7 @@ from ._options import BATCHES
 from ._parametrisations import Parametrisation
 from ._progress import BudgetReached
 from ._report import VerificationReport, _describe_model, _diagnosis
-from ._returns import BadReturn
+from ._returns import BadReturn, InputMutated
 from ._statistics import _batch_t, _repeated_calls
 
 __all__ = ["batched_statistical_problems", "verify_batched_statistical"]
@@ -94,7 +95,11 @@ def batched_statistical_problems(
     )  # an int is the deprecated count of the verifier's own problems
     if own:
         return [_grown(m, q, x, size, [seed, i]) for i, (m, q, x) in enumerate(cases)]
-    return [_as_batch(f"problems[{i}]", m, q, x, size) for i, (m, q, x) in enumerate(cases)]
+    drawn = isinstance(problems, st.SearchStrategy)
+    return [
+        _as_batch("problems (a drawn problem)" if drawn else f"problems[{i}]", m, q, x, size)
+        for i, (m, q, x) in enumerate(cases)
+    ]
 
 
 # ---------------------------------------------------------------------- statistical
@@ -147,8 +152,8 @@ def verify_batched_statistical(
         try:
             draws = estimates(batch, [seed, 78, index])
         except AssertionError as err:
-            if not isinstance(err.__cause__, BadReturn):
-                raise
+            if not isinstance(err.__cause__, BadReturn) or isinstance(err.__cause__, InputMutated):
+                raise  # fn raised, or edited an input: reported as such, with the batch
             raise AssertionError(
                 f"{head}: {err.__cause__}\n"
                 + "\n".join([_describe_model(batch.model), batch.shapes(), _BATCH_AXIS_HINT])

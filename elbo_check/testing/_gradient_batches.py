@@ -50,7 +50,7 @@ from ._gradient_diagnosis import gradient_suspects_across
 from ._parametrisations import Parametrisation
 from ._pathwise_gradient import _noise
 from ._report import VerificationReport, _describe_model, _diagnosis
-from ._returns import BadReturn, invoke, to_array
+from ._returns import BadReturn, InputMutated, invoke, to_array
 from ._searching import _deterministic_check
 
 __all__ = ["batched_gradient_problems", "packed_fn", "split_members", "verify_batched_gradient"]
@@ -398,7 +398,8 @@ def verify_batched_gradient(
         except Exception as err:  # a Custom map that raised
             return f"  the parametrisation's map raised {type(err).__name__}: {err}"
         if error is not None:
-            return "\n".join([_describe_model(batch.model), batch.shapes(), _BATCH_AXIS_HINT])
+            hint = [] if isinstance(error, InputMutated) else [_BATCH_AXIS_HINT]
+            return "\n".join([_describe_model(batch.model), batch.shapes(), *hint])
         got_all, expected_all, tolerance_all = compare(batch)
         ratios = _member_ratios(got_all, expected_all, tolerance_all)
         i, failing = int(np.argmax(ratios)), int(np.count_nonzero(~(ratios <= 1.0)))
