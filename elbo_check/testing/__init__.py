@@ -8,10 +8,13 @@ and a diagnosis of which term is wrong. On success it returns a
 :class:`VerificationReport`.
 
 Deterministic checks (``verify_elbo``, ``verify_kl``, ``verify_log_evidence``, the
-pathwise estimator mode and exact gradients) compare within ``rtol`` of the
-magnitudes of the terms involved plus ``atol``. Statistical checks (Monte-Carlo
-estimators and stochastic gradients) are z-tests on batch means with a stated
-false-alarm rate, Bonferroni-corrected over every comparison in the call.
+``"exact"`` and ``"pathwise"`` modes of the estimator and gradient checks) compare
+within ``rtol`` of the magnitudes of the terms involved plus ``atol``. Statistical
+checks (``mode="statistical"``: Monte-Carlo estimators of the ELBO and of its gradient)
+are z-tests on batch means with a stated false-alarm rate, Bonferroni-corrected over
+every comparison in the call. Every verifier takes the same options, spelled and
+validated the same way (``problems``, ``q_kinds``, ``batch_size``, ``seed``,
+``profile``, ``rtol``, ``atol``, ``dtype``, ``time_budget``, ...).
 
 The verifiers are meant to be called from ordinary tests. Inside a test that is
 itself decorated with ``@given`` use the single-case checks (:func:`check_elbo`, ...)
