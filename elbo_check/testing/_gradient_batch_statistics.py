@@ -34,7 +34,7 @@ from ._gradient_batches import (
     _interaction_text,
     packed_fn,
 )
-from ._gradient_cases import _Case, _legacy_case, _param_case
+from ._gradient_cases import _Case, _legacy_case, _param_case, repeated_caller
 from ._gradient_diagnosis import cov_kind
 from ._gradient_statistics import _confirmed, _predicts
 from ._options import BATCHES
@@ -138,7 +138,7 @@ def verify_batched_statistical(
         """``calls`` rows of the batch's flat coordinates ``(B * C)``."""
         return _repeated_calls(
             label,
-            lambda model, q, x, rng, n: batch.call(fn, rng, n),
+            repeated_caller(fn, batch.point),
             lambda value: batch.convert(value).reshape(-1),
             (batch.model, batch.q, batch.x, n_samples),
             stream,
@@ -204,7 +204,7 @@ def verify_batched_statistical(
             ) -> tuple[FloatArray, FloatArray, FloatArray]:
                 draws = _repeated_calls(
                     label,
-                    lambda model, q, x, rng, n: other.call(unbatched, rng, n),
+                    repeated_caller(unbatched, other.point),
                     other.convert,
                     (other.model, other.q, other.x, n_samples),
                     stream,

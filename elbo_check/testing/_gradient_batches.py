@@ -41,6 +41,7 @@ from ._forms import ElboForm
 from ._gradient_cases import (
     _call_with_params,
     _Case,
+    _direct,
     _legacy_case,
     _param_case,
     _pathwise_case,
@@ -193,7 +194,8 @@ def _member_ratios(got: FloatArray, expected: FloatArray, tolerance: FloatArray)
 def packed_fn(fn: Callable[..., Any], par: Parametrisation | None, size: int, position: int) -> Any:
     """An unbatched function from the user's batched ``fn``: its arguments (one
     problem) are packed into a batch of ``size`` copies, and the gradient at
-    ``position`` is returned, as an unbatched gradient."""
+    ``position`` is returned, as an unbatched gradient. For calls through
+    :func:`invoke` (``_Case.call``, ``repeated_caller``), which counts them."""
 
     def unbatched(model: LinearGaussianModel, point: Any, x: FloatArray, *rest: Any) -> Any:
         if isinstance(point, Gaussian):
@@ -206,10 +208,12 @@ def packed_fn(fn: Callable[..., Any], par: Parametrisation | None, size: int, po
         extra = tuple(
             np.stack([r] * size, axis=1) if isinstance(r, np.ndarray) else r for r in rest
         )
+        # Called through invoke (by _Case.call or _repeated_calls), which counts the call
+        # and keeps the unbatched arguments private; the stacked ones are fresh copies.
         if isinstance(q, Gaussian):
-            value = invoke(fn, model, q, batch_x, *extra)
+            value = fn(model, q, batch_x, *extra)
         else:
-            value = _call_with_params(fn, model, q, batch_x, *extra)
+            value = _call_with_params(fn, model, q, batch_x, *extra, call=_direct)
         return split_members(value, par, size, shapes)[position]
 
     return unbatched

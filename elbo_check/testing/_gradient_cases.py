@@ -123,11 +123,17 @@ def _param_coordinates(par: Parametrisation, params: Params) -> list[tuple[str, 
     return names
 
 
-def _call_with_params(fn: Callable[..., Any], model: Any, params: Params, *rest: Any) -> Any:
-    """``fn(model, params, *rest)`` through :func:`invoke`, on a fresh dict of private
-    copies; an in-place edit of one of them is reported as :class:`InputMutated`."""
+def _call_with_params(
+    fn: Callable[..., Any],
+    model: Any,
+    params: Params,
+    *rest: Any,
+    call: Callable[..., Any] = invoke,
+) -> Any:
+    """``fn(model, params, *rest)`` through ``call`` (:func:`invoke`), on a fresh dict of
+    private copies; an in-place edit of one of them is reported as :class:`InputMutated`."""
     given = {key: value.copy() for key, value in params.items()}
-    result = invoke(fn, model, given, *rest)
+    result = call(fn, model, given, *rest)
     for key, value in params.items():
         seen = given.get(key)
         if (
@@ -141,6 +147,24 @@ def _call_with_params(fn: Callable[..., Any], model: Any, params: Params, *rest:
                 "corrupts its callers' data: work on a copy"
             )
     return result
+
+
+def repeated_caller(fn: Callable[..., Any], point: Any) -> Callable[..., Any]:
+    """``fn`` as :func:`._statistics._repeated_calls` calls it, ``(model, q, x, rng, n)``
+    with ``point`` (q itself, or the parameters) in q's place. ``_repeated_calls`` calls
+    it through :func:`invoke` (private copies of ``x``, one call counted), so it is not
+    wrapped in a second ``invoke``: only the parameters need their private copies here."""
+    if isinstance(point, Gaussian):
+        return fn
+
+    def with_params(model: Any, q: Any, x: Any, *rest: Any) -> Any:
+        return _call_with_params(fn, model, point, x, *rest, call=_direct)
+
+    return with_params
+
+
+def _direct(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 # ---------------------------------------------------------------------- one case

@@ -20,7 +20,7 @@ from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ._diagnosis import Suspect
 from ._forms import ElboForm
-from ._gradient_cases import _Case, _legacy_case, _param_case
+from ._gradient_cases import _Case, _legacy_case, _param_case, repeated_caller
 from ._gradient_diagnosis import independent_gradient_problems
 from ._options import BATCHES
 from ._parametrisations import Parametrisation
@@ -59,7 +59,7 @@ def verify_statistical_gradient(
     def means(case: _Case, stream: list[int]) -> tuple[FloatArray, FloatArray, FloatArray]:
         draws = _repeated_calls(
             "verify_elbo_gradient",
-            lambda model, q, x, rng, n: case.call(fn, rng, n),
+            repeated_caller(fn, case.point),
             case.convert,
             (case.model, case.q, case.x, n_samples),
             stream,
