@@ -70,6 +70,16 @@ def iwae(
     return float(logsumexp(log_w) - np.log(n))
 
 
+def mean_field(
+    model: LinearGaussianModel, q: Gaussian, x: np.ndarray, rng: np.random.Generator, n: int
+) -> float:
+    """A mean-field VAE ELBO (analytic KL): right for diagonal q, given a full one."""
+    scale = np.sqrt(np.diagonal(q.cov))
+    z = q.mean + scale * rng.standard_normal((n, q.dim))
+    divergence = kl(q.mean, np.diag(scale**2), model.prior.mean, model.prior.cov)
+    return float(np.mean(log_likelihood(model, x, z)) - divergence)
+
+
 def diagnoses(failure: pytest.ExceptionInfo[AssertionError]) -> list[str]:
     return [line for line in str(failure.value).splitlines() if "Diagnosis" in line]
 
@@ -106,6 +116,25 @@ def test_the_statistical_diagnosis_names_the_same_bug_for_every_seed(
         assert "problem 2 (like the failing one" in str(failure.value)
         seen.append(lines[0])
     assert len(set(seen)) == 1
+
+
+def test_a_mean_field_estimator_given_correlated_q_is_named_and_never_misnamed() -> None:
+    """Measured at seeds 0..7 (calls=200): named at 7, "no known bug" once (seed 3: the
+    skewed estimates of a strongly correlated q put the mean 3.9 standard errors from the
+    prediction on the second problem). A wrong name would be worse than none."""
+    named = 0
+    for seed in SEEDS:
+        with pytest.raises(AssertionError, match="the estimator is biased") as failure:
+            verify_elbo_estimator(
+                mean_field, form="analytic_kl", seed=seed, calls=200, n_problems=2
+            )
+        (line,) = diagnoses(failure)
+        if line.startswith("Diagnosis: q's covariance is replaced by its diagonal"):
+            named += 1
+        else:
+            assert line.startswith("Diagnosis: no known bug matches"), line
+    assert named >= 3
+    verify_elbo_estimator(mean_field, form="analytic_kl", q_kinds=("diagonal",), calls=200)
 
 
 @pytest.mark.parametrize("form", ["joint", "analytic_kl", "analytic_entropy"])

@@ -226,9 +226,26 @@ def _iwae_bound(n_samples: int) -> Callable[..., float | None]:
     return predict
 
 
+def _mean_field(model: LinearGaussianModel, q: Gaussian, x: FloatArray) -> float | None:
+    """The ELBO of q's mean-field projection (None where q is mean-field already)."""
+    variances = np.diagonal(q.cov)
+    off_diagonal = q.cov - np.diag(variances)
+    if not np.any(np.abs(off_diagonal) > 1e-12 * float(np.max(variances))):
+        return None
+    return float(model.elbo(Gaussian.from_diagonal(mean=q.mean, variances=variances), x))
+
+
 def extra_estimator_suspects(n_samples: int) -> tuple[Suspect, ...]:
     """Form-independent estimator bugs beyond the forms' catalogues."""
     return (
+        Suspect(
+            "q's covariance is replaced by its diagonal: a mean-field estimator (it reads "
+            "only q's marginal scales) is given a q with correlations",
+            "a mean-field estimator is right for diagonal q only: verify it with "
+            "q_kinds=('diagonal',), or sample with q's full Cholesky factor and evaluate "
+            "log q with its full covariance",
+            _mean_field,
+        ),
         Suspect(
             f"fn returns an importance-weighted bound, log mean_i exp(log p(x, z_i) - "
             f"log q(z_i)) over the n_samples = {n_samples} samples (the IWAE bound), not "
