@@ -895,10 +895,250 @@ BUGS: tuple[Implementation, ...] = (
 )
 
 
+# =========================================================================== issue 10, part 2
+# The estimator mistakes users make (the loss, the IWAE bound, a likelihood divided by N,
+# a mean-field estimator given correlated q), autodiff at fixed noise (pathwise
+# gradients), and minibatch code for every verifier that takes batch_size.
+def _log_likelihood_rows(model: Any, x: FloatArray, z: FloatArray) -> FloatArray:
+    """log p(x | z) for rows z (n, K)."""
+    return log_normal(x - z @ model.weights.T - model.bias, np.zeros(len(x)), noise_matrix(model))
+
+
+def estimator_returns_loss(model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int) -> float:
+    return -estimator_correct(model, q, x, rng, n_samples)  # BUG: the loss for an optimiser
+
+
+def estimator_iwae(model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int) -> float:
+    z = q.mean + rng.standard_normal((n_samples, len(q.mean))) @ q.scale_tril.T
+    log_w = _log_joint(model, x, z) - log_normal(z, q.mean, q.cov)
+    top = np.max(log_w)
+    return float(top + np.log(np.mean(np.exp(log_w - top))))  # BUG: log-mean-exp
+
+
+def estimator_likelihood_over_n(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> float:
+    """Analytic KL; the reconstruction divided by a dataset size N = 50 (a minibatch
+    rescaling applied to the wrong term)."""
+    z = q.mean + rng.standard_normal((n_samples, len(q.mean))) @ q.scale_tril.T
+    kl = gaussian_kl(q.mean, q.cov, model.prior.mean, model.prior.cov)
+    return float(np.mean(_log_likelihood_rows(model, x, z)) / 50.0 - kl)  # BUG: / N
+
+
+def estimator_mean_field_on_full_q(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> float:
+    """A mean-field VAE ELBO (analytic KL) that reads q's marginal scales only."""
+    variances = np.diagonal(q.cov)  # BUG for correlated q: the correlations are dropped
+    z = q.mean + np.sqrt(variances) * rng.standard_normal((n_samples, len(q.mean)))
+    kl = gaussian_kl(q.mean, np.diag(variances), model.prior.mean, model.prior.cov)
+    return float(np.mean(_log_likelihood_rows(model, x, z)) - kl)
+
+
+def pathwise_gradient_correct(model: Any, q: Any, x: FloatArray, eps: FloatArray) -> Any:
+    """Autodiff of mean_i [log p(x, z_i) - log q(z_i)] at z_i = m + L eps_i, by hand."""
+    factor = q.scale_tril
+    g = _grad_log_joint(model, x, q.mean + eps @ factor.T)  # (n, K)
+    return g.mean(axis=0), np.tril(g.T @ eps / len(eps)) + np.diag(1.0 / np.diag(factor))
+
+
+def pathwise_gradient_sticking_the_landing(
+    model: Any, q: Any, x: FloatArray, eps: FloatArray
+) -> Any:
+    """log q's parameters detached: only the path derivative of -log q through z."""
+    factor = q.scale_tril
+    z = q.mean + eps @ factor.T
+    g = _grad_log_joint(model, x, z) + (z - q.mean) @ np.linalg.inv(q.cov)  # BUG (STL)
+    return g.mean(axis=0), np.tril(g.T @ eps / len(eps))
+
+
+def pathwise_gradient_kl_missing(model: Any, q: Any, x: FloatArray, eps: FloatArray) -> Any:
+    """Analytic-KL form; only the reconstruction is differentiated."""
+    factor = q.scale_tril
+    z = q.mean + eps @ factor.T
+    g = (x - z @ model.weights.T - model.bias) @ np.linalg.inv(noise_matrix(model)) @ model.weights
+    return g.mean(axis=0), np.tril(g.T @ eps / len(eps))  # BUG: - d KL / d (m, L) missing
+
+
+def _batched_cov(q: Any) -> FloatArray:
+    factor = q.scale_tril
+    return np.asarray(factor @ np.swapaxes(factor, -1, -2))
+
+
+def batched_estimator(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int, bug: str = ""
+) -> Any:
+    """Analytic-KL minibatch estimate: x (B, D), q.mean (B, K), q.scale_tril (B, K, K)."""
+    means, factors = q.mean, q.scale_tril
+    b, k = means.shape
+    eps = rng.standard_normal((n_samples, b, k))
+    z = means + np.einsum("bkl,nbl->nbk", factors, eps)  # (n, B, K)
+    residual = x - z @ model.weights.T - model.bias  # (n, B, D)
+    log_lik = log_normal(
+        residual.reshape(-1, x.shape[-1]), np.zeros(x.shape[-1]), noise_matrix(model)
+    )
+    recon = log_lik.reshape(n_samples, b).mean(axis=0)
+    covs = _batched_cov(q)
+    kl = np.array(
+        [gaussian_kl(means[i], covs[i], model.prior.mean, model.prior.cov) for i in range(b)]
+    )
+    if bug == "kl averaged over the batch":
+        kl = np.full(b, kl.mean())
+    values = recon - kl
+    return float(values.sum()) if bug == "summed over the batch" else values
+
+
+def batched_log_evidence(model: Any, x: FloatArray, bug: str = "") -> Any:
+    """log p(x_b) for rows x (B, D)."""
+    w = model.weights
+    mean = w @ model.prior.mean + model.bias
+    centred = x - (x.mean(axis=0) if bug == "centred on the batch mean" else mean)
+    cov = w @ model.prior.cov @ w.T + noise_matrix(model)
+    return log_normal(centred, np.zeros(x.shape[-1]), cov)
+
+
+def batched_gradient(model: Any, q: Any, x: FloatArray, bug: str = "") -> Any:
+    """Each member's exact (m_b, L_b) gradient: x (B, D), q.scale_tril (B, K, K)."""
+    factors = q.scale_tril
+    grad_mean = _grad_log_joint(model, x, q.mean)  # rows: one per member
+    diagonal = np.diagonal(factors, axis1=-2, axis2=-1)
+    grad_factor = np.tril(-np.einsum("kl,blm->bkm", _posterior_precision(model), factors))
+    grad_factor = grad_factor + np.einsum("bk,kl->bkl", 1.0 / diagonal, np.eye(factors.shape[-1]))
+    if bug == "the batch-mean loss":
+        return grad_mean / len(x), grad_factor / len(x)
+    return grad_mean, grad_factor
+
+
+KINDS.update(
+    {
+        "pathwise_gradient": (testing.verify_elbo_gradient, {"mode": "pathwise"}),
+        "batched_estimator": (testing.verify_elbo_estimator, {"batch_size": 4}),
+        "batched_evidence": (testing.verify_log_evidence, {"batch_size": 4}),
+        "batched_gradient": (testing.verify_elbo_gradient, {"batch_size": 4}),
+    }
+)
+SIGNATURES.update(
+    {
+        "pathwise_gradient": "fn(model, q, x, eps) -> (grad_mean, grad_scale_tril) at fixed eps",
+        "batched_estimator": "fn(model, q, x, rng, n_samples) -> (B,): x (B, D), a q per row",
+        "batched_evidence": "fn(model, x) -> (B,): x (B, D)",
+        "batched_gradient": "fn(model, q, x) -> ((B, K), (B, K, K)): a q per row",
+    }
+)
+
+CORRECT = (
+    *CORRECT,
+    Implementation(
+        "pathwise_gradient_correct",
+        "pathwise_gradient",
+        "autodiff of the joint-form estimate at fixed eps, by hand",
+        pathwise_gradient_correct,
+    ),
+    Implementation(
+        "batched_estimator_correct",
+        "batched_estimator",
+        "analytic-KL minibatch estimate, einsum over the batch",
+        lambda m, q, x, rng, n: batched_estimator(m, q, x, rng, n),
+        options={"form": "analytic_kl"},
+    ),
+    Implementation(
+        "batched_evidence_correct",
+        "batched_evidence",
+        "log p(x_b) for every row",
+        lambda m, x: batched_log_evidence(m, x),
+    ),
+    Implementation(
+        "batched_gradient_correct",
+        "batched_gradient",
+        "each member's (m, L) gradient, einsum over the batch",
+        lambda m, q, x: batched_gradient(m, q, x),
+    ),
+)
+
+BUGS = (
+    *BUGS,
+    Implementation(
+        "estimator_returns_loss",
+        "estimator",
+        "the loss -ELBO returned (what an optimiser minimises)",
+        estimator_returns_loss,
+        diagnosis="the loss -ELBO is returned",
+    ),
+    Implementation(
+        "estimator_iwae",
+        "estimator",
+        "log-mean-exp of the importance weights (the IWAE bound) returned as the ELBO",
+        estimator_iwae,
+        diagnosis="importance-weighted bound",
+    ),
+    Implementation(
+        "estimator_likelihood_over_n",
+        "estimator",
+        "analytic-KL form with the reconstruction divided by N = 50",
+        estimator_likelihood_over_n,
+        options={"form": "analytic_kl"},
+        diagnosis="the reconstruction E_q[log p(x | z)] is scaled by 0.02",
+    ),
+    Implementation(
+        "estimator_mean_field_on_full_q",
+        "estimator",
+        "a mean-field VAE ELBO (marginal scales only) given correlated q",
+        estimator_mean_field_on_full_q,
+        options={"form": "analytic_kl"},
+        diagnosis="q's covariance is replaced by its diagonal",
+    ),
+    Implementation(
+        "pathwise_gradient_sticking_the_landing",
+        "pathwise_gradient",
+        "log q's parameters detached (STL): unbiased, not this estimate's gradient",
+        pathwise_gradient_sticking_the_landing,
+        diagnosis="sticking the landing",
+    ),
+    Implementation(
+        "pathwise_gradient_kl_missing",
+        "pathwise_gradient",
+        "analytic-KL form, only the reconstruction differentiated",
+        pathwise_gradient_kl_missing,
+        options={"form": "analytic_kl"},
+        diagnosis="the KL's gradient is missing",
+    ),
+    Implementation(
+        "batched_estimator_kl_averaged",
+        "batched_estimator",
+        "the KL averaged over the batch, subtracted from every row",
+        lambda m, q, x, rng, n: batched_estimator(m, q, x, rng, n, "kl averaged over the batch"),
+        options={"form": "analytic_kl"},
+        diagnosis=_INTERACT,
+    ),
+    Implementation(
+        "batched_estimator_summed",
+        "batched_estimator",
+        "one number for the batch (summed over rows)",
+        lambda m, q, x, rng, n: batched_estimator(m, q, x, rng, n, "summed over the batch"),
+        options={"form": "analytic_kl"},
+    ),
+    Implementation(
+        "batched_evidence_batch_mean",
+        "batched_evidence",
+        "rows centred on the batch mean instead of the marginal mean",
+        lambda m, x: batched_log_evidence(m, x, "centred on the batch mean"),
+        diagnosis=_INTERACT,
+    ),
+    Implementation(
+        "batched_gradient_batch_mean_loss",
+        "batched_gradient",
+        "the gradient of the batch MEAN of the ELBOs (every member's divided by B)",
+        lambda m, q, x: batched_gradient(m, q, x, "the batch-mean loss"),
+        diagnosis="the gradient is of the batch MEAN of the ELBOs",
+    ),
+)
+
+
 # =========================================================================== helpers for tests
 def suspect_names(kind: str) -> tuple[str, ...]:
     """Names of the suspects the verifier of ``kind`` can put on its diagnosis line."""
     from elbo_check.testing import FORMS, _suspects
+    from elbo_check.testing._estimator_diagnosis import _SCALED_TERMS, extra_estimator_suspects
 
     catalogues: dict[str, Any] = {
         "elbo": _suspects.ELBO_SUSPECTS,
@@ -913,8 +1153,24 @@ def suspect_names(kind: str) -> tuple[str, ...]:
         "batched_kl": _suspects.KL_SUSPECTS,
         "float32_elbo": _suspects.ELBO_SUSPECTS,
         "log_scale_gradient": (),
+        "pathwise_gradient": tuple(
+            s for form in FORMS.values() for s in form.pathwise_gradient_suspects()
+        ),
+        "batched_estimator": tuple(
+            s for form in FORMS.values() for s in form.estimator_suspects(8)
+        ),
+        "batched_evidence": _suspects.EVIDENCE_SUSPECTS,
+        "batched_gradient": _suspects._gradient_suspects(),
     }
+    if kind == "estimator":
+        catalogues[kind] += extra_estimator_suspects(8)
     names = tuple(suspect.name for suspect in catalogues[kind])
+    if kind == "estimator":  # names fitted from these labels: a term scaled by a constant
+        names += tuple(f"{label} is scaled by" for label, _, _, _ in _SCALED_TERMS) + tuple(
+            name for _, _, special, _ in _SCALED_TERMS for name in special.values()
+        )
+    if kind == "batched_gradient":
+        names += ("the gradient is of the batch MEAN of the ELBOs",)
     return (*names, _INTERACT) if kind.startswith("batched") else names
 
 
