@@ -519,6 +519,22 @@ def _gradient_suspects() -> tuple[Suspect, ...]:
             ),
         ),
         Suspect(
+            "the gradient is 0 in expectation: z is sampled without reparameterisation and "
+            "the score-function term f(z) grad log q(z) is missing (what is left, the "
+            "gradient of -log q(z) at fixed z, averages to 0)",
+            "for a z that is not reparameterised, add f(z) * grad log q(z) with "
+            "f = log p(x, z) - log q(z) held constant (a surrogate loss), or sample "
+            "z = m + L eps and differentiate through it",
+            lambda m, q, x: np.zeros_like(_flat_gradient(m, q, x)),
+        ),
+        Suspect(
+            "the gradient is doubled: the reparameterised (pathwise) gradient and the "
+            "score-function term f(z) grad log q(z) are both included",
+            "use one estimator: differentiate through z = m + L eps, or keep z fixed and "
+            "add the score-function term, not both",
+            lambda m, q, x: 2.0 * _flat_gradient(m, q, x),
+        ),
+        Suspect(
             "the prior term's gradient is missing from the mean gradient",
             "d/dm includes -S0^-1 (m - mu0)",
             lambda m, q, x: flat(
