@@ -1022,6 +1022,20 @@ def batched_gradient(model: Any, q: Any, x: FloatArray, bug: str = "") -> Any:
     return grad_mean, grad_factor
 
 
+def statistical_gradient_score_term_missing(
+    model: Any, q: Any, x: FloatArray, rng: Any, n_samples: int
+) -> Any:
+    """z sampled, not reparameterised; the surrogate lacks f(z) grad log q(z), so what
+    autodiff returns is the gradient of -log q(z) at fixed z."""
+    factor = q.scale_tril
+    eps = rng.standard_normal((n_samples, len(q.mean)))
+    z = q.mean + eps @ factor.T
+    grad_mean = -((z - q.mean) @ np.linalg.inv(q.cov)).mean(axis=0)
+    inv_t = np.linalg.inv(factor).T
+    outer = np.einsum("ij,nj,nk->ik", inv_t, eps, eps) / n_samples
+    return grad_mean, np.diag(1.0 / np.diag(factor)) - np.tril(outer)
+
+
 KINDS.update(
     {
         "pathwise_gradient": (testing.verify_elbo_gradient, {"mode": "pathwise"}),
@@ -1083,6 +1097,13 @@ CORRECT = (
 
 BUGS = (
     *BUGS,
+    Implementation(
+        "statistical_gradient_score_term_missing",
+        "statistical_gradient",
+        "a sampled z's surrogate without the score-function term f(z) grad log q(z)",
+        statistical_gradient_score_term_missing,
+        diagnosis="the gradient is 0 in expectation",
+    ),
     Implementation(
         "estimator_returns_loss",
         "estimator",
