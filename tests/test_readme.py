@@ -46,7 +46,12 @@ def test_readme_example_runs_and_its_verifier_catches_a_bug() -> None:
         values = model.elbo(q, x)  # type: ignore[attr-defined]
         return values * 0 + values.mean()  # BUG: one value for the whole batch
 
-    others = {"my_mc_elbo": _mc_elbo, "my_vae_loss": _analytic_kl, "my_grad": _log_scale_grad}
+    others = {
+        "my_mc_elbo": _mc_elbo,
+        "my_vae_loss": _analytic_kl,
+        "my_grad": _log_scale_grad,
+        "my_autodiff_grad": _analytic_kl_pathwise_grad,
+    }
     exec(source, {"my_elbo": correct, "my_batched_elbo": correct, **others})
     with pytest.raises(AssertionError, match="entropy term H\\(q\\) is missing"):
         exec(
@@ -77,3 +82,15 @@ def _log_scale_grad(model: Any, params: dict[str, np.ndarray], x: np.ndarray) ->
     q = Gaussian.from_diagonal(mean=params["loc"], variances=scale**2)
     g = model.elbo_grad_variational(q, x)
     return {"loc": g.mean, "log_scale": np.diagonal(g.scale_tril) * scale}
+
+
+def _analytic_kl_pathwise_grad(model: Any, q: Any, x: np.ndarray, eps: np.ndarray) -> Any:
+    """d/d(m, L) of mean_i log p(x | z_i) - KL(q || p(z)) at z_i = m + L eps_i, by hand."""
+    factor = q.scale_tril
+    z = q.mean + eps @ factor.T
+    residual = x - z @ model.weights.T - model.bias
+    g = np.linalg.solve(model.dense_noise_cov(), residual.T).T @ model.weights
+    s0 = model.prior.cov
+    grad_kl_mean = np.linalg.solve(s0, q.mean - model.prior.mean)
+    grad_kl_factor = np.tril(np.linalg.solve(s0, factor)) - np.diag(1 / np.diag(factor))
+    return g.mean(axis=0) - grad_kl_mean, np.tril(g.T @ eps / len(eps)) - grad_kl_factor
