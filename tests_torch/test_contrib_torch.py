@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch import Tensor  # noqa: E402
-from torch.distributions import MultivariateNormal, Normal, kl_divergence  # noqa: E402
+from torch.distributions import MultivariateNormal, kl_divergence  # noqa: E402
 
 from elbo_check import Gaussian, InvalidInputError, InvalidTypeError, ppca  # noqa: E402
 from elbo_check.contrib.torch import (  # noqa: E402
