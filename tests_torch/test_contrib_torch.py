@@ -32,7 +32,7 @@ from elbo_check.contrib.torch import (  # noqa: E402
     verify_kl,
     verify_log_evidence,
 )
-from elbo_check.testing import DiagonalLogScale  # noqa: E402
+from elbo_check.testing import DiagonalLogScale, FullCholesky  # noqa: E402
 
 FAST = {"max_examples": 30}
 STATISTICAL = {"n_problems": 2, "calls": 200}
@@ -192,6 +192,13 @@ def test_gradient_in_a_parametrisation() -> None:
         return elbo(model, q, x)
 
     verify_elbo_gradient(diagonal_elbo, parametrisation=DiagonalLogScale(), **FAST)
+
+    def cholesky_elbo(model: TorchModel, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        factor = params["scale_tril"]  # used as given: autograd fills its upper triangle too
+        return elbo(model, TorchGaussian(params["loc"], factor, factor @ factor.mT), x)
+
+    # the adapter masks the entries that are not parameters (above the diagonal)
+    verify_elbo_gradient(cholesky_elbo, parametrisation=FullCholesky(), **FAST)
 
 
 def test_sticking_the_landing_fails_pathwise_and_is_named() -> None:

@@ -241,8 +241,8 @@ def _numpy(value: Any) -> Any:
     """A returned tensor (or a tuple or dict of them) as numpy; float32 stays float32."""
     if isinstance(value, Tensor):
         return value.detach().cpu().numpy()
-    if isinstance(value, tuple):
-        return tuple(_numpy(v) for v in value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_numpy(v) for v in value)
     if isinstance(value, dict):
         return {k: _numpy(v) for k, v in value.items()}
     return value
