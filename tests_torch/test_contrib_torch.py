@@ -206,6 +206,14 @@ def test_sticking_the_landing_fails_pathwise_and_is_named() -> None:
         verify_elbo_gradient(sticking_the_landing, mode="pathwise", **FAST)
 
 
+def test_sticking_the_landing_is_unbiased_so_passes_statistical() -> None:
+    def sampled(model: TorchModel, q: TorchGaussian, x: Tensor, generator: Any, n: int) -> Tensor:
+        eps = torch.randn((n, *q.mean.shape), generator=generator, dtype=q.mean.dtype)
+        return sticking_the_landing(model, q, x, eps)
+
+    verify_elbo_gradient(sampled, mode="statistical", **STATISTICAL)
+
+
 def test_the_loss_sign_is_caught_and_named() -> None:
     with pytest.raises(AssertionError, match="wrong sign"):
         verify_elbo_gradient(loss, **FAST)
