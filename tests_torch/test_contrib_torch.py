@@ -258,3 +258,17 @@ def test_a_value_autograd_cannot_differentiate_is_named() -> None:
 
     with pytest.raises(AssertionError, match="does not depend on q's parameters"):
         verify_elbo_gradient(detached, max_examples=5)
+
+
+def test_the_tutorials_pytorch_example_runs_as_printed() -> None:
+    """docs/tutorials/your-code.md's PyTorch block (not run by the docs build, which has
+    no torch) runs here as printed, and its check catches a dropped entropy."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "your-code.md"
+    section = page.read_text(encoding="utf-8").split("## Your framework: PyTorch")[1]
+    source = section.split("```python")[1].split("```")[0]
+    exec(source, {})
+    broken = source.replace(" - guide.log_prob(z)", "")  # the entropy term dropped
+    with pytest.raises(AssertionError, match="failed"):
+        exec(broken, {})
