@@ -217,6 +217,15 @@ def check_model_options(model_options: dict[str, Any]) -> None:
         ) from err
 
 
+def kind_of(q: Gaussian) -> str:
+    """``"isotropic"``, ``"diagonal"`` or ``"full"``: the covariance kind of an unbatched q."""
+    cov = q.cov
+    diagonal = np.diagonal(cov)
+    if not np.array_equal(cov, np.diag(diagonal)):
+        return "full"
+    return "isotropic" if np.all(diagonal == diagonal[0]) else "diagonal"
+
+
 def _with_kind(q: Gaussian, kind: str) -> Gaussian:
     """q's nearest member of a covariance kind (the diagonal of its covariance, or the
     mean variance)."""

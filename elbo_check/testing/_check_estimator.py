@@ -19,17 +19,13 @@ from ..strategies import (
     ElboProblem,
     elbo_problems,
 )
+from ._batch_problems import batched_statistical_cases
 from ._batching import check_batch_size
 from ._calls import (
     _call,
 )
 from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
-from ._estimator_batches import (
-    batched_pathwise,
-    batched_statistical,
-    batched_statistical_cases,
-    pathwise_batches,
-)
+from ._estimator_batches import batched_pathwise, batched_statistical, pathwise_batches
 from ._estimator_diagnosis import (
     StatisticalEvidence,
     diagnosis_calls,

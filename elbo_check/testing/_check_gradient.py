@@ -29,10 +29,11 @@ from ..strategies import (
     observations,
     variational_gaussians,
 )
+from ._batch_problems import batched_statistical_cases
 from ._batching import check_batch_size
 from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
 from ._forms import ElboForm, check_form
-from ._gradient_batch_statistics import batched_statistical_problems, verify_batched_statistical
+from ._gradient_batch_statistics import verify_batched_statistical
 from ._gradient_batches import batched_gradient_problems, verify_batched_gradient
 from ._gradient_cases import _Case, _legacy_case, _param_case, coordinate_rows
 from ._gradient_diagnosis import gradient_suspects_across
@@ -393,7 +394,7 @@ def _verify_batches(
             size,
             label=label,
             seed=seed,
-            batches=batched_statistical_problems(
+            batches=batched_statistical_cases(
                 problems,
                 n_problems,
                 size,

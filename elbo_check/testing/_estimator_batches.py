@@ -32,20 +32,18 @@ import scipy.stats
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from .._errors import InvalidInputError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..strategies import ElboProblem, elbo_problems
+from ._batch_problems import as_batch, check_batches
 from ._batching import as_values, member, stack_gaussians
 from ._calls import _BATCH_AXIS_HINT, _failing_members, _worst_member, _worst_of
-from ._cases import as_elbo_cases, statistical_cases
+from ._cases import as_elbo_cases
 from ._estimator_diagnosis import (
     DIAGNOSIS_CRITICAL,
     StatisticalEvidence,
     ValuesOf,
     diagnosis_calls,
-    kind_of,
-    near_posterior,
     pathwise_diagnosis,
     statistical_diagnosis,
 )
@@ -56,7 +54,7 @@ from ._returns import BadReturn, InputMutated, invoke
 from ._searching import _deterministic_check
 from ._statistics import _batch_t, _repeated_calls
 
-__all__ = ["batched_pathwise", "batched_statistical", "check_batches"]
+__all__ = ["batched_pathwise", "batched_statistical"]
 
 FloatArray = NDArray[np.float64]
 Triple = tuple[LinearGaussianModel, Gaussian, FloatArray]
@@ -65,79 +63,6 @@ _QUANTITY = "ELBO estimate"
 
 
 # ---------------------------------------------------------------------- problems
-def _as_batch(label: str, model: LinearGaussianModel, q: Gaussian, x: Any, size: int) -> Triple:
-    """A user's batch problem, q with a covariance per member; a clear error otherwise."""
-    data = np.asarray(x, dtype=np.float64)
-    if q.batch_shape != (size,) or data.shape != (size, model.data_dim):
-        raise InvalidInputError(
-            f"{label}: with batch_size={size} every problem is one batch: q with "
-            f"batch shape ({size},) (q.mean of shape ({size}, K), a scale_tril per member) "
-            f"and x of shape ({size}, D) = ({size}, {model.data_dim}); got q of batch shape "
-            f"{q.batch_shape} and x of shape {data.shape}"
-        )
-    return model, stack_gaussians([member(q, b) for b in range(size)]), data
-
-
-def check_batches(problems: Sequence[ElboProblem], size: int) -> list[ElboProblem]:
-    """The user's batch problems, checked (see :func:`_as_batch`)."""
-    return [
-        ElboProblem(*_as_batch(f"problems[{i}]", p.model, p.q, p.x, size))
-        for i, p in enumerate(problems)
-    ]
-
-
-def _grown(
-    model: LinearGaussianModel, q: Gaussian, x: FloatArray, size: int, seed: list[int]
-) -> Triple:
-    """A batch of ``size`` members sharing ``model``: ``(q, x)`` first, then observations
-    drawn from the model, each with a q of the same kind near its posterior."""
-    rng = np.random.default_rng([*seed, 2025])
-    members, rows = [q], [x]
-    for _ in range(size - 1):
-        row = model.sample(1, rng)[0][0]
-        members.append(near_posterior(model, row, rng, kind_of(q)))
-        rows.append(row)
-    return model, stack_gaussians(members), np.stack(rows)
-
-
-def batched_statistical_cases(
-    problems: Any,
-    n_problems: int | None,
-    size: int,
-    *,
-    default_count: int,
-    seed: int,
-    q_kinds: Sequence[str],
-    model_options: dict[str, Any],
-    calls: int,
-) -> list[Triple]:
-    """The batches of a batched statistical check.
-
-    The verifier's own: each of its ``n_problems`` problems grown into a batch sharing
-    its model. The user's (a sequence or a strategy): every problem must be a batch of
-    ``size`` members already.
-    """
-    cases = statistical_cases(
-        problems,
-        n_problems,
-        default_count=default_count,
-        seed=seed,
-        q_kinds=q_kinds,
-        model_options=model_options,
-        calls=calls,
-    )
-    own = problems is None or (
-        isinstance(problems, (int, np.integer)) and not isinstance(problems, bool)
-    )
-    if own:
-        return [_grown(m, q, x, size, [seed, i]) for i, (m, q, x) in enumerate(cases)]
-    drawn = isinstance(problems, st.SearchStrategy)
-    return [
-        _as_batch("problems (a drawn problem)" if drawn else f"problems[{i}]", m, q, x, size)
-        for i, (m, q, x) in enumerate(cases)
-    ]
-
-
 def _copies(model: LinearGaussianModel, q: Gaussian, x: FloatArray, size: int) -> tuple[Any, ...]:
     return model, stack_gaussians([q] * size), np.stack([x] * size)
 
@@ -483,6 +408,6 @@ def pathwise_batches(
         if problems is None:
             return user
         return user.map(
-            lambda p: ElboProblem(*_as_batch("problems (a drawn problem)", p.model, p.q, p.x, size))
+            lambda p: ElboProblem(*as_batch("problems (a drawn problem)", p.model, p.q, p.x, size))
         )
     return st.sampled_from(check_batches(user, size))

@@ -42,7 +42,7 @@ from .._gaussian import Gaussian
 from .._linalg import cholesky
 from .._model import LinearGaussianModel
 from .._random import random_gaussian, random_model
-from ._cases import _with_kind
+from ._cases import _with_kind, kind_of
 from ._diagnosis import Probe, Suspect, match_suspects_across, scaled
 from ._forms import ElboForm
 from ._options import BATCHES
@@ -76,15 +76,6 @@ ValuesOf = Callable[[LinearGaussianModel, Gaussian, FloatArray, list[int], int],
 
 
 # ---------------------------------------------------------------------- problems
-def kind_of(q: Gaussian) -> str:
-    """``"isotropic"``, ``"diagonal"`` or ``"full"``: the covariance kind of an unbatched q."""
-    cov = q.cov
-    diagonal = np.diagonal(cov)
-    if not np.array_equal(cov, np.diag(diagonal)):
-        return "full"
-    return "isotropic" if np.all(diagonal == diagonal[0]) else "diagonal"
-
-
 def near_posterior(
     model: LinearGaussianModel, x: FloatArray, rng: np.random.Generator, kind: str
 ) -> Gaussian:

@@ -18,24 +18,20 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
-from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
-from ._batching import member, stack_gaussians
+from ._batching import member
 from ._calls import _BATCH_AXIS_HINT
-from ._cases import _with_kind, statistical_cases
 from ._forms import ElboForm
 from ._gradient_batches import (
-    _as_batch,
     _Batch,
     _batch_mean,
     _interaction_text,
     packed_fn,
 )
 from ._gradient_cases import _Case, _legacy_case, _param_case, repeated_caller
-from ._gradient_diagnosis import cov_kind
 from ._gradient_statistics import _confirmed, _predicts
 from ._options import BATCHES
 from ._parametrisations import Parametrisation
@@ -44,62 +40,10 @@ from ._report import VerificationReport, _describe_model, _diagnosis
 from ._returns import BadReturn, InputMutated
 from ._statistics import _batch_t, _repeated_calls
 
-__all__ = ["batched_statistical_problems", "verify_batched_statistical"]
+__all__ = ["verify_batched_statistical"]
 
 FloatArray = NDArray[np.float64]
 Triple = tuple[LinearGaussianModel, Gaussian, FloatArray]
-
-
-def _grown(
-    model: LinearGaussianModel, q: Gaussian, x: FloatArray, size: int, seed: list[int]
-) -> Triple:
-    """A batch of ``size`` members sharing ``model``: ``(q, x)`` first, then
-    observations drawn from the model, each with a q of q's kind near its posterior."""
-    rng = np.random.default_rng([*seed, 2026])
-    members, rows = [q], [x]
-    for _ in range(size - 1):
-        row = model.sample(1, rng)[0][0]
-        posterior = model.posterior(row)
-        k = model.latent_dim
-        mean = posterior.mean + 0.5 * posterior.scale_tril @ rng.standard_normal(k)
-        factor = posterior.scale_tril * rng.uniform(0.7, 1.3, size=k)
-        members.append(_with_kind(Gaussian._trusted(mean, np.tril(factor)), cov_kind(q)))
-        rows.append(row)
-    return model, stack_gaussians(members), np.stack(rows)
-
-
-def batched_statistical_problems(
-    problems: Any,
-    n_problems: int | None,
-    size: int,
-    *,
-    default_count: int,
-    seed: int,
-    q_kinds: Sequence[str],
-    model_options: dict[str, Any],
-    calls: int,
-) -> list[Triple]:
-    """The statistical mode's batches: the verifier's own problems, each grown into a
-    batch sharing its model, or the user's, each one batch already."""
-    cases = statistical_cases(
-        problems,
-        n_problems,
-        default_count=default_count,
-        seed=seed,
-        q_kinds=q_kinds,
-        model_options=model_options,
-        calls=calls,
-    )
-    own = problems is None or (
-        isinstance(problems, (int, np.integer)) and not isinstance(problems, bool)
-    )  # an int is the deprecated count of the verifier's own problems
-    if own:
-        return [_grown(m, q, x, size, [seed, i]) for i, (m, q, x) in enumerate(cases)]
-    drawn = isinstance(problems, st.SearchStrategy)
-    return [
-        _as_batch("problems (a drawn problem)" if drawn else f"problems[{i}]", m, q, x, size)
-        for i, (m, q, x) in enumerate(cases)
-    ]
 
 
 # ---------------------------------------------------------------------- statistical

@@ -30,10 +30,10 @@ import numpy as np
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from .._errors import InvalidInputError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..strategies import ElboProblem, elbo_problems
+from ._batch_problems import as_batch
 from ._batching import member, stack_gaussians
 from ._calls import _BATCH_AXIS_HINT
 from ._cases import as_elbo_cases
@@ -292,19 +292,6 @@ def _interaction(
 
 
 # ---------------------------------------------------------------------- problems
-def _as_batch(label: str, model: LinearGaussianModel, q: Gaussian, x: Any, size: int) -> Triple:
-    """A user's batch problem, q with a covariance per member; a clear error otherwise."""
-    data = np.asarray(x, dtype=np.float64)
-    if q.batch_shape != (size,) or data.shape != (size, model.data_dim):
-        raise InvalidInputError(
-            f"{label}: with batch_size={size} every problem is one batch: q with batch "
-            f"shape ({size},) (q.mean of shape ({size}, K), a scale_tril per member) and x "
-            f"of shape ({size}, D) = ({size}, {model.data_dim}); got q of batch shape "
-            f"{q.batch_shape} and x of shape {data.shape}"
-        )
-    return model, stack_gaussians([member(q, b) for b in range(size)]), data
-
-
 def batched_gradient_problems(
     problems: Any, size: int, kinds: Sequence[str], model_options: dict[str, Any]
 ) -> st.SearchStrategy[ElboProblem]:
@@ -320,11 +307,11 @@ def batched_gradient_problems(
         if problems is None:
             return user
         return user.map(
-            lambda p: ElboProblem(*_as_batch("problems (a drawn problem)", p.model, p.q, p.x, size))
+            lambda p: ElboProblem(*as_batch("problems (a drawn problem)", p.model, p.q, p.x, size))
         )
     return st.sampled_from(
         [
-            ElboProblem(*_as_batch(f"problems[{i}]", p.model, p.q, p.x, size))
+            ElboProblem(*as_batch(f"problems[{i}]", p.model, p.q, p.x, size))
             for i, p in enumerate(user)
         ]
     )

@@ -21,22 +21,14 @@ from numpy.typing import NDArray
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from .._random import random_gaussian, random_model, random_spd
+from ._cases import kind_of
 from ._diagnosis import Probe, Suspect, match_suspects_across
 from ._gradient_cases import _Case
 
-__all__ = ["cov_kind", "gradient_suspects_across", "independent_gradient_problems"]
+__all__ = ["gradient_suspects_across", "independent_gradient_problems"]
 
 FloatArray = NDArray[np.float64]
 Problem = tuple[LinearGaussianModel, Gaussian, FloatArray]
-
-
-def cov_kind(g: Gaussian) -> str:
-    """``"isotropic"``, ``"diagonal"`` or ``"full"``: the simplest kind ``g`` is of."""
-    factor = g.scale_tril
-    diagonal = np.diagonal(factor)
-    if np.count_nonzero(factor - np.diag(diagonal)):
-        return "full"
-    return "isotropic" if np.all(diagonal == diagonal[0]) else "diagonal"
 
 
 def _prior_like(prior: Gaussian, rng: np.random.Generator) -> Gaussian:
@@ -44,7 +36,7 @@ def _prior_like(prior: Gaussian, rng: np.random.Generator) -> Gaussian:
     if np.all(prior.mean == 0.0) and np.all(prior.scale_tril == np.eye(k)):
         return Gaussian.standard(k)
     general = random_gaussian(rng, k, condition_number=6.0, mean_scale=1.0)
-    if cov_kind(prior) == "full":
+    if kind_of(prior) == "full":
         return general
     return Gaussian._trusted(general.mean, np.diag(rng.uniform(0.5, 1.8, size=k)))
 
@@ -52,7 +44,7 @@ def _prior_like(prior: Gaussian, rng: np.random.Generator) -> Gaussian:
 def _q_like(q: Gaussian, rng: np.random.Generator) -> Gaussian:
     k = q.dim
     general = random_gaussian(rng, k, condition_number=8.0, cov_scale=0.6)
-    kind = cov_kind(q)
+    kind = kind_of(q)
     if kind == "full":
         return general
     scales = rng.uniform(0.4, 1.2, size=k)
