@@ -19,7 +19,12 @@ from numpy.typing import NDArray
 from .._errors import InvalidInputError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
-from ..testing import DiagonalSoftplusScale, FullUnitCholeskyScale, Parametrisation
+from ..testing import (
+    DiagonalSoftplusScale,
+    FullUnitCholeskyScale,
+    Parametrisation,
+    ScaledLowRank,
+)
 
 try:
     import jax
@@ -100,6 +105,13 @@ class GuideSpec:
     from_free: Callable[[Mapping[str, Any]], Params]
     constrain: Callable[[Mapping[str, Any]], dict[str, Any]]
     is_auto: bool
+    #: The covariance kinds of q the estimator check draws (members of the family).
+    estimator_kinds: tuple[str, ...] | None = None
+
+
+#: The rank of ``guide="AutoLowRankMultivariateNormal"`` (NumPyro's default,
+#: ``round(sqrt(K))``, changes with K; the check needs one parametrisation).
+LOW_RANK = 1
 
 
 def _softplus(value: Any) -> Any:
@@ -161,6 +173,36 @@ def _multivariate_spec() -> GuideSpec:
     )
 
 
+def _low_rank_spec() -> GuideSpec:
+    """AutoLowRankMultivariateNormal(rank=LOW_RANK): ``auto_loc``, ``auto_cov_factor``
+    (real) and ``auto_scale`` (``softplus_positive``); its covariance is
+    ``diag(s) (F F^T + I) diag(s)``."""
+    return GuideSpec(
+        name="AutoLowRankMultivariateNormal",
+        key="AutoLowRankMultivariateNormal",
+        parametrisation=ScaledLowRank(LOW_RANK, scale_transform="softplus"),
+        build=functools.partial(autoguide.AutoLowRankMultivariateNormal, rank=LOW_RANK),
+        to_free=lambda p: {
+            "auto_loc": np.array(p["loc"]),
+            "auto_cov_factor": np.array(p["cov_factor"]),
+            "auto_scale": np.array(p["raw_scale"]),
+        },
+        from_free=lambda g: {
+            "loc": np.asarray(g["auto_loc"], dtype=np.float64),
+            "cov_factor": np.asarray(g["auto_cov_factor"], dtype=np.float64),
+            "raw_scale": np.asarray(g["auto_scale"], dtype=np.float64),
+        },
+        constrain=lambda f: {
+            "auto_loc": f["auto_loc"],
+            "auto_cov_factor": f["auto_cov_factor"],
+            "auto_scale": _softplus(f["auto_scale"]),
+        },
+        is_auto=True,
+        # an isotropic q is a member for every K; a diagonal or full one needs rank K - 1
+        estimator_kinds=("isotropic",),
+    )
+
+
 def autoguide_spec(name: str) -> GuideSpec:
     """The spec of a named autoguide (checked by the caller)."""
     if name == "AutoNormal":
@@ -170,9 +212,9 @@ def autoguide_spec(name: str) -> GuideSpec:
         return _diagonal_spec(name, "auto_loc", "auto_scale", autoguide.AutoDiagonalNormal)
     if name == "AutoMultivariateNormal":
         return _multivariate_spec()
-    raise InvalidInputError(
-        f"guide={name!r} is not supported yet; use one of {AUTOGUIDE_NAMES[:3]}"
-    )
+    if name == "AutoLowRankMultivariateNormal":
+        return _low_rank_spec()
+    raise InvalidInputError(f"guide must be one of {', '.join(AUTOGUIDE_NAMES)}; got {name!r}")
 
 
 def user_spec(guide: Callable[..., Any], par: Parametrisation) -> GuideSpec:

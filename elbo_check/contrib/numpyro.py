@@ -318,15 +318,16 @@ def _common(
     return _Calls(loss, spec), x64, chosen
 
 
-def _restricted_kinds(par: Parametrisation, q_kinds: Sequence[str] | None) -> tuple[str, ...]:
-    """``q_kinds`` within the kinds ``par`` represents (all of them by default)."""
+def _restricted_kinds(spec: _h.GuideSpec, q_kinds: Sequence[str] | None) -> tuple[str, ...]:
+    """``q_kinds`` within the kinds the guide represents (all of them by default)."""
+    kinds = spec.estimator_kinds or tuple(spec.parametrisation.cov_kinds)
     if q_kinds is None:
-        return tuple(par.cov_kinds)
-    outside = [kind for kind in q_kinds if kind not in par.cov_kinds]
+        return kinds
+    outside = [kind for kind in q_kinds if kind not in kinds]
     if outside:
         raise InvalidInputError(
-            f"q_kinds must be kinds the guide represents, {tuple(par.cov_kinds)} for "
-            f"{par!r}; got {outside} in q_kinds={tuple(q_kinds)!r}"
+            f"q_kinds must be kinds guide {spec.name!r} represents, {kinds}; got "
+            f"{outside} in q_kinds={tuple(q_kinds)!r}"
         )
     return tuple(q_kinds)
 
@@ -351,9 +352,10 @@ def verify_elbo_estimator(
 
     The estimate is ``-loss.loss(key, params, model_fn, guide_fn, x)`` with the guide's
     parameters set to the verifier's q (drawn among the covariances the guide
-    represents: diagonal for ``AutoNormal`` and ``AutoDiagonalNormal``, the kinds of
-    ``parametrisation`` for your guide). ``n_samples`` is the loss's ``num_particles``
-    and ``form`` follows the loss: ``"analytic_kl"`` for ``TraceMeanField_ELBO`` when
+    represents: diagonal for ``AutoNormal`` and ``AutoDiagonalNormal``, isotropic for
+    ``AutoLowRankMultivariateNormal`` (built with ``rank=1``: a diagonal or full q is
+    not a member), the kinds of ``parametrisation`` for your guide). ``n_samples`` is
+    the loss's ``num_particles`` and ``form`` follows the loss: ``"analytic_kl"`` for ``TraceMeanField_ELBO`` when
     NumPyro has the KL of the guide's ``"z"`` distribution to the
     ``MultivariateNormal`` prior in closed form (a ``MultivariateNormal`` guide), the
     joint form otherwise (autoguides: their ``"z"`` site is a ``Delta``, or a
@@ -407,7 +409,7 @@ def verify_elbo_estimator(
     """
     __tracebackhide__ = True
     calls, x64, chosen = _common(loss, guide, parametrisation, dtype, options)
-    chosen["q_kinds"] = _restricted_kinds(calls.spec.parametrisation, options.get("q_kinds"))
+    chosen["q_kinds"] = _restricted_kinds(calls.spec, options.get("q_kinds"))
     fn = calls.estimate if chosen["mode"] == "statistical" else calls.pathwise_estimate
     with _precision(x64):
         return _counted(lambda: _verify_elbo_estimator(fn, **chosen))
@@ -442,6 +444,12 @@ def verify_elbo_gradient(
                                               row, then ``raw_scale``
                                               (``scaled_unit_lower_cholesky``:
                                               ``L = diag(softplus(raw)) U``)
+    ``"AutoLowRankMultivariateNormal"``       ``ScaledLowRank(1, "softplus")``: ``loc``:
+                                              ``auto_loc``, ``cov_factor``:
+                                              ``auto_cov_factor`` (K, 1), ``raw_scale``:
+                                              unconstrained ``auto_scale``; the guide is
+                                              built with ``rank=1`` (NumPyro's default
+                                              ``round(sqrt(K))`` changes with K)
     your guide function                       your ``parametrisation``: the gradient in
                                               its ``numpyro.param`` values (entries that
                                               are not parameters, such as those above a
