@@ -355,10 +355,10 @@ def verify_elbo_estimator(
     represents: diagonal for ``AutoNormal`` and ``AutoDiagonalNormal``, isotropic for
     ``AutoLowRankMultivariateNormal`` (built with ``rank=1``: a diagonal or full q is
     not a member), the kinds of ``parametrisation`` for your guide). ``n_samples`` is
-    the loss's ``num_particles`` and ``form`` follows the loss: ``"analytic_kl"`` for ``TraceMeanField_ELBO`` when
-    NumPyro has the KL of the guide's ``"z"`` distribution to the
-    ``MultivariateNormal`` prior in closed form (a ``MultivariateNormal`` guide), the
-    joint form otherwise (autoguides: their ``"z"`` site is a ``Delta``, or a
+    the loss's ``num_particles`` and ``form`` follows the loss: ``"analytic_kl"`` for
+    ``TraceMeanField_ELBO`` when NumPyro has the KL of the guide's ``"z"`` distribution
+    to the ``MultivariateNormal`` prior in closed form (a ``MultivariateNormal``
+    guide), the joint form otherwise (autoguides: their ``"z"`` site is a ``Delta``, or a
     ``Normal`` without a closed-form KL to the prior). Pass ``form=`` to override.
 
     ``mode="statistical"`` (default) calls the loss with one key per call.
