@@ -262,7 +262,7 @@ def test_a_detached_log_q_is_caught_and_named() -> None:
 
 
 def test_the_likelihood_scaled_by_one_over_n_is_caught_and_named() -> None:
-    with pytest.raises(AssertionError, match="scaled"):
+    with pytest.raises(AssertionError, match=r"reconstruction E_q\[log p\(x \| z\)\] is scaled by"):
         ec_numpyro.verify_elbo_estimator(LikelihoodOverN(), guide="AutoNormal", **STATISTICAL)
 
 
@@ -273,8 +273,8 @@ def test_the_loss_sign_is_caught_and_named() -> None:
 
 def test_the_iwae_bound_as_the_elbo_is_caught_and_named() -> None:
     loss = RenyiELBO(alpha=0, num_particles=4)
-    with pytest.raises(AssertionError, match="IWAE bound"):
-        ec_numpyro.verify_elbo_estimator(loss, guide="AutoMultivariateNormal", **STATISTICAL)
+    with pytest.raises(AssertionError, match=r"importance-weighted bound.*the IWAE bound"):
+        ec_numpyro.verify_elbo_estimator(loss, guide="AutoNormal", **STATISTICAL)
 
 
 def test_a_sample_without_reparameterisation_is_caught_and_named() -> None:
@@ -297,8 +297,9 @@ def test_a_check_is_reproducible_from_its_seed() -> None:
         )
         return report.worst_error
 
-    assert run(3) == run(3)
-    assert run(3) != run(4)
+    first = run(3)
+    assert run(3) == first
+    assert run(4) != first
 
 
 def test_one_compilation_per_shape_shared_by_equal_losses() -> None:
