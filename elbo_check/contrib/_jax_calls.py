@@ -114,13 +114,15 @@ def scalar(value: Any, batched: bool) -> jax.Array:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Program:
     """The user's ``fn`` and what is done with it: called (a value), or differentiated
     in q's ``(mean, scale_tril)`` or in a parametrisation's parameters (a gradient).
 
-    A hashable value (``fn`` compares by identity), so that it can be a static argument
-    of :func:`jax.jit`: equal programs share their compilations.
+    A hashable value, so that it can be a static argument of :func:`jax.jit`: equal
+    programs share their compilations. ``fn`` compares by identity (so a callable
+    object that is not hashable works too; JAX's cache keeps it alive, so its id is
+    not reused while a compilation refers to it).
     """
 
     fn: Callable[..., Any]
@@ -129,6 +131,15 @@ class Program:
     #: With a parametrisation, its ``(key, kind)`` pairs (for the masks); None: the
     #: gradient is in q's ``(mean, scale_tril)``.
     kinds: tuple[tuple[str, str], ...] | None = None
+
+    def _key(self) -> tuple[int, bool, bool, tuple[tuple[str, str], ...] | None]:
+        return id(self.fn), self.gradient, self.batched, self.kinds
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Program) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __call__(self, *given: Any) -> Any:
         args = [a.key() if isinstance(a, KeyWords) else a for a in given]
