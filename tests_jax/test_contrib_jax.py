@@ -41,9 +41,14 @@ LOG_2PI = math.log(2 * math.pi)
 
 #: One model shape (D = K = 2), so one compilation per function (per noise shape in
 #: pathwise mode, per batch size with batches).
-DIMS = {"min_data_dim": 2, "max_data_dim": 2, "min_latent_dim": 2, "max_latent_dim": 2}
-FAST = {"max_examples": 15, **DIMS}
-STATISTICAL = {"n_problems": 2, "calls": 200, **DIMS}
+DIMS: dict[str, Any] = {
+    "min_data_dim": 2,
+    "max_data_dim": 2,
+    "min_latent_dim": 2,
+    "max_latent_dim": 2,
+}
+FAST: dict[str, Any] = {"max_examples": 15, **DIMS}
+STATISTICAL: dict[str, Any] = {"n_problems": 2, "calls": 200, **DIMS}
 
 
 # ---------------------------------------------------------------------- the user's code
@@ -334,9 +339,9 @@ def test_a_dtype_that_is_not_floating_is_refused(dtype: Any) -> None:
 
 def test_fn_not_callable_and_jit_not_bool_are_refused() -> None:
     with pytest.raises(InvalidTypeError, match="fn must be callable"):
-        verify_kl("kl")
+        verify_kl("kl")  # type: ignore[arg-type]
     with pytest.raises(InvalidTypeError, match="jit must be True or False"):
-        verify_kl(kl, jit="yes")
+        verify_kl(kl, jit="yes")  # type: ignore[arg-type]
 
 
 def test_returns_jax_grad_cannot_differentiate_are_named() -> None:
