@@ -153,13 +153,27 @@ def loss(model: JaxModel, q: JaxGaussian, x: Array) -> Array:
 
 
 # ---------------------------------------------------------------------- import and views
-def test_importing_elbo_check_does_not_import_jax() -> None:
-    code = "import sys, elbo_check, elbo_check.testing; print('jax' in sys.modules)"
+IMPORTS = """
+import sys
+import elbo_check, elbo_check.testing
+print("jax" in sys.modules)
+sys.modules["jax"] = None  # as if jax were not installed
+try:
+    import elbo_check.contrib.jax
+except ImportError as err:
+    print(err)
+"""
+
+
+def test_importing_elbo_check_does_not_import_jax_and_without_jax_says_how() -> None:
     root = Path(__file__).resolve().parents[1]  # this tree's elbo_check, not an installed one
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+        [sys.executable, "-c", IMPORTS], capture_output=True, text=True, check=True, cwd=root
     )
-    assert out.stdout.strip() == "False"
+    imported, message = out.stdout.strip().splitlines()
+    assert imported == "False"
+    assert "needs JAX" in message
+    assert "pip install jax" in message
 
 
 def test_as_jax_copies_into_the_chosen_dtype_as_pytrees() -> None:
