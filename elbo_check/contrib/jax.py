@@ -176,7 +176,7 @@ def as_jax(value: LinearGaussianModel, dtype: Any = ...) -> JaxModel: ...
 @overload
 def as_jax(value: Gaussian, dtype: Any = ...) -> JaxGaussian: ...
 def as_jax(
-    value: LinearGaussianModel | Gaussian, dtype: Any = np.float64
+    value: LinearGaussianModel | Gaussian, dtype: Any = jnp.float64
 ) -> JaxModel | JaxGaussian:
     """JAX array copies of a model or a Gaussian.
 
@@ -280,7 +280,7 @@ def _wrapped(fn: Callable[..., Any], setting: Setting) -> Callable[..., Any]:
 
 # ---------------------------------------------------------------------- value verifiers
 def verify_elbo(
-    fn: Callable[..., Any], *, dtype: Any = np.float64, jit: bool = True, **options: Any
+    fn: Callable[..., Any], *, dtype: Any = jnp.float64, jit: bool = True, **options: Any
 ) -> VerificationReport:
     """:func:`elbo_check.testing.verify_elbo` for ``fn(model, q, x) -> Array``.
 
@@ -294,7 +294,7 @@ def verify_elbo(
 
 
 def verify_kl(
-    fn: Callable[..., Any], *, dtype: Any = np.float64, jit: bool = True, **options: Any
+    fn: Callable[..., Any], *, dtype: Any = jnp.float64, jit: bool = True, **options: Any
 ) -> VerificationReport:
     """:func:`elbo_check.testing.verify_kl` for ``fn(p, q) -> Array``, KL(p || q) of two
     :class:`JaxGaussian` objects."""
@@ -304,7 +304,7 @@ def verify_kl(
 
 
 def verify_log_evidence(
-    fn: Callable[..., Any], *, dtype: Any = np.float64, jit: bool = True, **options: Any
+    fn: Callable[..., Any], *, dtype: Any = jnp.float64, jit: bool = True, **options: Any
 ) -> VerificationReport:
     """:func:`elbo_check.testing.verify_log_evidence` for ``fn(model, x) -> Array``."""
     __tracebackhide__ = True
@@ -313,7 +313,7 @@ def verify_log_evidence(
 
 
 def verify_elbo_estimator(
-    fn: Callable[..., Any], *, dtype: Any = np.float64, jit: bool = True, **options: Any
+    fn: Callable[..., Any], *, dtype: Any = jnp.float64, jit: bool = True, **options: Any
 ) -> VerificationReport:
     """:func:`elbo_check.testing.verify_elbo_estimator` for JAX estimators.
 
@@ -359,7 +359,7 @@ def _gradient_of(
 def verify_elbo_gradient(
     fn: Callable[..., Any],
     *,
-    dtype: Any = np.float64,
+    dtype: Any = jnp.float64,
     jit: bool = True,
     parametrisation: Parametrisation | None = None,
     **options: Any,
