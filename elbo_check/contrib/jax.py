@@ -23,12 +23,12 @@ pure: a global it reads is frozen at its first trace). ``jit=False`` runs it eag
 **What a check costs: compilations.** XLA takes about 0.3 to 2 s to compile a small
 ELBO (more for its gradient); a compiled call then takes well under a millisecond. The
 statistical modes meet one shape per problem (the default 4 problems: 4
-compilations, then thousands of fast calls, about 10 s in all). The exact and pathwise
+compilations, then thousands of fast calls: 10 to 20 s). The exact and pathwise
 modes search hypothesis-drawn models of 1 to 6 data and latent dimensions (pathwise:
 times 1 to 4 noise samples): with the default 100 examples, measured, 22 distinct
 shapes for :func:`verify_elbo` and 30 for the pathwise estimator check, 15 to 45 s on
 two shared cores. To spend less, draw smaller models (``max_data_dim=3,
-max_latent_dim=3``: at most 9 shapes, 18 s instead of 40 for :func:`verify_elbo`),
+max_latent_dim=3``: at most 9 shapes, 14 to 18 s instead of 40 for :func:`verify_elbo`),
 pass fewer ``max_examples`` or a ``time_budget``. A second check of the same ``fn``
 reuses the compilations. (The verifier's "s per call" estimate, printed for slow
 checks, includes the first call's compilation, so it overstates the total.)
