@@ -236,3 +236,21 @@ def test_a_long_check_says_so_up_front(
     err = capsys.readouterr().err
     assert "per call" in err
     assert "about 100 calls are planned" in err
+
+
+def test_a_slow_first_call_is_not_projected_onto_the_rest(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A first call that compiles (JAX, torch.jit) is one outlier, not the rate."""
+    monkeypatch.setattr(_progress, "ESTIMATE_AFTER_SECONDS", 0.05)
+    monkeypatch.setattr(_progress, "ANNOUNCE_AFTER_SECONDS", 5.0)
+    calls = []
+
+    def compiles_once(m: Any, x: np.ndarray) -> float:
+        calls.append(1)
+        time.sleep(0.3 if len(calls) == 1 else 0.0005)
+        return float(m.log_evidence(x))
+
+    # the first call alone projected 100 x 0.3 s = 30 s; the check takes about 2 s
+    verify_log_evidence(compiles_once, max_examples=100)
+    assert "per call" not in capsys.readouterr().err

@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "ANNOUNCE_AFTER_SECONDS",
+    "ESTIMATE_AFTER_CALLS",
     "ESTIMATE_AFTER_SECONDS",
     "REPORT_EVERY_SECONDS",
     "BudgetReached",
@@ -39,6 +40,15 @@ ANNOUNCE_AFTER_SECONDS = 60.0
 ESTIMATE_AFTER_SECONDS = 1.0
 #: Progress lines of a long call come this often.
 REPORT_EVERY_SECONDS = 30.0
+#: The projection uses the median time between calls, over at least this many calls:
+#: a first call that compiles (JAX, torch.jit) or warms a cache is one outlier among
+#: them, not the rate (the mean of one compiling call once projected 25807 s for a
+#: 29 s check).
+ESTIMATE_AFTER_CALLS = 3
+
+
+#: Intervals kept for the median (the first ones: the projection is made early).
+_KEPT_INTERVALS = 64
 
 
 class Progress:
@@ -62,6 +72,8 @@ class Progress:
         self.problems_started = 0
         self._announced = False
         self._last_report = self.start
+        self._last_tick = self.start
+        self._intervals: list[float] = []  # seconds between successive ticks
 
     def observe_dtype(self, dtype: np.dtype[Any] | None) -> None:
         """Note the floating dtype of a return (ignored when ``dtype=`` was given)."""
@@ -82,23 +94,34 @@ class Progress:
         """Whether the time budget (if any) is used up."""
         return self.time_budget is not None and self.elapsed >= self.time_budget
 
+    def per_call(self) -> float:
+        """Typical seconds per call: the median time between calls so far."""
+        return float(np.median(self._intervals)) if self._intervals else math.inf
+
     def projected(self) -> float | None:
-        """Seconds the planned calls will take in all, at the mean time per call so far."""
+        """Seconds the planned calls will take in all: the time so far, plus the calls
+        still planned at the typical (median) time per call."""
         if self.calls == 0 or self.planned == 0:
             return None
-        return self.elapsed / self.calls * max(self.planned, self.calls)
+        return self.elapsed + self.per_call() * max(self.planned - self.calls, 0)
 
     def tick(self) -> None:
         """One call of the user's function has been made."""
         self.calls += 1
+        now = time.perf_counter()
+        if len(self._intervals) < _KEPT_INTERVALS:
+            self._intervals.append(now - self._last_tick)
+        self._last_tick = now
         elapsed = self.elapsed
-        if elapsed < ESTIMATE_AFTER_SECONDS:
+        if elapsed < ESTIMATE_AFTER_SECONDS or (
+            self.calls < ESTIMATE_AFTER_CALLS and elapsed < ANNOUNCE_AFTER_SECONDS
+        ):
             return
         projected = self.projected()
         if not self._announced:
             self._announced = True
             if projected is not None and projected > ANNOUNCE_AFTER_SECONDS:
-                per_call = elapsed / self.calls
+                per_call = self.per_call()
                 budget = (
                     f"; it will stop after the time_budget of {self.time_budget:g} s"
                     if self.time_budget is not None
