@@ -30,8 +30,7 @@ shapes for :func:`verify_elbo` and 30 for the pathwise estimator check, 15 to 45
 two shared cores. To spend less, draw smaller models (``max_data_dim=3,
 max_latent_dim=3``: at most 9 shapes, 14 to 18 s instead of 40 for :func:`verify_elbo`),
 pass fewer ``max_examples`` or a ``time_budget``. A second check of the same ``fn``
-reuses the compilations. (The verifier's "s per call" estimate, printed for slow
-checks, includes the first call's compilation, so it overstates the total.)
+reuses the compilations.
 
 **float64.** JAX computes in float32 unless 64-bit mode is on, a process-wide flag.
 The default ``dtype=jnp.float64`` turns it on only around each call of your code,
