@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import scipy.special
 
-from elbo_check import Gaussian
+from elbo_check import Gaussian, InvalidInputError
 from elbo_check._random import random_gaussian, random_model
 from elbo_check.testing import verify_elbo_gradient
+from elbo_check.testing._low_rank import ScaledLowRank
 from elbo_check.testing._parametrisations import (
     Custom,
     DiagonalLogScale,
@@ -44,6 +45,13 @@ NAMED: list[Parametrisation] = [
     FullPrecision(),
 ]
 IDS = [repr(p) for p in NAMED]
+#: Families whose parameters are not unique (a rotation of the low-rank factor is the same q)
+LOW_RANK: list[Parametrisation] = [
+    ScaledLowRank(1),
+    ScaledLowRank(2, "exp"),
+    ScaledLowRank(3),
+    ScaledLowRank(5, "identity"),
+]
 
 
 def _problem(seed: int, k: int = 3) -> tuple[Any, Gaussian, np.ndarray]:
@@ -64,7 +72,7 @@ def _moved(params: dict[str, np.ndarray], key: str, direction: np.ndarray, h: fl
 
 
 # ---------------------------------------------------------------------- the maps
-@pytest.mark.parametrize("par", NAMED, ids=IDS)
+@pytest.mark.parametrize("par", NAMED + LOW_RANK, ids=IDS + [repr(p) for p in LOW_RANK])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pullback_matches_central_differences_of_the_oracle_elbo(
     par: Parametrisation, seed: int
@@ -117,6 +125,47 @@ def test_from_gaussian_inverts_to_gaussian(par: Parametrisation) -> None:
     back = par.to_gaussian(par.from_gaussian(q))
     np.testing.assert_allclose(back.cov, q.cov, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(back.mean, q.mean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("par", LOW_RANK, ids=repr)
+def test_low_rank_projection_is_a_member_and_idempotent(par: ScaledLowRank) -> None:
+    _, full, _ = _problem(5)
+    member = par.project(full)
+    np.testing.assert_array_equal(member.mean, full.mean)
+    params = par.from_gaussian(member)  # a member: no error
+    assert params["cov_factor"].shape == (3, par.rank)
+    np.testing.assert_allclose(par.to_gaussian(params).cov, member.cov, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(par.project(member).cov, member.cov, rtol=1e-12, atol=1e-14)
+    if par.rank >= full.dim:  # every q is a member
+        np.testing.assert_allclose(member.cov, full.cov, rtol=1e-12, atol=1e-14)
+        return
+    # rank < K: the floor is q's smallest eigenvalue, the top `rank` directions are kept
+    want, got = np.linalg.eigvalsh(full.cov), np.linalg.eigvalsh(member.cov)
+    np.testing.assert_allclose(got[-par.rank :], want[-par.rank :], rtol=1e-12)
+    np.testing.assert_allclose(got[: -par.rank], want[0], rtol=1e-12)
+    with pytest.raises(InvalidInputError, match="rank 1; q's covariance is not one"):
+        ScaledLowRank(1).from_gaussian(full)
+
+
+def test_low_rank_matches_pyros_and_numpyros_covariance() -> None:
+    """Both build LowRankMultivariateNormal(loc, F * s[:, None], s**2): D (F F^T + I) D."""
+    factor, scale = np.array([[1.0], [-2.0], [0.5]]), np.array([0.5, 1.0, 2.0])
+    q = ScaledLowRank(1, "identity").to_gaussian(
+        {"loc": np.zeros(3), "cov_factor": factor, "scale": scale}
+    )
+    low = factor * scale[:, None]
+    np.testing.assert_allclose(q.cov, low @ low.T + np.diag(scale**2), rtol=1e-14)
+
+
+def test_low_rank_arguments_are_checked() -> None:
+    with pytest.raises(InvalidInputError, match="rank must be an integer >= 1; got rank=0"):
+        ScaledLowRank(0)
+    with pytest.raises(InvalidInputError, match="scale_transform"):
+        ScaledLowRank(2, "log")
+    with pytest.raises(InvalidInputError, match=r"\['cov_factor'\] must have shape \(2, 2\)"):
+        ScaledLowRank(2).to_gaussian(
+            {"loc": np.zeros(2), "cov_factor": np.zeros((2, 1)), "raw_scale": np.zeros(2)}
+        )
 
 
 def test_pyro_auto_multivariate_normal_convention_scales_rows() -> None:

@@ -19,7 +19,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch import Tensor  # noqa: E402
-from torch.distributions import MultivariateNormal, kl_divergence  # noqa: E402
+from torch.distributions import (  # noqa: E402
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    kl_divergence,
+)
 
 from elbo_check import Gaussian, InvalidInputError, InvalidTypeError, ppca  # noqa: E402
 from elbo_check.contrib.torch import (  # noqa: E402
@@ -32,7 +36,7 @@ from elbo_check.contrib.torch import (  # noqa: E402
     verify_kl,
     verify_log_evidence,
 )
-from elbo_check.testing import DiagonalLogScale, FullCholesky  # noqa: E402
+from elbo_check.testing import DiagonalLogScale, FullCholesky, ScaledLowRank  # noqa: E402
 
 FAST = {"max_examples": 30}
 STATISTICAL = {"n_problems": 2, "calls": 200}
@@ -199,6 +203,30 @@ def test_gradient_in_a_parametrisation() -> None:
 
     # the adapter masks the entries that are not parameters (above the diagonal)
     verify_elbo_gradient(cholesky_elbo, parametrisation=FullCholesky(), **FAST)
+
+
+def test_low_rank_pullback_agrees_with_torchs_low_rank_normal() -> None:
+    """ScaledLowRank's closed-form chain rule against autograd through torch's own
+    LowRankMultivariateNormal (Pyro's and NumPyro's AutoLowRankMultivariateNormal)."""
+
+    def low_rank_elbo(model: TorchModel, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        scale = torch.nn.functional.softplus(params["raw_scale"])
+        low = LowRankMultivariateNormal(
+            params["loc"], params["cov_factor"] * scale[:, None], scale**2
+        )
+        q = TorchGaussian(low.loc, low.scale_tril, low.covariance_matrix)
+        return elbo(model, q, x)
+
+    for rank in (1, 2, 4):
+        verify_elbo_gradient(low_rank_elbo, parametrisation=ScaledLowRank(rank), **FAST)
+
+    def scale_as_variance(model: TorchModel, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        scale = torch.nn.functional.softplus(params["raw_scale"])
+        low = LowRankMultivariateNormal(params["loc"], params["cov_factor"] * scale[:, None], scale)
+        return elbo(model, TorchGaussian(low.loc, low.scale_tril, low.covariance_matrix), x)
+
+    with pytest.raises(AssertionError):
+        verify_elbo_gradient(scale_as_variance, parametrisation=ScaledLowRank(2), **FAST)
 
 
 def test_sticking_the_landing_fails_pathwise_and_is_named() -> None:

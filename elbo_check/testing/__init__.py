@@ -31,6 +31,7 @@ from ._check_gradient import verify_elbo_gradient
 from ._check_kl import verify_kl
 from ._check_log_evidence import verify_log_evidence
 from ._forms import ANALYTIC_ENTROPY, ANALYTIC_KL, FORMS, JOINT, ElboForm, check_form
+from ._low_rank import ScaledLowRank
 from ._options import BATCHES, DEFAULT_FALSE_ALARM_RATE, PROFILES
 from ._parametrisations import (
     Custom,
@@ -63,6 +64,7 @@ __all__ = [
     "FullPrecision",
     "FullUnitCholeskyScale",
     "Parametrisation",
+    "ScaledLowRank",
     "VerificationReport",
     "check_elbo",
     "check_form",
