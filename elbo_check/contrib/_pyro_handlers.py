@@ -101,7 +101,9 @@ def model_function(model: LinearGaussianModel) -> Callable[..., Any]:
     d = weights.shape[0]
 
     def model_fn(x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() not in (1, 2) or x.shape[-1] != d:
+        if torch.jit.is_tracing():  # type: ignore[attr-defined, no-untyped-call]  # Jit* losses
+            pass
+        elif not isinstance(x, Tensor) or x.dim() not in (1, 2) or x.shape[-1] != d:
             raise InvalidInputError(
                 f"x must be a tensor of shape ({d},) or (N, {d}) for this model; got "
                 + (f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__)
@@ -142,13 +144,13 @@ class Built:
 
 
 def build_autoguide(
-    name: str, model: LinearGaussianModel, params: Mapping[str, Any], rank: int | None
+    name: str, model: LinearGaussianModel, params: Mapping[str, Any], rank: int
 ) -> Built:
     """Pyro's autoguide ``name`` on the model, its unconstrained parameters set to
     ``params`` (the keys of its parametrisation, see :data:`AUTOGUIDES`)."""
     model_fn = model_function(model)
     state: StoreState = {"params": {}, "constraints": {}}
-    options = {} if rank is None else {"rank": rank}
+    options = {"rank": rank} if name == "AutoLowRankMultivariateNormal" else {}
     with seeded_torch(0), private_store(state):  # initialisation samples from the prior
         guide = getattr(autoguide, name)(model_fn, **options)
         with poutine.block():

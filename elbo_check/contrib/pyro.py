@@ -47,6 +47,7 @@ from ..testing import (
     DiagonalSoftplusScale,
     FullUnitCholeskyScale,
     Parametrisation,
+    ScaledLowRank,
     VerificationReport,
 )
 from ..testing import verify_elbo_estimator as _verify_elbo_estimator
@@ -92,8 +93,9 @@ class _Spec:
     the parametrisation its parameters follow."""
 
     def __init__(
-        self, guide: Any, parametrisation: Any, rank: int | None, what: str = "guide"
+        self, guide: Any, parametrisation: Any, rank: int | None, default_rank: int
     ) -> None:
+        what = "guide"
         if parametrisation is not None and not isinstance(parametrisation, Parametrisation):
             raise InvalidTypeError(
                 "parametrisation must be None or an elbo_check.testing.Parametrisation "
@@ -105,14 +107,18 @@ class _Spec:
                 f"rank= is an option of 'AutoLowRankMultivariateNormal' only; got rank={rank!r} "
                 f"with guide={guide!r}"
             )
-        self.rank = rank
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise InvalidInputError(f"rank must be a positive integer; got rank={rank!r}")
+        self.rank = default_rank if rank is None else rank
+        #: the q kinds whose every member the guide holds (the estimator's q must be one)
+        self.member_kinds: tuple[str, ...] = ()
         if isinstance(guide, str):
             if guide not in GUIDES:
                 raise InvalidInputError(
                     f"{what} must be one of {', '.join(map(repr, GUIDES))} or your guide "
                     f"(a callable); got {what}={guide!r}"
                 )
-            own = _autoguide_parametrisation(guide, rank)
+            own = _autoguide_parametrisation(guide, self.rank)
             if parametrisation is not None and repr(parametrisation) != repr(own):
                 raise InvalidInputError(
                     f"{guide} holds its q as {own!r}; leave parametrisation out (got "
@@ -122,6 +128,7 @@ class _Spec:
             self.guide: Callable[..., Any] | None = None
             self.parametrisation: Parametrisation = own
             self.fixed_dim: int | None = None
+            self.member_kinds = own.cov_kinds if self.rank >= default_rank else ("isotropic",)
             return
         if not callable(guide):
             raise InvalidTypeError(
@@ -136,6 +143,7 @@ class _Spec:
                 f"{what}={getattr(guide, '__name__', guide)!r} without one"
             )
         self.name, self.guide, self.parametrisation = None, guide, parametrisation
+        self.member_kinds = parametrisation.cov_kinds
         self.fixed_dim = _check_user_guide(guide, parametrisation)
 
     def build(self, model: LinearGaussianModel, params: Mapping[str, Any]) -> _h.Built:
@@ -153,12 +161,12 @@ class _Spec:
             ) from err
 
 
-def _autoguide_parametrisation(name: str, rank: int | None) -> Parametrisation:
+def _autoguide_parametrisation(name: str, rank: int) -> Parametrisation:
     if name in ("AutoNormal", "AutoDiagonalNormal"):
         return DiagonalSoftplusScale()
     if name == "AutoMultivariateNormal":
         return FullUnitCholeskyScale(scale_transform="softplus")
-    raise InvalidInputError(f"{name} is not supported yet")
+    return ScaledLowRank(rank, scale_transform="softplus")
 
 
 def _check_user_guide(guide: Callable[..., Any], par: Parametrisation) -> int | None:
@@ -231,7 +239,7 @@ def model_and_guide(
     parametrisation : Parametrisation, optional
         For your guide: keys its ``pyro.param`` names, values what it sees.
     rank : int, optional
-        ``AutoLowRankMultivariateNormal``'s rank.
+        ``AutoLowRankMultivariateNormal``'s rank (default K: every q is a member).
 
     Returns
     -------
@@ -269,7 +277,7 @@ def model_and_guide(
             f"q must be one Gaussian of the model's latent dimension K={model.latent_dim}; "
             f"got {q!r:.80}"
         )
-    spec = _Spec(guide, parametrisation, rank)
+    spec = _Spec(guide, parametrisation, rank, model.latent_dim)
     built = spec.build(model, spec.params_of(q))
     return built.model, ScopedGuide(built, spec.parametrisation)
 
@@ -327,8 +335,16 @@ def _form(loss: Any, spec: _Spec) -> str:
     return "analytic_kl"
 
 
-def _checked_options(loss: Any, spec: _Spec, options: dict[str, Any]) -> dict[str, Any]:
-    """The verifier's options: form, n_samples, q_kinds and dimensions for the guide."""
+def _max_latent_dim(options: Mapping[str, Any]) -> int:
+    """The largest K of the problems (the default rank of a low-rank guide: all q fit)."""
+    return int(options.get("max_latent_dim", 6))
+
+
+def _checked_options(
+    loss: Any, spec: _Spec, options: dict[str, Any], *, estimator: bool
+) -> dict[str, Any]:
+    """The verifier's options: form, n_samples, q_kinds and dimensions for the guide
+    (the estimator's q must be in the guide's family; the gradient's is projected)."""
     mode = _check_mode(options)
     particles = int(getattr(loss, "num_particles", 1))
     if options.setdefault("n_samples", particles) != particles:
@@ -337,13 +353,13 @@ def _checked_options(loss: Any, spec: _Spec, options: dict[str, Any]) -> dict[st
             f"n_samples={options['n_samples']!r}"
         )
     options.setdefault("form", _form(loss, spec))
-    kinds = spec.parametrisation.cov_kinds
+    kinds = spec.member_kinds if estimator else spec.parametrisation.cov_kinds
     if options.get("q_kinds") is not None:
         unsupported = [k for k in options["q_kinds"] if k not in kinds]
         if unsupported:
             raise InvalidInputError(
-                f"the guide holds q as {spec.parametrisation!r}, which has no {unsupported} "
-                f"covariances; q_kinds must be among {kinds}"
+                f"the guide holds q as {spec.parametrisation!r}, which does not hold every q "
+                f"of kinds {unsupported}; q_kinds must be among {kinds}"
             )
     elif mode == "pathwise" or "full" not in kinds:
         options["q_kinds"] = kinds
@@ -397,7 +413,10 @@ def verify_elbo_estimator(
     parametrisation : Parametrisation, optional
         Required with your guide (see :func:`model_and_guide`).
     rank : int, optional
-        ``AutoLowRankMultivariateNormal``'s rank.
+        ``AutoLowRankMultivariateNormal``'s rank (``ScaledLowRank(rank, "softplus")``).
+        Default: the largest K of the problems (``max_latent_dim``, 6), so that every q
+        is a member; with a smaller rank the estimator is checked on isotropic q (the
+        members of every rank) and the gradient at q's projection onto the family.
     **options
         Every other option of :func:`elbo_check.testing.verify_elbo_estimator`.
 
@@ -420,8 +439,8 @@ def verify_elbo_estimator(
     """
     __tracebackhide__ = True
     _check_loss(loss)
-    spec = _Spec(guide, parametrisation, rank)
-    options = _checked_options(loss, spec, dict(options))
+    spec = _Spec(guide, parametrisation, rank, _max_latent_dim(options))
+    options = _checked_options(loss, spec, dict(options), estimator=True)
     problems = _Problems(spec, loss)
 
     def statistical(model: LinearGaussianModel, q: Gaussian, x: Any, rng: Any, n: int) -> float:
@@ -457,7 +476,8 @@ def verify_elbo_gradient(
     The parameters are the guide's real ones: for an autoguide its unconstrained
     tensors (``AutoNormal`` and ``AutoDiagonalNormal``: ``DiagonalSoftplusScale()``,
     ``loc`` and the softplus argument ``raw_scale`` of the scale;
-    ``AutoMultivariateNormal``: ``FullUnitCholeskyScale("softplus")``); for your guide
+    ``AutoMultivariateNormal``: ``FullUnitCholeskyScale("softplus")``;
+    ``AutoLowRankMultivariateNormal``: ``ScaledLowRank(rank, "softplus")``); for your guide
     the values it sees, as leaf tensors substituted for its ``pyro.param`` sites, so
     the ``parametrisation`` you give is the one checked.
 
@@ -474,7 +494,10 @@ def verify_elbo_gradient(
     parametrisation : Parametrisation, optional
         Required with your guide.
     rank : int, optional
-        ``AutoLowRankMultivariateNormal``'s rank.
+        ``AutoLowRankMultivariateNormal``'s rank (``ScaledLowRank(rank, "softplus")``).
+        Default: the largest K of the problems (``max_latent_dim``, 6), so that every q
+        is a member; with a smaller rank the estimator is checked on isotropic q (the
+        members of every rank) and the gradient at q's projection onto the family.
     **options
         Every other option of :func:`elbo_check.testing.verify_elbo_gradient`.
 
@@ -499,8 +522,8 @@ def verify_elbo_gradient(
     """
     __tracebackhide__ = True
     _check_loss(loss)
-    spec = _Spec(guide, parametrisation, rank)
-    options = _checked_options(loss, spec, dict(options))
+    spec = _Spec(guide, parametrisation, rank, _max_latent_dim(options))
+    options = _checked_options(loss, spec, dict(options), estimator=False)
     par = spec.parametrisation
     problems = _Problems(spec, loss)
 
