@@ -73,9 +73,24 @@ def seeded_torch(seed: int) -> Iterator[None]:
         yield
 
 
-def private_store(state: StoreState) -> Any:
-    """Pyro's parameter store holding ``state`` only, the caller's restored on exit."""
-    return pyro.get_param_store().scope(state=state)
+@contextmanager
+def private_store(state: StoreState) -> Iterator[None]:
+    """Pyro's parameter store holding ``state`` only; on exit ``state`` holds what the
+    store then holds, and the caller's store is put back as it was: the same dicts.
+
+    Not ``ParamStoreDict.scope()``: its ``get_state`` deletes the ``unconstrained``
+    attribute of the caller's parameter tensors (``pyro.param(name).unconstrained()``
+    then fails until ``pyro.param`` is called again).
+    """
+    store = pyro.get_param_store()
+    saved = (store._params, store._param_to_name, store._constraints)
+    store.clear()  # new dicts: the caller's are not touched
+    store.set_state(state)
+    try:
+        yield
+    finally:
+        state["params"], state["constraints"] = dict(store._params), dict(store._constraints)
+        store._params, store._param_to_name, store._constraints = saved
 
 
 def fresh_loss(loss: Any) -> Any:

@@ -198,7 +198,8 @@ def _check_user_guide(guide: Callable[..., Any], par: Parametrisation) -> int | 
 
 
 class _Problems:
-    """One problem's model and guide at a time, built once and reused across calls."""
+    """One problem's model and guide at a time, built once and reused across calls (the
+    statistical checks call the loss hundreds of times on each problem)."""
 
     def __init__(self, spec: _Spec, loss: Any) -> None:
         self.spec, self.loss = spec, loss
@@ -206,12 +207,23 @@ class _Problems:
         self._entry: tuple[Any, _h.Built, Any] | None = None
 
     def get(self, model: LinearGaussianModel, params: Mapping[str, Any]) -> tuple[_h.Built, Any]:
+        """For the parameters of q (the gradient check passes fresh copies each call)."""
         arrays = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
         key = (id(model), tuple((k, v.shape, v.tobytes()) for k, v in arrays.items()))
+        return self._cached(key, model, lambda: arrays)
+
+    def for_q(self, model: LinearGaussianModel, q: Gaussian) -> tuple[_h.Built, Any]:
+        """For q itself (immutable: the estimator passes the same object each call)."""
+        return self._cached((id(model), id(q)), (model, q), lambda: self.spec.params_of(q))
+
+    def _cached(
+        self, key: Any, held: Any, params: Callable[[], Mapping[str, Any]]
+    ) -> tuple[_h.Built, Any]:
         if self._entry is None or key != self._key:
-            built = self.spec.build(model, arrays)
-            # the model is held so that its id is not reused while the entry lives
-            self._key, self._entry = key, (model, built, _h.fresh_loss(self.loss))
+            model = held[0] if isinstance(held, tuple) else held
+            built = self.spec.build(model, params())
+            # what the key's ids refer to is held, so no id is reused while it lives
+            self._key, self._entry = key, (held, built, _h.fresh_loss(self.loss))
         return self._entry[1], self._entry[2]
 
 
@@ -363,9 +375,6 @@ def _checked_options(
             )
     elif mode == "pathwise" or "full" not in kinds:
         options["q_kinds"] = kinds
-    if spec.fixed_dim is not None:
-        options.setdefault("min_latent_dim", spec.fixed_dim)
-        options.setdefault("max_latent_dim", spec.fixed_dim)
     return options
 
 
@@ -400,8 +409,10 @@ def verify_elbo_estimator(
     ``form`` is chosen from the loss (``"analytic_kl"`` for ``TraceMeanField_ELBO``
     when Pyro uses the KL of the guide's site ``"z"``, ``"joint"`` otherwise) and
     ``q_kinds`` from the guide (diagonal q for ``AutoNormal`` and
-    ``AutoDiagonalNormal``). A guide written for one K (``pyro.param("loc",
-    torch.zeros(2))``) is checked at that K.
+    ``AutoDiagonalNormal``). Your guide's ``pyro.param`` sites are substituted, so
+    their initial values are not used: a guide written with ``pyro.param("loc",
+    torch.zeros(2))`` is checked at every K (its initial shapes must be the
+    parametrisation's at K=2).
 
     Parameters
     ----------
@@ -444,12 +455,12 @@ def verify_elbo_estimator(
     problems = _Problems(spec, loss)
 
     def statistical(model: LinearGaussianModel, q: Gaussian, x: Any, rng: Any, n: int) -> float:
-        built, fresh = problems.get(model, spec.params_of(q))
+        built, fresh = problems.for_q(model, q)
         with _h.private_store(built.state), _h.seeded_torch(int(rng.integers(2**63))):
             return -float(fresh.loss(built.model, built.guide, _h.tensor(x)))
 
     def pathwise(model: LinearGaussianModel, q: Gaussian, x: Any, eps: Any) -> float:
-        built, fresh = problems.get(model, spec.params_of(q))
+        built, fresh = problems.for_q(model, q)
         pinned_model, pinned_guide = _h.pinned_pair(built)
         xs, rows = _h.tensor(x), _h.tensor(eps)
         with _h.private_store(built.state), _h.seeded_torch(0):
