@@ -28,7 +28,7 @@ Examples
 >>> import pytest; pyro = pytest.importorskip("pyro")
 >>> from elbo_check.contrib import pyro as ec_pyro
 >>> report = ec_pyro.verify_elbo_estimator(pyro.infer.Trace_ELBO(), guide="AutoNormal",
-...                                        n_problems=2, calls=200)
+...                                        n_problems=1, calls=80)
 >>> report.check
 'verify_elbo_estimator'
 """
@@ -272,7 +272,8 @@ def model_and_guide(
     >>> model = ppca(weights=[[1.0, 0.5]], mean=[0.0], noise_variance=0.5)
     >>> q = Gaussian.from_diagonal(mean=[0.1, -0.2], variances=[0.3, 0.6])
     >>> model_fn, guide_fn = model_and_guide(model, q, guide="AutoNormal")
-    >>> loss = pyro.infer.TraceMeanField_ELBO(num_particles=20000)
+    >>> loss = pyro.infer.Trace_ELBO(num_particles=20000, vectorize_particles=True,
+    ...                              max_plate_nesting=1)
     >>> x = torch.tensor([0.7], dtype=torch.float64)
     >>> with torch.random.fork_rng():
     ...     _ = torch.manual_seed(0)
@@ -446,7 +447,7 @@ def verify_elbo_estimator(
     ...     pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
     >>> verify_elbo_estimator(pyro.infer.Trace_ELBO(), guide=my_guide,
     ...     parametrisation=FullCholesky(), mode="pathwise", max_examples=10).check
-    'verify_elbo_estimator'
+    "verify_elbo_estimator(mode='pathwise')"
     """
     __tracebackhide__ = True
     _check_loss(loss)
@@ -598,7 +599,7 @@ def verify_kl(fn: Callable[..., Any], **options: Any) -> VerificationReport:
     Examples
     --------
     >>> import pytest; pyro = pytest.importorskip("pyro")
-    >>> verify_kl(pyro.distributions.kl_divergence, max_examples=20).check
+    >>> verify_kl(torch.distributions.kl_divergence, max_examples=20).check
     'verify_kl'
     """
     __tracebackhide__ = True
