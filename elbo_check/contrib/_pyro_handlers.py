@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from .._errors import InvalidInputError
+from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
+from ..testing import Parametrisation
 
 try:
     import pyro
@@ -110,7 +112,7 @@ def model_function(model: LinearGaussianModel) -> Callable[..., Any]:
     ``N`` observations ``(N, D)`` under ``pyro.plate("data", N)``, sharing ``z``)."""
     weights, bias = tensor(model.weights), tensor(model.bias)
     prior = dist.MultivariateNormal(
-        tensor(model.prior.mean), scale_tril=tensor(model.prior.scale_tril)
+        tensor(model.prior.mean), scale_tril=tensor(model.prior.scale_tril), validate_args=False
     )
     noise_scale_tril = torch.linalg.cholesky(tensor(model.dense_noise_cov()))
     d = weights.shape[0]
@@ -124,7 +126,9 @@ def model_function(model: LinearGaussianModel) -> Callable[..., Any]:
                 + (f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__)
             )
         z = pyro.sample("z", prior)
-        likelihood = dist.MultivariateNormal(z @ weights.mT + bias, scale_tril=noise_scale_tril)
+        likelihood = dist.MultivariateNormal(
+            z @ weights.mT + bias, scale_tril=noise_scale_tril, validate_args=False
+        )
         if x.dim() == 1:
             pyro.sample("x", likelihood, obs=x)
         else:
@@ -237,6 +241,65 @@ def guide_param_sites(guide: Callable[..., Any], d: int) -> dict[str, tuple[int,
     with seeded_torch(0), private_store(state), poutine.block(), Record():
         guide(torch.zeros(d, dtype=torch.float64))
     return sites
+
+
+# ---------------------------------------------------------------------- checks' plumbing
+def check_user_guide(guide: Callable[..., Any], par: Parametrisation) -> int | None:
+    """The guide's ``pyro.param`` names must be ``par``'s keys, and any initial values
+    it gives must have ``par``'s shapes for one K; returns that K (None: any K)."""
+    try:
+        sites = guide_param_sites(guide, 1)
+    except Exception:  # it may need a real x: then it is judged on the problems
+        return None
+    if set(sites) != set(par.keys):
+        raise InvalidInputError(
+            f"the parametrisation's keys {par.keys} must be the guide's pyro.param names; "
+            f"the guide uses {tuple(sites)}"
+            + (f" (missing {[k for k in par.keys if k not in sites]})" if sites else "")
+        )
+    loc = sites.get("loc")
+    if loc is None or len(loc) != 1:
+        return None
+    k = loc[0]
+    expected = par.from_gaussian(Gaussian.from_diagonal(mean=np.zeros(k), variances=np.ones(k)))
+    for key, shape in sites.items():
+        if shape is not None and tuple(expected[key].shape) != shape:
+            raise InvalidInputError(
+                f"the guide initialises pyro.param({key!r}) with shape {shape}, but "
+                f"{par!r} gives {key!r} the shape {tuple(expected[key].shape)} for q of "
+                f"dimension K={k} (the dimension of its 'loc')"
+            )
+    return k
+
+
+class Problems:
+    """One problem's model and guide at a time, built once and reused across calls (the
+    statistical checks call the loss hundreds of times on each problem)."""
+
+    def __init__(self, spec: Any, loss: Any) -> None:
+        self.spec, self.loss = spec, loss
+        self._key: Any = None
+        self._entry: tuple[Any, Built, Any] | None = None
+
+    def get(self, model: LinearGaussianModel, params: Mapping[str, Any]) -> tuple[Built, Any]:
+        """For the parameters of q (the gradient check passes fresh copies each call)."""
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+        key = (id(model), tuple((k, v.shape, v.tobytes()) for k, v in arrays.items()))
+        return self._cached(key, model, lambda: arrays)
+
+    def for_q(self, model: LinearGaussianModel, q: Gaussian) -> tuple[Built, Any]:
+        """For q itself (immutable: the estimator passes the same object each call)."""
+        return self._cached((id(model), id(q)), (model, q), lambda: self.spec.params_of(q))
+
+    def _cached(
+        self, key: Any, held: Any, params: Callable[[], Mapping[str, Any]]
+    ) -> tuple[Built, Any]:
+        if self._entry is None or key != self._key:
+            model = held[0] if isinstance(held, tuple) else held
+            built = self.spec.build(model, params())
+            # what the key's ids refer to is held, so no id is reused while it lives
+            self._key, self._entry = key, (held, built, fresh_loss(self.loss))
+        return self._entry[1], self._entry[2]
 
 
 # ---------------------------------------------------------------------- pinned noise

@@ -95,7 +95,6 @@ class _Spec:
     def __init__(
         self, guide: Any, parametrisation: Any, rank: int | None, default_rank: int
     ) -> None:
-        what = "guide"
         if parametrisation is not None and not isinstance(parametrisation, Parametrisation):
             raise InvalidTypeError(
                 "parametrisation must be None or an elbo_check.testing.Parametrisation "
@@ -115,8 +114,8 @@ class _Spec:
         if isinstance(guide, str):
             if guide not in GUIDES:
                 raise InvalidInputError(
-                    f"{what} must be one of {', '.join(map(repr, GUIDES))} or your guide "
-                    f"(a callable); got {what}={guide!r}"
+                    f"guide must be one of {', '.join(map(repr, GUIDES))} or your guide "
+                    f"(a callable); got guide={guide!r}"
                 )
             own = _autoguide_parametrisation(guide, self.rank)
             if parametrisation is not None and repr(parametrisation) != repr(own):
@@ -127,12 +126,12 @@ class _Spec:
             self.name: str | None = guide
             self.guide: Callable[..., Any] | None = None
             self.parametrisation: Parametrisation = own
-            self.fixed_dim: int | None = None
+            self.probe_dim: int | None = None
             self.member_kinds = own.cov_kinds if self.rank >= default_rank else ("isotropic",)
             return
         if not callable(guide):
             raise InvalidTypeError(
-                f"{what} must be one of {', '.join(map(repr, GUIDES))} or a callable "
+                f"guide must be one of {', '.join(map(repr, GUIDES))} or a callable "
                 f"guide(x); got {type(guide).__name__} {guide!r:.60}"
             )
         if parametrisation is None:
@@ -140,11 +139,11 @@ class _Spec:
                 f"a guide callable needs parametrisation=: an elbo_check.testing."
                 "Parametrisation whose keys are the guide's pyro.param names (e.g. "
                 "FullCholesky() for pyro.param('loc') and pyro.param('scale_tril')); got "
-                f"{what}={getattr(guide, '__name__', guide)!r} without one"
+                f"guide={getattr(guide, '__name__', guide)!r} without one"
             )
         self.name, self.guide, self.parametrisation = None, guide, parametrisation
         self.member_kinds = parametrisation.cov_kinds
-        self.fixed_dim = _check_user_guide(guide, parametrisation)
+        self.probe_dim = _h.check_user_guide(guide, parametrisation)
 
     def build(self, model: LinearGaussianModel, params: Mapping[str, Any]) -> _h.Built:
         if self.name is not None:
@@ -167,64 +166,6 @@ def _autoguide_parametrisation(name: str, rank: int) -> Parametrisation:
     if name == "AutoMultivariateNormal":
         return FullUnitCholeskyScale(scale_transform="softplus")
     return ScaledLowRank(rank, scale_transform="softplus")
-
-
-def _check_user_guide(guide: Callable[..., Any], par: Parametrisation) -> int | None:
-    """The guide's ``pyro.param`` names must be ``par``'s keys, and any initial values
-    it gives must have ``par``'s shapes for one K; returns that K (None: any K)."""
-    try:
-        sites = _h.guide_param_sites(guide, 1)
-    except Exception:  # it may need a real x: then it is judged on the problems
-        return None
-    if set(sites) != set(par.keys):
-        raise InvalidInputError(
-            f"the parametrisation's keys {par.keys} must be the guide's pyro.param names; "
-            f"the guide uses {tuple(sites)}"
-            + (f" (missing {[k for k in par.keys if k not in sites]})" if sites else "")
-        )
-    loc = sites.get("loc")
-    if loc is None or len(loc) != 1:
-        return None
-    k = loc[0]
-    expected = par.from_gaussian(Gaussian.from_diagonal(mean=np.zeros(k), variances=np.ones(k)))
-    for key, shape in sites.items():
-        if shape is not None and tuple(expected[key].shape) != shape:
-            raise InvalidInputError(
-                f"the guide initialises pyro.param({key!r}) with shape {shape}, but "
-                f"{par!r} gives {key!r} the shape {tuple(expected[key].shape)} for q of "
-                f"dimension K={k} (the dimension of its 'loc')"
-            )
-    return k
-
-
-class _Problems:
-    """One problem's model and guide at a time, built once and reused across calls (the
-    statistical checks call the loss hundreds of times on each problem)."""
-
-    def __init__(self, spec: _Spec, loss: Any) -> None:
-        self.spec, self.loss = spec, loss
-        self._key: Any = None
-        self._entry: tuple[Any, _h.Built, Any] | None = None
-
-    def get(self, model: LinearGaussianModel, params: Mapping[str, Any]) -> tuple[_h.Built, Any]:
-        """For the parameters of q (the gradient check passes fresh copies each call)."""
-        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
-        key = (id(model), tuple((k, v.shape, v.tobytes()) for k, v in arrays.items()))
-        return self._cached(key, model, lambda: arrays)
-
-    def for_q(self, model: LinearGaussianModel, q: Gaussian) -> tuple[_h.Built, Any]:
-        """For q itself (immutable: the estimator passes the same object each call)."""
-        return self._cached((id(model), id(q)), (model, q), lambda: self.spec.params_of(q))
-
-    def _cached(
-        self, key: Any, held: Any, params: Callable[[], Mapping[str, Any]]
-    ) -> tuple[_h.Built, Any]:
-        if self._entry is None or key != self._key:
-            model = held[0] if isinstance(held, tuple) else held
-            built = self.spec.build(model, params())
-            # what the key's ids refer to is held, so no id is reused while it lives
-            self._key, self._entry = key, (held, built, _h.fresh_loss(self.loss))
-        return self._entry[1], self._entry[2]
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -321,7 +262,7 @@ def _form(loss: Any, spec: _Spec) -> str:
     "KL" is ``-log p(z)``, the joint form); ``"joint"`` otherwise. Found by running the
     guide once on a small problem, which also warms up Pyro (the first guide built in a
     process takes about a second)."""
-    k = spec.fixed_dim or 2
+    k = spec.probe_dim or 2
     model = LinearGaussianModel(
         weights=np.ones((1, k)), bias=np.zeros(1), prior=Gaussian.standard(k), noise_cov=[1.0]
     )
@@ -453,7 +394,7 @@ def verify_elbo_estimator(
     _check_loss(loss)
     spec = _Spec(guide, parametrisation, rank, _max_latent_dim(options))
     options = _checked_options(loss, spec, dict(options), estimator=True)
-    problems = _Problems(spec, loss)
+    problems = _h.Problems(spec, loss)
 
     def statistical(model: LinearGaussianModel, q: Gaussian, x: Any, rng: Any, n: int) -> float:
         built, fresh = problems.for_q(model, q)
@@ -537,7 +478,7 @@ def verify_elbo_gradient(
     spec = _Spec(guide, parametrisation, rank, _max_latent_dim(options))
     options = _checked_options(loss, spec, dict(options), estimator=False)
     par = spec.parametrisation
-    problems = _Problems(spec, loss)
+    problems = _h.Problems(spec, loss)
 
     def statistical(
         model: LinearGaussianModel, params: dict[str, Any], x: Any, rng: Any, n: int
