@@ -1,5 +1,9 @@
 """The verifiers for Pyro code: a ``pyro.infer`` ELBO and a guide in, a verdict out.
 
+``verify_elbo_estimator`` and ``verify_elbo_gradient`` check a Pyro loss;
+``verify_kl`` and ``verify_log_evidence`` check exact code on Pyro objects. There is no
+``verify_elbo``: a Pyro loss's value is a Monte-Carlo estimate.
+
 Pyro's losses are checked as they run in :class:`pyro.infer.SVI`: the estimate is
 ``-loss.loss(model_fn, guide_fn, x)`` and the gradient is what
 ``loss.loss_and_grads`` leaves in the guide's parameters' ``.grad``, for a Pyro model of
@@ -13,10 +17,13 @@ whose distribution is the verifier's q:
   :class:`~elbo_check.testing.Parametrisation` whose keys are its parameter names and
   whose values are the values your guide sees (the constrained ones).
 
-The checks run in a private parameter store (``pyro.get_param_store().scope()``): yours
-is untouched. Pyro samples from torch's global generator, so each call runs in
+Global state is left as it was. The checks run in a private parameter store, swapped
+in for each call, yours put back afterwards as it was (the same dicts and tensors; not
+``ParamStoreDict.scope()``, which drops the ``unconstrained`` attribute of your
+parameter tensors). Pyro samples from torch's global generator, so each call runs in
 :func:`torch.random.fork_rng` with the generator seeded from the verifier's generator
-(reproducible from the verifier's ``seed``) and restored afterwards.
+(reproducible from the verifier's ``seed``) and restored afterwards. Pyro's validation
+setting is yours (with validation off, a call takes about a third less time).
 
 Pyro is an optional dependency, installed separately::
 
