@@ -23,7 +23,8 @@ in for each call, yours put back afterwards as it was (the same dicts and tensor
 parameter tensors). Pyro samples from torch's global generator, so each call runs in
 :func:`torch.random.fork_rng` with the generator seeded from the verifier's generator
 (reproducible from the verifier's ``seed``) and restored afterwards. Pyro's validation
-setting is yours (with validation off, a call takes about a third less time).
+setting is yours: it catches invalid guide parameters with a clear error, and a check
+takes about half as long under ``with pyro.validation_enabled(False):``.
 
 Pyro is an optional dependency, installed separately::
 
