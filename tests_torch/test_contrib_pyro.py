@@ -218,8 +218,15 @@ def test_trace_graph_elbo_with_the_low_rank_guide_and_a_full_guide() -> None:
                                  **STATISTICAL)  # fmt: skip
 
 
+# torch 2.13 deprecates torch.jit.trace, which Pyro's Jit* losses compile with
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_jit_trace_elbo() -> None:
+    # JitTrace_ELBO.loss is Trace_ELBO's (not compiled); loss_and_grads is compiled
     ec_pyro.verify_elbo_estimator(pyro.infer.JitTrace_ELBO(), guide="AutoNormal", **STATISTICAL)
+    # the noise is a traced input (a constant baked into the trace would fail for n > 1)
+    ec_pyro.verify_elbo_gradient(
+        pyro.infer.JitTrace_ELBO(), guide="AutoMultivariateNormal", mode="pathwise", max_examples=3
+    )
 
 
 # ---------------------------------------------------------------------- planted bugs
@@ -323,6 +330,36 @@ def test_a_parametrisation_that_does_not_fit_the_guide_is_refused() -> None:
 def test_a_mode_without_meaning_for_a_sampled_loss_is_refused(mode: Any) -> None:
     with pytest.raises(InvalidInputError, match=r"'statistical' or 'pathwise'.*no exact mode"):
         ec_pyro.verify_elbo_gradient(pyro.infer.Trace_ELBO(), guide="AutoNormal", mode=mode)
+
+
+def no_z_guide(x: Any) -> None:
+    loc, scale_tril = pyro.param("loc"), pyro.param("scale_tril")
+    pyro.sample("w", dist.MultivariateNormal(loc, scale_tril=scale_tril))  # not "z"
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"guide": "AutoNormal", "rank": 2}, InvalidInputError, r"rank= is an option of"),
+        ({"guide": "AutoLowRankMultivariateNormal", "rank": 0}, InvalidInputError, r"positive"),
+        ({"guide": "AutoNormal", "parametrisation": FullCholesky()}, InvalidInputError,
+         r"AutoNormal holds its q as DiagonalSoftplusScale\(\); leave parametrisation out"),
+        ({"guide": softplus_guide, "parametrisation": "loc"}, InvalidTypeError,
+         r"parametrisation must be None or an elbo_check.testing.Parametrisation"),
+        ({"guide": 3}, InvalidTypeError, r"guide must be one of .* or a callable"),
+        ({"guide": no_z_guide, "parametrisation": FullCholesky()}, InvalidInputError,
+         r"must sample the model's latent site 'z'.*\['w'\]"),
+        ({"guide": "AutoLowRankMultivariateNormal", "rank": 1, "q_kinds": ("full",)},
+         InvalidInputError, r"does not hold every q of kinds \['full'\]"),
+        ({"guide": "AutoNormal", "n_samples": 5}, InvalidInputError,
+         r"n_samples is the loss's num_particles \(1\)"),
+    ],
+)  # fmt: skip
+def test_guides_and_options_that_do_not_fit_are_refused(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        ec_pyro.verify_elbo_estimator(pyro.infer.Trace_ELBO(), **options)
 
 
 def test_q_kinds_the_guide_cannot_hold_are_refused() -> None:
