@@ -73,7 +73,7 @@ except ImportError as err:  # pragma: no cover - _pyro_handlers raised already
     raise ImportError("elbo_check.contrib.pyro needs Pyro: pip install pyro-ppl") from err
 
 __all__ = [
-    "GUIDES",
+    "AUTOGUIDES",
     "ScopedGuide",
     "model_and_guide",
     "verify_elbo_estimator",
@@ -83,7 +83,7 @@ __all__ = [
 ]
 
 #: The autoguides a guide may be named by.
-GUIDES: tuple[str, ...] = tuple(_h.AUTOGUIDES)
+AUTOGUIDES: tuple[str, ...] = tuple(_h.AUTOGUIDES)
 
 #: The modes of the Monte-Carlo checks here ("exact" is meaningless for a sampled loss).
 _MODES = ("statistical", "pathwise")
@@ -120,9 +120,9 @@ class _Spec:
         #: the q kinds whose every member the guide holds (the estimator's q must be one)
         self.member_kinds: tuple[str, ...] = ()
         if isinstance(guide, str):
-            if guide not in GUIDES:
+            if guide not in AUTOGUIDES:
                 raise InvalidInputError(
-                    f"guide must be one of {', '.join(map(repr, GUIDES))} or your guide "
+                    f"guide must be one of {', '.join(map(repr, AUTOGUIDES))} or your guide "
                     f"(a callable); got guide={guide!r}"
                 )
             own = _autoguide_parametrisation(guide, self.rank)
@@ -139,7 +139,7 @@ class _Spec:
             return
         if not callable(guide):
             raise InvalidTypeError(
-                f"guide must be one of {', '.join(map(repr, GUIDES))} or a callable "
+                f"guide must be one of {', '.join(map(repr, AUTOGUIDES))} or a callable "
                 f"guide(x); got {type(guide).__name__} {guide!r:.60}"
             )
         if parametrisation is None:
@@ -195,7 +195,7 @@ def model_and_guide(
         One Gaussian over the K latent dimensions, in the guide's family (diagonal for
         ``AutoNormal`` and ``AutoDiagonalNormal``).
     guide : str or callable
-        One of :data:`GUIDES`, or your guide ``guide(x)`` (then ``parametrisation`` is
+        One of :data:`AUTOGUIDES`, or your guide ``guide(x)`` (then ``parametrisation`` is
         required).
     parametrisation : Parametrisation, optional
         For your guide: keys its ``pyro.param`` names, values what it sees.
@@ -370,7 +370,7 @@ def verify_elbo_estimator(
         ``Trace_ELBO()``, ``TraceMeanField_ELBO()``, ``TraceGraph_ELBO()``,
         ``JitTrace_ELBO()``, ``RenyiELBO()``, your subclass, ...
     guide : str or callable
-        One of :data:`GUIDES`, or your ``guide(x)``.
+        One of :data:`AUTOGUIDES`, or your ``guide(x)``.
     parametrisation : Parametrisation, optional
         Required with your guide (see :func:`model_and_guide`).
     rank : int, optional
@@ -451,7 +451,7 @@ def verify_elbo_gradient(
     loss : pyro.infer.ELBO
         The loss SVI would use.
     guide : str or callable
-        One of :data:`GUIDES`, or your ``guide(x)``.
+        One of :data:`AUTOGUIDES`, or your ``guide(x)``.
     parametrisation : Parametrisation, optional
         Required with your guide.
     rank : int, optional
