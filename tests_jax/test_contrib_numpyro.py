@@ -141,7 +141,6 @@ def test_model_and_guide_sets_each_guides_params_to_q() -> None:
         ("AutoNormal", diagonal, None, {"z_auto_loc": mean, "z_auto_scale": [0.5, 0.8]}),
         ("AutoDiagonalNormal", diagonal, None, {"auto_loc": mean, "auto_scale": [0.5, 0.8]}),
         ("AutoMultivariateNormal", full, None, {"auto_loc": mean, "auto_scale_tril": factor}),
-        ("AutoLowRankMultivariateNormal", isotropic, None, {"auto_scale": [0.6, 0.6]}),
         (mvn_guide, full, FullCholesky(), {"loc": mean, "scale_tril": factor}),
     ]
     with jax.enable_x64(True):
@@ -152,7 +151,21 @@ def test_model_and_guide_sets_each_guides_params_to_q() -> None:
             assert callable(model_fn)
             for name, value in expected.items():
                 np.testing.assert_allclose(guide_fn.data[name], value, atol=1e-12, err_msg=name)
-    assert guide_fn.fn is mvn_guide
+        assert guide_fn.fn is mvn_guide
+        # low rank: rank 1 holds an isotropic q (floor 0.36, no low-rank part); the default
+        # rank (K) any q, as D (F F^T + I) D
+        _, guide_fn = ec_numpyro.model_and_guide(
+            model, isotropic, guide="AutoLowRankMultivariateNormal", rank=1
+        )
+        np.testing.assert_allclose(guide_fn.data["auto_scale"], [0.6, 0.6], atol=1e-12)
+        np.testing.assert_allclose(guide_fn.data["auto_cov_factor"], 0.0, atol=1e-7)
+        _, guide_fn = ec_numpyro.model_and_guide(model, full, guide="AutoLowRankMultivariateNormal")
+        scale, low = guide_fn.data["auto_scale"], guide_fn.data["auto_cov_factor"]
+        assert low.shape == (2, 2)
+        cov = scale[:, None] * (low @ low.T + np.eye(2)) * scale
+        np.testing.assert_allclose(cov, full.cov, atol=1e-12)
+    with pytest.raises(InvalidInputError, match="rank= is an option of"):
+        ec_numpyro.model_and_guide(model, full, guide="AutoMultivariateNormal", rank=2)
 
 
 def test_the_autoguides_constraints_are_the_ones_mapped() -> None:

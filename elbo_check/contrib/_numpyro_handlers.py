@@ -112,9 +112,10 @@ class GuideSpec:
     estimator_kinds: tuple[str, ...] | None = None
 
 
-#: The rank of ``guide="AutoLowRankMultivariateNormal"`` (NumPyro's default,
-#: ``round(sqrt(K))``, changes with K; the check needs one parametrisation).
-LOW_RANK = 1
+#: The largest latent dimension of the verifiers' default problems: the default rank of
+#: ``guide="AutoLowRankMultivariateNormal"`` (NumPyro's default, ``round(sqrt(K))``,
+#: changes with K, and a check needs one parametrisation; at rank >= K every q fits).
+DEFAULT_MAX_LATENT_DIM = 6
 
 
 def _np_softplus(value: FloatArray) -> FloatArray:
@@ -185,15 +186,15 @@ def _multivariate_spec() -> GuideSpec:
     )
 
 
-def _low_rank_spec() -> GuideSpec:
-    """AutoLowRankMultivariateNormal(rank=LOW_RANK): ``auto_loc``, ``auto_cov_factor``
+def _low_rank_spec(rank: int, max_latent_dim: int) -> GuideSpec:
+    """AutoLowRankMultivariateNormal(rank=rank): ``auto_loc``, ``auto_cov_factor``
     (real) and ``auto_scale`` (``softplus_positive``); its covariance is
     ``diag(s) (F F^T + I) diag(s)``."""
     return GuideSpec(
         name="AutoLowRankMultivariateNormal",
-        key="AutoLowRankMultivariateNormal",
-        parametrisation=ScaledLowRank(LOW_RANK, scale_transform="softplus"),
-        build=functools.partial(autoguide.AutoLowRankMultivariateNormal, rank=LOW_RANK),
+        key=f"AutoLowRankMultivariateNormal(rank={rank})",
+        parametrisation=ScaledLowRank(rank, scale_transform="softplus"),
+        build=functools.partial(autoguide.AutoLowRankMultivariateNormal, rank=rank),
         to_free=lambda p: {
             "auto_loc": np.array(p["loc"]),
             "auto_cov_factor": np.array(p["cov_factor"]),
@@ -215,13 +216,16 @@ def _low_rank_spec() -> GuideSpec:
             "auto_cov_factor": np.array(p["cov_factor"]),
             "auto_scale": _np_softplus(p["raw_scale"]),
         },
-        # an isotropic q is a member for every K; a diagonal or full one needs rank K - 1
-        estimator_kinds=("isotropic",),
+        # an isotropic q is a member at every rank; any q at rank >= K - 1
+        estimator_kinds=None if rank >= max_latent_dim - 1 else ("isotropic",),
     )
 
 
-def autoguide_spec(name: str) -> GuideSpec:
-    """The spec of a named autoguide (checked by the caller)."""
+def autoguide_spec(
+    name: str, rank: int | None = None, max_latent_dim: int = DEFAULT_MAX_LATENT_DIM
+) -> GuideSpec:
+    """The spec of a named autoguide (checked by the caller); ``rank`` is the low-rank
+    guide's (default ``max_latent_dim``, the largest K of the problems: every q fits)."""
     if name == "AutoNormal":
         loc, scale = f"{LATENT}_auto_loc", f"{LATENT}_auto_scale"
         return _diagonal_spec(name, loc, scale, autoguide.AutoNormal)
@@ -230,7 +234,7 @@ def autoguide_spec(name: str) -> GuideSpec:
     if name == "AutoMultivariateNormal":
         return _multivariate_spec()
     if name == "AutoLowRankMultivariateNormal":
-        return _low_rank_spec()
+        return _low_rank_spec(max_latent_dim if rank is None else rank, max_latent_dim)
     raise InvalidInputError(f"guide must be one of {', '.join(AUTOGUIDE_NAMES)}; got {name!r}")
 
 

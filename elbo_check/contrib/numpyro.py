@@ -102,7 +102,16 @@ def _check_loss(loss: Any) -> Any:
     return loss
 
 
-def _spec(guide: Any, parametrisation: Any) -> _h.GuideSpec:
+def _spec(
+    guide: Any, parametrisation: Any, rank: Any = None, max_latent_dim: int | None = None
+) -> _h.GuideSpec:
+    if rank is not None and guide != "AutoLowRankMultivariateNormal":
+        raise InvalidInputError(
+            "rank= is an option of guide='AutoLowRankMultivariateNormal' only; "
+            f"got rank={rank!r} with guide={guide!r}"
+        )
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise InvalidInputError(f"rank must be a positive integer; got rank={rank!r}")
     if parametrisation is not None and not isinstance(parametrisation, Parametrisation):
         raise InvalidTypeError(
             "parametrisation must be None or an elbo_check.testing.Parametrisation "
@@ -119,7 +128,9 @@ def _spec(guide: Any, parametrisation: Any) -> _h.GuideSpec:
                 f"guide={guide!r} comes with its own parametrisation "
                 f"({_h.autoguide_spec(guide).parametrisation!r}); leave parametrisation=None"
             )
-        return _h.autoguide_spec(guide)
+        return _h.autoguide_spec(
+            guide, rank, _h.DEFAULT_MAX_LATENT_DIM if max_latent_dim is None else max_latent_dim
+        )
     if not callable(guide):
         raise InvalidTypeError(
             f"guide must be an autoguide's name ({', '.join(AUTOGUIDES)}) or a guide "
@@ -159,6 +170,7 @@ def model_and_guide(
     *,
     guide: Any = "AutoNormal",
     parametrisation: Parametrisation | None = None,
+    rank: int | None = None,
 ) -> tuple[Callable[..., None], Any]:
     """A NumPyro model function for ``model`` and a guide whose distribution is ``q``.
 
@@ -175,6 +187,8 @@ def model_and_guide(
         An autoguide's name (:data:`AUTOGUIDES`) or your guide function ``guide(x)``.
     parametrisation : Parametrisation, optional
         For a guide function: its ``numpyro.param`` names and what they mean.
+    rank : int, optional
+        ``AutoLowRankMultivariateNormal``'s rank (default K: every q is a member).
 
     Returns
     -------
@@ -211,7 +225,7 @@ def model_and_guide(
             f"q must be one Gaussian over the model's {model.latent_dim} latent dimensions; "
             f"got {q!r}"
         )
-    spec = _spec(guide, parametrisation)
+    spec = _spec(guide, parametrisation, rank, q.dim)
     params = _parameters(spec, q)
     arrays = tuple(jnp.asarray(a) for a in _h.model_arrays(model))
 
@@ -291,11 +305,17 @@ class _Calls:
 
 
 def _common(
-    loss: Any, guide: Any, parametrisation: Any, dtype: Any, options: dict[str, Any]
+    loss: Any,
+    guide: Any,
+    parametrisation: Any,
+    rank: Any,
+    dtype: Any,
+    options: dict[str, Any],
 ) -> tuple[_Calls, bool, dict[str, Any]]:
     """The checked loss and guide, the precision, and the verifier's options."""
     _check_loss(loss)
-    spec = _spec(guide, parametrisation)
+    max_k = int(options.get("max_latent_dim", _h.DEFAULT_MAX_LATENT_DIM))
+    spec = _spec(guide, parametrisation, rank, max_k)
     x64 = _check_dtype(dtype)
     mode = options.get("mode", "statistical")
     if mode not in ("statistical", "pathwise"):
@@ -347,6 +367,7 @@ def verify_elbo_estimator(
     *,
     guide: Any,
     parametrisation: Parametrisation | None = None,
+    rank: int | None = None,
     dtype: Any = "float64",
     **options: Any,
 ) -> VerificationReport:
@@ -354,9 +375,10 @@ def verify_elbo_estimator(
 
     The estimate is ``-loss.loss(key, params, model_fn, guide_fn, x)`` with the guide's
     parameters set to the verifier's q (drawn among the covariances the guide
-    represents: diagonal for ``AutoNormal`` and ``AutoDiagonalNormal``, isotropic for
-    ``AutoLowRankMultivariateNormal`` (built with ``rank=1``: a diagonal or full q is
-    not a member), the kinds of ``parametrisation`` for your guide). ``n_samples`` is
+    represents: diagonal for ``AutoNormal`` and ``AutoDiagonalNormal``, any for
+    ``AutoLowRankMultivariateNormal`` at its default ``rank`` (the largest K of the
+    problems; a smaller ``rank=`` draws isotropic q, the members of every rank), the
+    kinds of ``parametrisation`` for your guide). ``n_samples`` is
     the loss's ``num_particles`` and ``form`` follows the loss: ``"analytic_kl"`` for
     ``TraceMeanField_ELBO`` when NumPyro has the KL of the guide's ``"z"`` distribution
     to the ``MultivariateNormal`` prior in closed form (a ``MultivariateNormal``
@@ -381,6 +403,9 @@ def verify_elbo_estimator(
     parametrisation : Parametrisation, optional
         For a guide function: a parametrisation whose keys are its ``numpyro.param``
         names, with the (constrained) values the guide sees.
+    rank : int, optional
+        ``AutoLowRankMultivariateNormal``'s rank (``ScaledLowRank(rank, "softplus")``);
+        default: the largest latent dimension of the problems, so every q is a member.
     dtype : {"float64", "float32"}
         The precision the loss runs in (see the module's Precision).
     **options
@@ -419,7 +444,7 @@ def verify_elbo_estimator(
     True
     """
     __tracebackhide__ = True
-    calls, x64, chosen = _common(loss, guide, parametrisation, dtype, options)
+    calls, x64, chosen = _common(loss, guide, parametrisation, rank, dtype, options)
     chosen["q_kinds"] = _restricted_kinds(calls.spec, options.get("q_kinds"))
     fn = calls.estimate if chosen["mode"] == "statistical" else calls.pathwise_estimate
     with _precision(x64):
@@ -431,6 +456,7 @@ def verify_elbo_gradient(
     *,
     guide: Any,
     parametrisation: Parametrisation | None = None,
+    rank: int | None = None,
     dtype: Any = "float64",
     **options: Any,
 ) -> VerificationReport:
@@ -455,12 +481,13 @@ def verify_elbo_gradient(
                                               row, then ``raw_scale``
                                               (``scaled_unit_lower_cholesky``:
                                               ``L = diag(softplus(raw)) U``)
-    ``"AutoLowRankMultivariateNormal"``       ``ScaledLowRank(1, "softplus")``: ``loc``:
-                                              ``auto_loc``, ``cov_factor``:
-                                              ``auto_cov_factor`` (K, 1), ``raw_scale``:
-                                              unconstrained ``auto_scale``; the guide is
-                                              built with ``rank=1`` (NumPyro's default
-                                              ``round(sqrt(K))`` changes with K)
+    ``"AutoLowRankMultivariateNormal"``       ``ScaledLowRank(rank, "softplus")``:
+                                              ``loc``: ``auto_loc``, ``cov_factor``:
+                                              ``auto_cov_factor`` (K, rank),
+                                              ``raw_scale``: unconstrained
+                                              ``auto_scale``; built with ``rank=`` (default
+                                              the largest K: NumPyro's own default,
+                                              ``round(sqrt(K))``, changes with K)
     your guide function                       your ``parametrisation``: the gradient in
                                               its ``numpyro.param`` values (entries that
                                               are not parameters, such as those above a
@@ -475,7 +502,7 @@ def verify_elbo_gradient(
 
     Parameters
     ----------
-    loss, guide, parametrisation, dtype
+    loss, guide, parametrisation, rank, dtype
         As in :func:`verify_elbo_estimator`.
     **options
         Every other option of :func:`elbo_check.testing.verify_elbo_gradient`.
@@ -501,7 +528,7 @@ def verify_elbo_gradient(
     'joint'
     """
     __tracebackhide__ = True
-    calls, x64, chosen = _common(loss, guide, parametrisation, dtype, options)
+    calls, x64, chosen = _common(loss, guide, parametrisation, rank, dtype, options)
     fn = calls.gradient if chosen["mode"] == "statistical" else calls.pathwise_gradient
     par = calls.spec.parametrisation
     with _precision(x64):
