@@ -168,6 +168,19 @@ def test_the_pathwise_diagnosis_names_the_same_bug_for_every_seed(
     assert len(set(seen)) == 1
 
 
+@pytest.mark.parametrize("form", ["joint", "analytic_kl", "analytic_entropy"])
+def test_a_negated_pathwise_estimate_is_named_the_loss(form: str) -> None:
+    """A library's loss is -ELBO; returned un-negated it is named in pathwise mode too
+    (the statistical diagnosis already named it)."""
+
+    def loss(model: LinearGaussianModel, q: Gaussian, x: np.ndarray, eps: np.ndarray) -> float:
+        return -pathwise(form)(model, q, x, eps)
+
+    with pytest.raises(AssertionError) as failure:
+        verify_elbo_estimator(loss, mode="pathwise", form=form, max_examples=20, **SMALL)
+    assert diagnoses(failure) == ["Diagnosis: the loss -ELBO is returned instead of the ELBO."]
+
+
 def is_standard(g: Gaussian) -> bool:
     return bool(np.all(g.mean == 0.0) and np.array_equal(g.cov, np.eye(g.dim)))
 

@@ -154,7 +154,12 @@ def pathwise_suspects(form: ElboForm) -> tuple[Suspect, ...]:
         Suspect(name, advice, at(transform)) for name, advice, transform, _ in _SAMPLING_BUGS
     )
     own = tuple(Suspect(b.name, b.advice, sampled(b)) for b in form._bugs())
-    return sampling + own + _other_forms(form)
+    negated = Suspect(
+        "the loss -ELBO is returned instead of the ELBO",
+        "return the estimate of the ELBO itself (a library's loss is -ELBO: negate it)",
+        lambda m, q, x, e: -form.pathwise_value(m, q, x, _samples(q, e)),
+    )
+    return sampling + own + _other_forms(form) + (negated,)
 
 
 def _other_forms(form: ElboForm) -> tuple[Suspect, ...]:
