@@ -260,6 +260,8 @@ def test_the_loss_sign_is_caught_and_named() -> None:
                                      **FAST)  # fmt: skip
     with pytest.raises(AssertionError, match=r"the loss -ELBO is returned instead of the ELBO"):
         ec_pyro.verify_elbo_estimator(PlusElbo(), guide="AutoNormal", **STATISTICAL)
+    with pytest.raises(AssertionError, match=r"the loss -ELBO is returned instead of the ELBO"):
+        ec_pyro.verify_elbo_estimator(PlusElbo(), guide="AutoNormal", mode="pathwise", **FAST)
 
 
 def test_iwae_as_the_elbo_is_caught_and_named() -> None:
