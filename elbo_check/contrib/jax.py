@@ -200,6 +200,7 @@ def as_jax(
     Examples
     --------
     >>> import pytest; jax = pytest.importorskip("jax")
+    >>> from elbo_check.contrib.jax import as_jax
     >>> from elbo_check import Gaussian
     >>> q = Gaussian.from_diagonal(mean=[0.0, 1.0], variances=[4.0, 1.0])
     >>> q = as_jax(q, dtype=jax.numpy.float32)
@@ -410,6 +411,7 @@ def verify_elbo_gradient(
     Examples
     --------
     >>> import pytest; jax = pytest.importorskip("jax")
+    >>> from elbo_check.contrib.jax import verify_elbo_gradient
     >>> import jax.numpy as jnp
     >>> from jax.scipy.stats import multivariate_normal as mvn
     >>> def elbo(model, q, x):  # closed form: E_q log p(x | z) - KL(q || p(z))

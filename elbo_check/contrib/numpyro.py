@@ -204,6 +204,7 @@ def model_and_guide(
     Examples
     --------
     >>> import pytest; numpyro = pytest.importorskip("numpyro")
+    >>> from elbo_check.contrib.numpyro import model_and_guide
     >>> import jax, numpy as np
     >>> from elbo_check import ppca
     >>> model = ppca(weights=np.ones((3, 2)), mean=np.zeros(3), noise_variance=0.5)
@@ -429,6 +430,7 @@ def verify_elbo_estimator(
     Examples
     --------
     >>> import pytest; numpyro = pytest.importorskip("numpyro")
+    >>> from elbo_check.contrib.numpyro import verify_elbo_estimator
     >>> import jax.numpy as jnp, numpyro.distributions as dist
     >>> from elbo_check.testing import FullCholesky
     >>> def my_guide(x):
@@ -522,6 +524,7 @@ def verify_elbo_gradient(
     Examples
     --------
     >>> import pytest; numpyro = pytest.importorskip("numpyro")
+    >>> from elbo_check.contrib.numpyro import verify_elbo_gradient
     >>> report = verify_elbo_gradient(numpyro.infer.Trace_ELBO(), guide="AutoNormal",
     ...                               n_problems=1, calls=80)
     >>> report.details["form"]

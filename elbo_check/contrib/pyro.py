@@ -216,6 +216,7 @@ def model_and_guide(
     Examples
     --------
     >>> import pytest; pyro = pytest.importorskip("pyro")
+    >>> from elbo_check.contrib.pyro import model_and_guide
     >>> import torch
     >>> from elbo_check import Gaussian, ppca
     >>> model = ppca(weights=[[1.0, 0.5]], mean=[0.0], noise_variance=0.5)
@@ -388,8 +389,10 @@ def verify_elbo_estimator(
     Examples
     --------
     >>> import pytest; pyro = pytest.importorskip("pyro")
+    >>> from elbo_check.contrib.pyro import verify_elbo_estimator
     >>> from elbo_check.testing import FullCholesky
     >>> import pyro.distributions as dist
+    >>> import torch
     >>> def my_guide(x):
     ...     loc = pyro.param("loc", torch.zeros(2, dtype=torch.float64))
     ...     scale_tril = pyro.param("scale_tril", torch.eye(2, dtype=torch.float64))
@@ -477,6 +480,7 @@ def verify_elbo_gradient(
     Examples
     --------
     >>> import pytest; pyro = pytest.importorskip("pyro")
+    >>> from elbo_check.contrib.pyro import verify_elbo_gradient
     >>> verify_elbo_gradient(pyro.infer.Trace_ELBO(), guide="AutoDiagonalNormal",
     ...                      mode="pathwise", max_examples=10).check
     "verify_elbo_gradient(parametrisation=DiagonalSoftplusScale(), mode='pathwise')"

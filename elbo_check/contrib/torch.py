@@ -182,6 +182,7 @@ def as_torch(
     Examples
     --------
     >>> import pytest; torch = pytest.importorskip("torch")
+    >>> from elbo_check.contrib.torch import as_torch
     >>> from elbo_check import Gaussian
     >>> q = Gaussian.from_diagonal(mean=[0.0, 1.0], variances=[4.0, 1.0])
     >>> q = as_torch(q, dtype=torch.float32)
@@ -439,6 +440,7 @@ def verify_elbo_gradient(
     Examples
     --------
     >>> import pytest; torch = pytest.importorskip("torch")
+    >>> from elbo_check.contrib.torch import verify_elbo_gradient
     >>> def elbo(model, q, x):  # closed form: E_q log p(x | z) - KL(q || p(z))
     ...     prior = torch.distributions.MultivariateNormal(
     ...         model.prior_mean, scale_tril=model.prior_scale_tril)
