@@ -40,6 +40,10 @@ extensions = [
     "sphinx.ext.autosummary",
     "numpydoc",
     "sphinx.ext.mathjax",
+    # MathJax 3 from the installed package, copied into the built site's _static/mathjax
+    # and loaded from there: the pages render their math without network access
+    # (tests_docs/ checks that no built page references an outside script).
+    "sphinx-mathjax-offline",
     "sphinx.ext.intersphinx",
     "sphinx.ext.doctest",
     "myst_parser",

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
             "the ELBO rises and KL(q || p(z|x)) falls to ~0. Phase 2 fits the model "
             "parameters theta (W, b, noise variances) by generalised EM: log p(x) rises. "
             "Prints a table of selected steps (or JSON); --plot writes a PNG figure "
-            "(needs matplotlib: pip install elbo_check[plot])."
+            "(needs matplotlib: pip install -e '.[plot]' in the clone)."
         ),
     )
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")

@@ -141,7 +141,7 @@ def test_cli_explains_a_missing_matplotlib(
     assert main(["demo", "--plot", str(target)]) == 2
     err = capsys.readouterr().err
     assert PLOT_EXTRA_HINT in err
-    assert "pip install elbo_check[plot]" in err
+    assert "pip install -e '.[plot]'" in err
     assert not target.exists()
 
 
