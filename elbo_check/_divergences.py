@@ -156,8 +156,8 @@ def cross_entropy(p: Gaussian, q: Gaussian) -> Any:
     r"""Cross-entropy :math:`H(p, q) = -\mathbb E_p[\log q(z)]` of ``q`` relative to ``p``.
 
     The expected negative log density of ``q`` under draws from ``p``. In the ELBO,
-    :math:`H(q, p(z))` (the variational distribution first) is the term
-    :attr:`ElboTerms.cross_entropy`.
+    :math:`H(q, p(z))` (the variational distribution first) is the ``cross_entropy``
+    term of :class:`ElboTerms`.
 
     Parameters
     ----------

@@ -71,7 +71,7 @@ class ElboTerms:
 
     @property
     def reconstruction(self) -> Any:
-        """Alias of :attr:`expected_log_likelihood`, the VAE literature's name."""
+        """Alias of ``expected_log_likelihood``, the VAE literature's name."""
         return self.expected_log_likelihood
 
     @property

@@ -99,8 +99,8 @@ def ppca(*, weights: ArrayLike, mean: ArrayLike, noise_variance: float) -> Linea
     >>> round(float(multivariate_normal(mu, W @ W.T + 0.1 * np.eye(2)).logpdf(x)), 6)
     -0.894044
     >>> M = W.T @ W + 0.1 * np.eye(1)
-    >>> model.posterior(x).mean, np.linalg.solve(M, W.T @ (x - mu))
-    (array([0.2962963]), array([0.2962963]))
+    >>> np.round(model.posterior(x).mean, 6), np.round(np.linalg.solve(M, W.T @ (x - mu)), 6)
+    (array([0.296296]), array([0.296296]))
     """
     w, k = _latent_dim("weights", weights)
     bias = _vector("mean", mean, w.shape[0], "(D,)")

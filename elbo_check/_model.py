@@ -373,14 +373,14 @@ class LinearGaussianModel:
 
         Returns
         -------
-        value : float or ndarray of shape x.shape[:-1]
+        value : float or ndarray of shape ``x.shape[:-1]``
             :math:`\log p(x)` in nats, one per row (a float for one observation);
             ``-inf`` where the Mahalanobis term overflows (the exact value is then
             below the most negative float).
-        bound : float or ndarray of shape x.shape[:-1]
+        bound : float or ndarray of shape ``x.shape[:-1]``
             Only with ``return_error_bound=True``: the error bound of
-            :class:`~elbo_check._error_bounds.LogEvidenceErrorBound`, a formula in the
-            computed quantities (measured against 50-digit arithmetic: the error stays
+            :doc:`reference/accuracy` ("An error bound with every value"), a formula in
+            the computed quantities (measured against 50-digit arithmetic: the error stays
             below 0.08 of the bound, and the bound overestimates it by a factor of
             about 100 to 2000).
 
