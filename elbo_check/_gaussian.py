@@ -1,7 +1,9 @@
 """Multivariate Gaussians stored as a mean and a lower Cholesky factor.
 
 A :class:`Gaussian` is factored once, at construction; its log-determinant,
-whitening, entropy, samples and KL divergences are all derived from that factor.
+whitening, entropy, samples and KL divergences are all derived from that factor. The
+divergences between two Gaussians live in :mod:`._divergences` and are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -13,18 +15,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import _gaussian_constructors as _constructors
 from ._errors import InvalidInputError, InvalidTypeError
-from ._linalg import (
-    batched_cholesky,
-    check_scale_tril,
-    check_square,
-    gram_diag_log_term,
-    logdets_from_tril,
-    solve_tril,
-    solve_tril_rows,
-    symmetric_part,
-)
-from ._validation import as_event_array, as_real_array, check_positive, describe_shape, freeze
+from ._linalg import check_scale_tril, logdets_from_tril, solve_tril, solve_tril_rows
+from ._validation import as_event_array, as_real_array, describe_shape, freeze
 
 __all__ = ["Gaussian", "as_generator", "cross_entropy", "kl_divergence"]
 
@@ -77,10 +71,28 @@ class Gaussian:
     Parameters
     ----------
     mean : array_like, shape (..., K)
-        The mean, or a batch of means.
+        The mean :math:`\mu`, or a batch of means.
     scale_tril : array_like, shape (K, K) or (..., K, K)
-        Lower-triangular Cholesky factor ``L`` of the covariance, with a strictly
-        positive diagonal; or a batch of them.
+        Lower-triangular Cholesky factor ``L`` of the covariance :math:`LL^\top`, with
+        a strictly positive diagonal; or a batch of them. Entries above the diagonal
+        must be exactly zero: they are refused, not ignored (a transposed, upper factor
+        is a common bug).
+
+    Raises
+    ------
+    InvalidInputError
+        If ``scale_tril`` is not square (shape ``(..., K, K)`` with ``K >= 1``), has a
+        non-zero entry above the diagonal or a diagonal entry that is not positive;
+        if the last axis of ``mean`` is not ``K``; if the batch shapes of ``mean`` and
+        ``scale_tril`` do not broadcast; or if either holds NaN or inf.
+    InvalidTypeError
+        If ``mean`` or ``scale_tril`` is not a real array (``None``, strings, booleans,
+        complex numbers).
+
+    Notes
+    -----
+    A Gaussian is immutable: its arrays are read-only, and copies and pickles keep
+    them so.
 
     Examples
     --------
@@ -134,68 +146,13 @@ class Gaussian:
         self._scale_tril = freeze(np.asarray(scale_tril, dtype=np.float64))
         return self
 
-    @classmethod
-    def from_cholesky(cls, *, mean: ArrayLike, scale_tril: ArrayLike) -> Gaussian:
-        """A Gaussian from its lower Cholesky factor ``L`` (covariance ``L @ L.T``)."""
-        return cls(mean, scale_tril)
-
-    @classmethod
-    def from_covariance(cls, *, mean: ArrayLike, cov: ArrayLike) -> Gaussian:
-        """A Gaussian from a symmetric positive-definite covariance matrix."""
-        cov_array = as_real_array("cov", cov)
-        self = cls.__new__(cls)
-        self._init_checked(mean, batched_cholesky("cov", cov_array))
-        return self
-
-    @classmethod
-    def from_precision(cls, *, mean: ArrayLike, precision: ArrayLike) -> Gaussian:
-        r"""A Gaussian from a symmetric positive-definite precision (inverse covariance).
-
-        Notes
-        -----
-        With :math:`J` the exchange (reversal) matrix, the Cholesky factor
-        :math:`J P J = M M^\top` gives an upper-triangular :math:`U = J M J` with
-        :math:`P = U U^\top`, hence :math:`\Sigma = U^{-\top} U^{-1}` and the lower
-        factor :math:`L = U^{-\top}`; the covariance is never formed by inversion.
-        """
-        precision_array = as_real_array("precision", precision)
-        check_square("precision", precision_array, batched=True)
-        # checked before the reversal, so that a message names the caller's indices
-        symmetric = symmetric_part("precision", precision_array)
-        reversed_factor = batched_cholesky("precision", symmetric[..., ::-1, ::-1])
-        upper = np.ascontiguousarray(reversed_factor[..., ::-1, ::-1])
-        k = upper.shape[-1]
-        lower = np.ascontiguousarray(np.swapaxes(upper, -1, -2))
-        factor = np.ascontiguousarray(np.tril(solve_tril(lower, np.eye(k))))
-        self = cls.__new__(cls)
-        self._init_checked(mean, factor)
-        return self
-
-    @classmethod
-    def from_diagonal(cls, *, mean: ArrayLike, variances: ArrayLike) -> Gaussian:
-        """A Gaussian with independent coordinates of the given (positive) variances.
-
-        ``variances`` of shape ``(K,)`` give one covariance; ``(..., K)`` a batch.
-        """
-        variance_array = as_real_array("variances", variances)
-        if variance_array.ndim == 0 or variance_array.shape[-1] == 0:
-            raise InvalidInputError(
-                "variances must have shape (K,) or (..., K) with K >= 1; "
-                f"got shape {describe_shape(variance_array.shape)}"
-            )
-        check_positive("variances", variance_array)
-        k = variance_array.shape[-1]
-        factor = np.sqrt(variance_array)[..., :, None] * np.eye(k)
-        self = cls.__new__(cls)
-        self._init_checked(mean, factor)
-        return self
-
-    @classmethod
-    def standard(cls, dim: int) -> Gaussian:
-        """The standard normal :math:`\\mathcal N(0, I)` in ``dim`` dimensions."""
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise InvalidInputError(f"dim must be a positive integer; got dim={dim!r}")
-        return cls._trusted(np.zeros(int(dim)), np.eye(int(dim)))
+    # The named constructors are defined, with their documentation, in
+    # ._gaussian_constructors (to keep each module readable) and bound here.
+    from_cholesky = classmethod(_constructors.from_cholesky)
+    from_covariance = classmethod(_constructors.from_covariance)
+    from_precision = classmethod(_constructors.from_precision)
+    from_diagonal = classmethod(_constructors.from_diagonal)
+    standard = classmethod(_constructors.standard)
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -284,11 +241,55 @@ class Gaussian:
         return solve_tril_rows(self._scale_tril, points - self._mean)
 
     def log_prob(self, z: ArrayLike) -> Any:
-        r"""Log density at ``z``; shape ``(..., K)`` broadcast against the batch of means.
+        r"""Log density at ``z``, for one point or a batch of points.
+
+        Parameters
+        ----------
+        z : array_like, shape (..., K)
+            The points. Their batch axes broadcast against the batch of Gaussians: with
+            a batch of ``N`` Gaussians, ``z`` of shape ``(N, K)`` evaluates member
+            ``n`` at ``z[n]``, and ``(S, N, K)`` evaluates each at ``S`` points.
+
+        Returns
+        -------
+        float or ndarray of shape ``np.broadcast_shapes(z.shape[:-1], batch_shape)``
+            :math:`\log q(z)` in nats; a float for one point and an unbatched Gaussian.
+
+        Raises
+        ------
+        InvalidInputError
+            If the last axis of ``z`` is not ``K``, if its batch shape does not
+            broadcast against :attr:`batch_shape`, or if it holds NaN or inf.
+        InvalidTypeError
+            If ``z`` is not a real array.
+
+        Notes
+        -----
+        The multivariate normal density [1]_, evaluated from the factor with one
+        triangular solve:
 
         .. math::
             \log \mathcal N(z; \mu, L L^\top) = -\tfrac12 \bigl(K \log 2\pi
-            + 2 \textstyle\sum_i \log L_{ii} + \lVert L^{-1}(z - \mu) \rVert^2\bigr)
+            + 2 \textstyle\sum_i \log L_{ii} + \lVert L^{-1}(z - \mu) \rVert^2\bigr).
+
+        References
+        ----------
+        .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer,
+           2006, eq. (2.43).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from scipy.stats import multivariate_normal
+        >>> from elbo_check import Gaussian
+        >>> q = Gaussian.from_covariance(mean=[1.0, -1.0], cov=[[2.0, 0.5], [0.5, 1.0]])
+        >>> round(q.log_prob([0.0, 0.5]), 6)
+        -4.117685
+        >>> z = np.array([[1.0, -1.0], [0.0, 0.5]])
+        >>> np.round(q.log_prob(z), 6)
+        array([-2.117685, -4.117685])
+        >>> bool(np.allclose(q.log_prob(z), multivariate_normal(q.mean, q.cov).logpdf(z)))
+        True
         """
         whitened = self._whitened_offsets(z)
         squared = np.einsum("...i,...i->...", whitened, whitened)
@@ -296,10 +297,45 @@ class Gaussian:
         return _scalar_or_array(np.asarray(values))
 
     def entropy(self) -> Any:
-        r"""Differential entropy :math:`\tfrac K2 (1 + \log 2\pi) + \sum_i \log L_{ii}`.
+        r"""Differential entropy :math:`H(q) = -\mathbb E_q[\log q(z)]`, in nats.
 
         The entropy does not depend on the mean: a batch that shares its covariance has
         one value (a float); with a covariance per member it is an array over the batch.
+
+        Returns
+        -------
+        float or ndarray of shape batch_shape
+            The entropy in nats; a float when the covariance is shared (one
+            ``(K, K)`` factor). It is negative for a sufficiently narrow Gaussian.
+
+        Notes
+        -----
+        For :math:`\mathcal N(\mu, LL^\top)` in ``K`` dimensions [1]_,
+
+        .. math::
+            H = \tfrac K2 (1 + \log 2\pi) + \tfrac12\log\det(LL^\top)
+              = \tfrac K2 (1 + \log 2\pi) + \textstyle\sum_i \log L_{ii}.
+
+        References
+        ----------
+        .. [1] T. M. Cover and J. A. Thomas, *Elements of Information Theory*, 2nd ed.,
+           Wiley, 2006, Theorem 8.4.1 (there in bits; here in nats).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from scipy.stats import multivariate_normal
+        >>> from elbo_check import Gaussian
+        >>> q = Gaussian.from_covariance(mean=[1.0, -1.0], cov=[[2.0, 0.5], [0.5, 1.0]])
+        >>> round(q.entropy(), 6)
+        3.117685
+        >>> round(float(multivariate_normal(q.mean, q.cov).entropy()), 6)
+        3.117685
+
+        A Monte Carlo average of :math:`-\log q(z)` over draws from ``q``:
+
+        >>> round(float(-np.mean(q.log_prob(q.sample(100_000, rng=0)))), 2)
+        3.12
         """
         values = 0.5 * self.dim * (1.0 + LOG_2PI) + 0.5 * logdets_from_tril(self._scale_tril)
         if self.shares_covariance:
@@ -307,14 +343,49 @@ class Gaussian:
         return np.broadcast_to(values, self.batch_shape).copy()
 
     def sample(self, n: int, rng: np.random.Generator | int) -> FloatArray:
-        """Draw ``n`` samples; shape ``(n,) + batch_shape + (K,)``.
+        """Draw ``n`` independent samples, ``mean + L @ eps`` with standard normal ``eps``.
 
         Parameters
         ----------
         n : int
-            Number of draws (per member of the batch).
+            Number of draws (per member of the batch), at least 0.
         rng : numpy.random.Generator or int
-            Source of randomness; an int is used as a seed for ``default_rng``.
+            Source of randomness: a generator (advanced by the call), or a non-negative
+            int used as the seed of ``numpy.random.default_rng``, so that the same
+            seed gives the same draws.
+
+        Returns
+        -------
+        ndarray, shape ``(n,) + batch_shape + (K,)``
+            The draws; a new, writeable array.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``n`` is negative or not an integer (a float or a bool), or ``rng`` is a
+            negative integer.
+        InvalidTypeError
+            If ``rng`` is neither a :class:`numpy.random.Generator` nor an integer
+            (a float or a bool included).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from elbo_check import Gaussian
+        >>> q = Gaussian.from_covariance(mean=[1.0, -1.0], cov=[[2.0, 0.5], [0.5, 1.0]])
+        >>> np.round(q.sample(2, rng=0), 6)
+        array([[ 1.177809, -1.07912 ],
+               [ 1.905694, -0.675451]])
+        >>> z = q.sample(100_000, rng=0)
+        >>> z.shape
+        (100000, 2)
+        >>> np.round(z.mean(axis=0), 2), np.round(np.cov(z.T), 2)
+        (array([ 1., -1.]), array([[2.01, 0.49],
+               [0.49, 1.  ]]))
+        >>> q.sample(-1, rng=0)
+        Traceback (most recent call last):
+            ...
+        elbo_check._errors.InvalidInputError: n must be a non-negative integer; got n=-1
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise InvalidInputError(f"n must be a non-negative integer; got n={n!r}")
@@ -325,100 +396,6 @@ class Gaussian:
         return self._mean + (self._scale_tril @ noise[..., None])[..., 0]
 
 
-def _check_same_dim(p: Gaussian, q: Gaussian) -> None:
-    for name, value in (("p", p), ("q", q)):
-        if not isinstance(value, Gaussian):
-            raise InvalidTypeError(f"{name} must be a Gaussian; got {type(value).__name__}")
-    if p.dim != q.dim:
-        raise InvalidInputError(
-            f"p and q must have the same dimension; got p.dim={p.dim} and q.dim={q.dim}"
-        )
-
-
-def _mean_offsets(p: Gaussian, q: Gaussian) -> FloatArray:
-    try:
-        np.broadcast_shapes(p.batch_shape, q.batch_shape)
-    except ValueError as err:
-        raise InvalidInputError(
-            f"the batch shapes of p {p.batch_shape} and q {q.batch_shape} do not broadcast"
-        ) from err
-    return np.asarray(p.mean - q.mean)
-
-
-def _factor_ratio(p: Gaussian, q: Gaussian) -> FloatArray:
-    """``L_q^{-1} L_p`` (lower triangular), for shared or batched factors."""
-    if p.scale_tril.shape == q.scale_tril.shape and np.array_equal(p.scale_tril, q.scale_tril):
-        # exact: a blocked LAPACK solve would leave O(eps) entries
-        return np.broadcast_to(np.eye(p.dim), p.scale_tril.shape)
-    return solve_tril(q.scale_tril, p.scale_tril)  # lower triangular: exact zeros above
-
-
-def _sum_last_two(values: FloatArray) -> Any:
-    return np.sum(values, axis=(-2, -1))
-
-
-def kl_divergence(p: Gaussian, q: Gaussian) -> Any:
-    r"""Kullback–Leibler divergence :math:`\mathrm{KL}(p \,\|\, q)` between two Gaussians.
-
-    Batches of means and of covariances broadcast; a float is returned when neither
-    argument is batched.
-
-    Notes
-    -----
-    With :math:`M = L_q^{-1} L_p` (lower triangular) and
-    :math:`w = L_q^{-1}(\mu_p - \mu_q)`,
-
-    .. math::
-        \mathrm{KL}(p\|q) = \tfrac12\Bigl(\sum_{i>j} M_{ij}^2
-            + \sum_i \bigl(M_{ii}^2 - 1 - 2\log M_{ii}\bigr) + \lVert w\rVert^2\Bigr),
-
-    which is the textbook
-    :math:`\tfrac12(\operatorname{tr}\Sigma_q^{-1}\Sigma_p + w^\top w - K
-    + \log\det\Sigma_q - \log\det\Sigma_p)` regrouped into terms that are each
-    non-negative, so the result is never negative and is exactly zero for
-    identical arguments.
-
-    References
-    ----------
-    .. [1] S. Kullback and R. A. Leibler, "On information and sufficiency",
-       Ann. Math. Statist. 22(1), 1951.
-
-    Examples
-    --------
-    >>> from elbo_check import Gaussian, kl_divergence
-    >>> p = Gaussian.from_diagonal(mean=[0.0], variances=[1.0])
-    >>> q = Gaussian.from_diagonal(mean=[1.0], variances=[1.0])
-    >>> kl_divergence(p, q)
-    0.5
-    """
-    _check_same_dim(p, q)
-    offsets = _mean_offsets(p, q)
-    ratio = _factor_ratio(p, q)
-    off_diagonal = _sum_last_two(np.tril(ratio, k=-1) ** 2)
-    diagonal_terms = gram_diag_log_term(np.diagonal(ratio, axis1=-2, axis2=-1))
-    whitened = solve_tril_rows(q.scale_tril, offsets)
-    squared = np.einsum("...i,...i->...", whitened, whitened)
-    values = 0.5 * (off_diagonal + np.sum(diagonal_terms, axis=-1) + squared)
-    return _scalar_or_array(
-        np.broadcast_to(values, np.broadcast_shapes(p.batch_shape, q.batch_shape)).copy()
-    )
-
-
-def cross_entropy(p: Gaussian, q: Gaussian) -> Any:
-    r"""Cross-entropy :math:`-\mathbb E_p[\log q(z)]` of ``q`` relative to ``p``.
-
-    .. math::
-        H(p, q) = \tfrac12\bigl(K\log 2\pi + \log\det\Sigma_q
-            + \lVert L_q^{-1}L_p\rVert_F^2 + \lVert L_q^{-1}(\mu_p-\mu_q)\rVert^2\bigr)
-
-    It equals ``kl_divergence(p, q) + p.entropy()``.
-    """
-    _check_same_dim(p, q)
-    offsets = _mean_offsets(p, q)
-    trace = _sum_last_two(solve_tril(q.scale_tril, p.scale_tril) ** 2)
-    whitened = solve_tril_rows(q.scale_tril, offsets)
-    squared = np.einsum("...i,...i->...", whitened, whitened)
-    values = 0.5 * (p.dim * LOG_2PI + logdets_from_tril(q.scale_tril) + trace + squared)
-    return _scalar_or_array(
-        np.broadcast_to(values, np.broadcast_shapes(p.batch_shape, q.batch_shape)).copy()
-    )
+# Defined in ._divergences (which needs Gaussian); re-exported for the package's modules
+# that import them from here.
+from ._divergences import cross_entropy, kl_divergence  # noqa: E402

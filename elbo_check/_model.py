@@ -6,8 +6,10 @@
 
 :class:`LinearGaussianModel` validates its parameters once and is a thin public layer
 over :class:`~elbo_check._marginal.MarginalFactorization` (the whitened QR factorisation
-and the Mahalanobis routes), :mod:`~elbo_check._gradients` (closed-form gradients) and
-:mod:`~elbo_check._encoder` (the amortised linear encoder). Every per-row operation
+and the Mahalanobis routes). The marginal and the posterior are here; the joint density
+and the ELBO are in :mod:`~elbo_check._model_elbo`, the closed-form gradients in
+:mod:`~elbo_check._gradients` and amortised inference in :mod:`~elbo_check._encoder`,
+bound into the class as its methods. Every per-row operation
 costs O(D K) for isotropic or diagonal noise, and no ``(D, D)`` matrix is built unless
 the noise itself is a full matrix.
 """
@@ -20,20 +22,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._blocks import for_each_block
+from . import _encoder, _gradients, _model_elbo
 from ._elbo_terms import ElboTerms
-from ._encoder import (
-    EncoderGradients,
-    LinearEncoder,
-    check_encoder,
-    encoder_gradients,
-    optimal_encoder,
-)
-from ._error_bounds import ElboErrorBound, LogEvidenceErrorBound
+from ._error_bounds import LogEvidenceErrorBound
 from ._errors import InvalidInputError, InvalidTypeError
-from ._gaussian import LOG_2PI, Gaussian, _scalar_or_array, as_generator, kl_divergence
-from ._gradients import ModelGradients, VariationalGradients, model_gradients, variational_gradients
-from ._linalg import gram_diag_log_term, tril_of_gram
+from ._gaussian import LOG_2PI, Gaussian, _scalar_or_array
+from ._gradients import ModelGradients, VariationalGradients
+from ._linalg import tril_of_gram
 from ._marginal import MarginalFactorization
 from ._noise import NoiseCovariance
 from ._validation import as_event_array, as_real_array, check_shape, describe_shape, freeze
@@ -48,12 +43,21 @@ def _rebuild_model(weights: Any, bias: Any, prior: Gaussian, noise_cov: Any) -> 
 
 
 class LinearGaussianModel:
-    r"""The linear-Gaussian latent model :math:`z\sim\mathcal N(\mu_0,\Sigma_0)`,
-    :math:`x\mid z\sim\mathcal N(Wz+b,\Psi)`.
+    r"""The linear-Gaussian latent model, in which every quantity of VI is exact.
 
-    Every quantity is exact: the evidence :math:`\log p(x)`, the posterior
-    :math:`p(z\mid x)`, the ELBO of any Gaussian :math:`q` and its
+    .. math::
+        z\sim\mathcal N(\mu_0,\Sigma_0),\qquad x\mid z\sim\mathcal N(Wz+b,\Psi),
+
+    with ``K`` latent and ``D`` observed dimensions. Every quantity is exact: the
+    evidence :math:`\log p(x)`, the posterior :math:`p(z\mid x)`, the ELBO of any
+    Gaussian :math:`q(z) = \mathcal N(m, S)` and its
     :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`, and their gradients.
+
+    The methods take one observation ``x`` of shape ``(D,)`` or a batch ``(..., D)``;
+    those that pair ``x`` with a Gaussian ``q`` broadcast the batch shapes of the two
+    (one ``q`` for every row, or one member of ``q`` per row). Results are per row,
+    not summed, except :meth:`elbo_grad_model`, :meth:`dataset_elbo` and
+    :meth:`dataset_elbo_grad`, which sum over the rows.
 
     Parameters
     ----------
@@ -65,20 +69,40 @@ class LinearGaussianModel:
         The prior :math:`p(z) = \mathcal N(\mu_0, \Sigma_0)` over ``K`` dimensions
         (unbatched).
     noise_cov : float or array_like, shape (D,) or (D, D)
-        :math:`\Psi`: a positive scalar (isotropic noise), positive variances
-        (diagonal noise) or a symmetric positive-definite matrix.
+        :math:`\Psi`: a positive scalar (isotropic noise :math:`\sigma^2 I`), positive
+        variances (diagonal noise) or a symmetric positive-definite matrix. The form
+        given is kept: gradients with respect to the noise come back in it.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``weights`` is not 2-d with ``D >= 1`` and ``K >= 1``; if ``bias`` is not of
+        shape ``(D,)``; if ``prior`` is not over ``K`` dimensions or is a batch; if
+        ``noise_cov`` is not a positive scalar, ``D`` positive variances or a
+        ``(D, D)`` symmetric positive-definite matrix; if any array holds NaN or inf;
+        or if the whitened loadings :math:`\Psi^{-1/2}WL_0` overflow float64 (a
+        signal-to-noise ratio beyond about :math:`10^{308}`).
+    InvalidTypeError
+        If ``prior`` is not a :class:`Gaussian`, or ``weights``, ``bias`` or
+        ``noise_cov`` is not a real array (``None``, strings, booleans, complex).
+
+    See Also
+    --------
+    ppca, factor_analysis, bayesian_linear_regression : The classic special cases.
 
     Notes
     -----
     The marginal is :math:`p(x) = \mathcal N(x; W\mu_0 + b,\ W\Sigma_0W^\top + \Psi)`
     and the posterior has precision
     :math:`\Lambda = \Sigma_0^{-1} + W^\top\Psi^{-1}W` and mean
-    :math:`\Lambda^{-1}(W^\top\Psi^{-1}(x-b) + \Sigma_0^{-1}\mu_0)` [1]_.
+    :math:`\Lambda^{-1}(W^\top\Psi^{-1}(x-b) + \Sigma_0^{-1}\mu_0)` [1]_. A model is
+    immutable: its parameters are read-only arrays, and copies and pickles are rebuilt
+    through the constructor.
 
     References
     ----------
-    .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer 2006,
-       §2.3.3 (Bayes' theorem for Gaussian variables).
+    .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer, 2006,
+       §2.3.3 (Bayes' theorem for Gaussian variables), eqs. (2.113)–(2.117).
 
     Examples
     --------
@@ -92,6 +116,11 @@ class LinearGaussianModel:
     >>> bool(np.isclose(model.elbo(q, x) + model.kl_to_posterior(q, x),
     ...                 model.log_evidence(x), rtol=1e-14))
     True
+    >>> LinearGaussianModel(weights=[[1.0], [2.0]], bias=[0.0, 1.0, 2.0],
+    ...                     prior=prior, noise_cov=0.5)
+    Traceback (most recent call last):
+        ...
+    elbo_check._errors.InvalidInputError: bias must have shape (D,) = (2,); got shape (3,)
     """
 
     def __init__(
@@ -161,13 +190,51 @@ class LinearGaussianModel:
         return self._marginal.mean
 
     def marginal_variances(self) -> FloatArray:
-        """``diag(W S0 W^T + Psi)``, the variances of :math:`p(x)`, in O(D K^2)."""
+        r"""The variances of the marginal :math:`p(x)`, in O(D K^2).
+
+        The diagonal of :math:`C = W\Sigma_0W^\top + \Psi`, computed as the row norms
+        of :math:`WL_0` plus the noise variances, without forming :math:`C`.
+
+        Returns
+        -------
+        ndarray, shape (D,)
+            :math:`\operatorname{diag}(W\Sigma_0W^\top + \Psi)`; a new array.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from elbo_check import factor_analysis
+        >>> model = factor_analysis(loadings=[[1.0], [0.5]], mean=[0.0, 1.0],
+        ...                         noise_variances=[0.1, 0.3])
+        >>> model.marginal_variances()
+        array([1.1 , 0.55])
+        >>> np.diag(model.marginal().cov)
+        array([1.1 , 0.55])
+        """
         spread = self._weights @ self._prior.scale_tril
         variances: FloatArray = np.einsum("ij,ij->i", spread, spread) + self._noise.variances
         return variances
 
     def dense_noise_cov(self) -> FloatArray:
-        """:math:`\\Psi` as a dense ``(D, D)`` matrix, whatever form it was given in."""
+        r""":math:`\Psi` as a dense ``(D, D)`` matrix, whatever form it was given in.
+
+        Returns
+        -------
+        ndarray, shape (D, D)
+            The noise covariance, rebuilt from its stored factor (a new array; O(D^2)
+            memory). Use :attr:`noise_cov` for the form it was given in.
+
+        Examples
+        --------
+        >>> from elbo_check import factor_analysis
+        >>> model = factor_analysis(loadings=[[1.0], [0.5]], mean=[0.0, 1.0],
+        ...                         noise_variances=[0.25, 0.5])
+        >>> model.noise_cov
+        array([0.25, 0.5 ])
+        >>> model.dense_noise_cov()
+        array([[0.25, 0.  ],
+               [0.  , 0.5 ]])
+        """
         return self._noise.dense()
 
     @property
@@ -241,9 +308,51 @@ class LinearGaussianModel:
         r"""The marginal :math:`p(x)` as a dense Gaussian over ``D`` dimensions.
 
         Builds a ``(D, D)`` factor: O(D^2 (D + K)) time. Use :meth:`log_evidence` for
-        densities; this is for inspection and for cross-checks. The factor is the
-        triangular factor of :math:`\Psi^{1/2}[\tilde W,\ I_D]` from a QR decomposition,
-        so the covariance is never formed and squared.
+        densities; this is for inspection and for cross-checks.
+
+        Returns
+        -------
+        Gaussian
+            :math:`\mathcal N(W\mu_0 + b,\ W\Sigma_0W^\top + \Psi)`, unbatched, over
+            ``D`` dimensions.
+
+        Notes
+        -----
+        Integrating out :math:`z` [1]_:
+
+        .. math::
+            p(x) = \int p(x\mid z)\,p(z)\,dz
+                = \mathcal N\bigl(x;\ W\mu_0 + b,\ C\bigr),\qquad
+            C = W\Sigma_0W^\top + \Psi.
+
+        The lower factor of :math:`C = [WL_0,\ L_\Psi][WL_0,\ L_\Psi]^\top`
+        (:math:`L_\Psi` the Cholesky factor of :math:`\Psi`) is read from a QR
+        decomposition of :math:`[WL_0,\ L_\Psi]^\top`, so :math:`C` is never formed
+        and factored.
+
+        References
+        ----------
+        .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer,
+           2006, eq. (2.115).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from elbo_check import Gaussian, LinearGaussianModel
+        >>> prior = Gaussian.from_covariance(mean=[0.5, -1.0], cov=[[1.0, 0.3], [0.3, 2.0]])
+        >>> model = LinearGaussianModel(weights=[[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]],
+        ...                             bias=[0.1, 0.2, 0.3], prior=prior,
+        ...                             noise_cov=[0.5, 1.0, 2.0])
+        >>> marginal = model.marginal()
+        >>> marginal.mean
+        array([ 0.6 , -0.55, -1.7 ])
+        >>> np.round(marginal.cov, 6)
+        array([[ 1.5 ,  0.8 ,  0.6 ],
+               [ 0.8 ,  3.55,  4.3 ],
+               [ 0.6 ,  4.3 , 10.  ]])
+        >>> W, S0 = model.weights, model.prior.cov
+        >>> bool(np.allclose(marginal.cov, W @ S0 @ W.T + model.dense_noise_cov()))
+        True
         """
         noise_factor = self._noise.scale_tril()
         generator = noise_factor @ np.hstack(
@@ -252,7 +361,7 @@ class LinearGaussianModel:
         return Gaussian._trusted(np.array(self._marginal.mean), tril_of_gram(generator))
 
     def log_evidence(self, x: ArrayLike, *, return_error_bound: bool = False) -> Any:
-        r"""Exact log marginal likelihood :math:`\log p(x)`.
+        r"""Exact log marginal likelihood (evidence) :math:`\log p(x)`, one per row.
 
         Parameters
         ----------
@@ -264,44 +373,77 @@ class LinearGaussianModel:
 
         Returns
         -------
-        value : float or ndarray of shape (...)
-            :math:`\log p(x)`; ``-inf`` where the Mahalanobis term overflows (the exact
-            value is then below the most negative float).
-        bound : float or ndarray of shape (...)
+        value : float or ndarray of shape ``x.shape[:-1]``
+            :math:`\log p(x)` in nats, one per row (a float for one observation);
+            ``-inf`` where the Mahalanobis term overflows (the exact value is then
+            below the most negative float).
+        bound : float or ndarray of shape ``x.shape[:-1]``
             Only with ``return_error_bound=True``: the error bound of
-            :class:`~elbo_check._error_bounds.LogEvidenceErrorBound`, a formula in the
-            computed quantities (measured against 50-digit arithmetic: the error stays
+            :doc:`reference/accuracy` ("An error bound with every value"), a formula in
+            the computed quantities (measured against 50-digit arithmetic: the error stays
             below 0.08 of the bound, and the bound overestimates it by a factor of
             about 100 to 2000).
 
         Raises
         ------
         InvalidInputError
-            If ``x`` has the wrong shape or a non-finite entry; and, without
-            ``return_error_bound``, if a row's value is not determined by float64
-            arithmetic at all (its bound exceeds its magnitude: an observation on the
-            signal subspace of a model with a signal-to-noise ratio beyond about
+            If the last axis of ``x`` is not ``D`` or ``x`` holds NaN or inf; and,
+            without ``return_error_bound``, if a row's value is not determined by
+            float64 arithmetic at all (its bound exceeds its magnitude: an observation
+            on the signal subspace of a model with a signal-to-noise ratio beyond about
             :math:`10^{15}`), rather than returning digits that mean nothing.
+        InvalidTypeError
+            If ``x`` is not a real array.
 
         Notes
         -----
+        The log density of the marginal (:meth:`marginal`) [1]_:
+
         .. math::
             \log p(x) = -\tfrac12\bigl(D\log 2\pi + \log\det C
                 + (x-\bar x)^\top C^{-1}(x-\bar x)\bigr),\quad
             C = W\Sigma_0W^\top + \Psi,\ \bar x = W\mu_0 + b.
 
-        With :math:`y = \Psi^{-1/2}(x - \bar x)`, the Mahalanobis term equals
-        :math:`\min_u \lVert y - \tilde W u\rVert^2 + \lVert u\rVert^2`, the squared
-        residual of the stacked least-squares problem with matrix :math:`[\tilde W; I]`,
-        computed from its QR factors; cost O(N D K) for N rows with diagonal noise.
+        :math:`C` is never formed. With the whitened loadings
+        :math:`\tilde W = \Psi^{-1/2}WL_0` and the QR factorisation
+        :math:`[\tilde W; I_K] = QR`, :math:`\log\det C = \log\det\Psi + 2\sum_i\log
+        R_{ii}` (the matrix determinant lemma), and with :math:`y = \Psi^{-1/2}(x - \bar
+        x)` the Mahalanobis term equals :math:`\min_u \lVert y - \tilde W u\rVert^2 +
+        \lVert u\rVert^2`, the squared residual of the stacked least-squares problem (the
+        Woodbury identity without the cancellation of its textbook form); cost
+        O(N D K) for N rows with diagonal noise. See the documentation's accuracy page
+        for the routes and the error bound.
+
+        References
+        ----------
+        .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer,
+           2006, eq. (2.115) (the marginal) with the density (2.43).
 
         Examples
         --------
-        >>> from elbo_check import ppca
-        >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
-        >>> value, bound = model.log_evidence([0.3, 0.2], return_error_bound=True)
+        >>> import numpy as np
+        >>> from scipy.stats import multivariate_normal
+        >>> from elbo_check import Gaussian, LinearGaussianModel
+        >>> prior = Gaussian.from_covariance(mean=[0.5, -1.0], cov=[[1.0, 0.3], [0.3, 2.0]])
+        >>> model = LinearGaussianModel(weights=[[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]],
+        ...                             bias=[0.1, 0.2, 0.3], prior=prior,
+        ...                             noise_cov=[0.5, 1.0, 2.0])
+        >>> x = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]])
+        >>> np.round(model.log_evidence(x), 6)
+        array([-5.405177, -5.203379])
+
+        The same from the dense marginal covariance :math:`W\Sigma_0W^\top + \Psi`:
+
+        >>> W = model.weights
+        >>> C = W @ model.prior.cov @ W.T + model.dense_noise_cov()
+        >>> np.round(multivariate_normal(model.marginal_mean, C).logpdf(x), 6)
+        array([-5.405177, -5.203379])
+
+        With an error bound, for one observation:
+
+        >>> value, bound = model.log_evidence(x[0], return_error_bound=True)
         >>> round(value, 6), bool(bound < 1e-13)
-        (-0.894044, True)
+        (-5.405177, True)
         """
         data = self._data_rows(x)
         flat = data.reshape(-1, self.data_dim)
@@ -328,15 +470,67 @@ class LinearGaussianModel:
     def posterior(self, x: ArrayLike) -> Gaussian:
         r"""Exact posterior :math:`p(z\mid x)`; a batch of means for a batch of rows.
 
+        Parameters
+        ----------
+        x : array_like, shape (..., D)
+            One observation or a batch of them.
+
+        Returns
+        -------
+        Gaussian
+            :math:`\mathcal N(m_x, \Lambda^{-1})` over the ``K`` latent dimensions:
+            means of shape ``x.shape[:-1] + (K,)``, one per row, sharing one ``(K, K)``
+            covariance (the posterior covariance does not depend on ``x``).
+
+        Raises
+        ------
+        InvalidInputError
+            If the last axis of ``x`` is not ``D``, or ``x`` holds NaN or inf.
+        InvalidTypeError
+            If ``x`` is not a real array.
+
         Notes
         -----
+        Bayes' theorem for Gaussian variables [1]_:
+
         .. math::
             \Lambda = \Sigma_0^{-1} + W^\top\Psi^{-1}W,\qquad
-            m = \mu_0 + \Lambda^{-1}W^\top\Psi^{-1}(x - W\mu_0 - b).
+            m_x = \Lambda^{-1}\bigl(W^\top\Psi^{-1}(x - b) + \Sigma_0^{-1}\mu_0\bigr)
+                = \mu_0 + \Lambda^{-1}W^\top\Psi^{-1}(x - W\mu_0 - b).
 
-        Computed as :math:`m = \mu_0 + L_0R^{-1}Q_1^\top y` and
-        :math:`\Lambda^{-1} = (L_0R^{-1})(L_0R^{-1})^\top`, whose Cholesky factor comes
-        from a QR decomposition rather than from forming :math:`\Lambda`.
+        Computed as :math:`m_x = \mu_0 + L_0R^{-1}Q_1^\top y`, with
+        :math:`y = \Psi^{-1/2}(x - W\mu_0 - b)` and the QR factors of
+        :meth:`log_evidence`, and :math:`\Lambda^{-1} = (L_0R^{-1})(L_0R^{-1})^\top`,
+        whose Cholesky factor comes from a QR decomposition rather than from forming
+        and inverting :math:`\Lambda`.
+
+        References
+        ----------
+        .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer,
+           2006, eqs. (2.116)–(2.117).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from elbo_check import Gaussian, LinearGaussianModel
+        >>> prior = Gaussian.from_covariance(mean=[0.5, -1.0], cov=[[1.0, 0.3], [0.3, 2.0]])
+        >>> model = LinearGaussianModel(weights=[[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]],
+        ...                             bias=[0.1, 0.2, 0.3], prior=prior,
+        ...                             noise_cov=[0.5, 1.0, 2.0])
+        >>> x = np.array([1.0, 0.0, 2.0])
+        >>> posterior = model.posterior(x)
+        >>> np.round(posterior.mean, 6), np.round(posterior.cov, 6)
+        (array([0.702641, 0.186444]), array([[ 0.306397, -0.02982 ],
+               [-0.02982 ,  0.286706]]))
+
+        The dense textbook formulas agree, and the ELBO is tight at the posterior:
+
+        >>> W, psi_inv = model.weights, np.linalg.inv(model.dense_noise_cov())
+        >>> precision = np.linalg.inv(model.prior.cov) + W.T @ psi_inv @ W
+        >>> bool(np.allclose(posterior.cov, np.linalg.inv(precision)))
+        True
+        >>> round(model.elbo(posterior, x), 6), round(model.log_evidence(x), 6)
+        (-5.405177, -5.405177)
         """
         data = self._data_rows(x)
         coefficients = self._marginal.coefficients(data.reshape(-1, self.data_dim))
@@ -352,218 +546,20 @@ class LinearGaussianModel:
         r""":math:`\Lambda = \Sigma_0^{-1} + W^\top\Psi^{-1}W`, shape ``(K, K)`` (read-only)."""
         return self._marginal.posterior_precision
 
-    # ------------------------------------------------------------------ joint
-    def log_likelihood(self, x: ArrayLike, z: ArrayLike) -> Any:
-        r""":math:`\log p(x\mid z) = \log\mathcal N(x; Wz+b, \Psi)`; batches broadcast."""
-        data = self._check_x(x)
-        latent = self._check_z(z)
-        self._batch_shape(data.shape[:-1], latent.shape[:-1])
-        residual = self._noise.whiten(data - self._bias - latent @ self._weights.T)
-        squared = np.einsum("...i,...i->...", residual, residual)
-        values = -0.5 * (self.data_dim * LOG_2PI + self._noise.logdet + squared)
-        return _scalar_or_array(np.asarray(values))
-
-    def log_joint(self, x: ArrayLike, z: ArrayLike) -> Any:
-        r""":math:`\log p(x, z) = \log p(x\mid z) + \log p(z)`; batches broadcast."""
-        return self.log_likelihood(x, z) + self._prior.log_prob(self._check_z(z))
-
-    def sample(self, n: int, rng: np.random.Generator | int) -> tuple[FloatArray, FloatArray]:
-        """Draw ``n`` pairs from the joint; returns ``(x, z)`` of shapes ``(n, D)``, ``(n, K)``."""
-        generator = as_generator(rng)
-        z = self._prior.sample(n, generator)
-        x = z @ self._weights.T + self._bias + self._noise.sample(int(n), generator)
-        return x, z
-
-    # ------------------------------------------------------------------ ELBO
-    def elbo_terms(self, q: Gaussian, x: ArrayLike) -> ElboTerms:
-        r"""The ELBO of ``q`` at ``x`` split into its named terms (all closed form).
-
-        Notes
-        -----
-        With :math:`q = \mathcal N(m, S)`, :math:`S = L_qL_q^\top`:
-
-        .. math::
-            \mathbb E_q[\log p(x\mid z)] = -\tfrac12\bigl(D\log2\pi + \log\det\Psi
-              + \lVert\Psi^{-1/2}(x - Wm - b)\rVert^2
-              + \lVert\Psi^{-1/2}WL_q\rVert_F^2\bigr),
-
-        and the KL to the prior, the cross-entropy and the entropy are those of
-        :func:`~elbo_check.kl_divergence`, :meth:`Gaussian.entropy`.
-        Batches of ``x`` rows and of q's means broadcast.
-        """
-        q = self._check_q(q)
-        batch, rows, means = self._paired_rows(q, x)
-        squared = self._marginal.expected_squares(rows, means)
-        self._finite_or_raise(x, squared)
-        trace = self._marginal.spread_trace(q.scale_tril)
-        expected = -0.5 * (
-            self.data_dim * LOG_2PI + self._noise.logdet + squared.reshape(batch) + trace
-        )
-
-        def spread(value: Any) -> Any:
-            return _scalar_or_array(np.broadcast_to(np.asarray(value, dtype=float), batch).copy())
-
-        kl_to_prior = kl_divergence(q, self._prior)
-        entropy = q.entropy()
-        return ElboTerms(
-            expected_log_likelihood=spread(expected),
-            kl_to_prior=spread(kl_to_prior),
-            cross_entropy=spread(kl_to_prior + entropy),  # H(q, p) = KL(q || p) + H(q)
-            entropy=spread(entropy),
-        )
-
-    def elbo(self, q: Gaussian, x: ArrayLike, *, return_error_bound: bool = False) -> Any:
-        r"""Exact ELBO :math:`\mathbb E_q[\log p(x,z) - \log q(z)]`, with no sampling.
-
-        Equals :math:`\log p(x) - \mathrm{KL}(q\,\|\,p(z\mid x))`; see :meth:`elbo_terms`.
-
-        Parameters
-        ----------
-        q : Gaussian
-            The variational distribution over the ``K`` latent dimensions; its batch
-            broadcasts against the rows of ``x``.
-        x : array_like, shape (..., D)
-            One observation or a batch of them.
-        return_error_bound : bool, optional
-            Also return a bound on each value's distance from the exact ELBO of the
-            float64 inputs (:class:`~elbo_check._error_bounds.ElboErrorBound`; default
-            False).
-
-        Returns
-        -------
-        value : float or ndarray
-            The ELBO, one per member of the broadcast batch.
-        bound : float or ndarray
-            Only with ``return_error_bound=True``: the error bound, of the same shape.
-        """
-        value = self.elbo_terms(q, x).elbo
-        if not return_error_bound:
-            return value
-        batch, rows, means = self._paired_rows(q, x)
-        bound = ElboErrorBound(self._marginal, self._error_bound).rows(
-            q.mean, q.scale_tril, rows, means, batch, np.asarray(value, dtype=float)
-        )
-        return value, _scalar_or_array(bound)
-
-    def kl_to_posterior(self, q: Gaussian, x: ArrayLike) -> Any:
-        r"""Exact :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`; never negative.
-
-        Notes
-        -----
-        With the posterior precision :math:`\Lambda = G^\top G`, :math:`G = RL_0^{-1}`,
-        and the QR factorisation :math:`GL_q = QT` (:math:`T` upper triangular),
-
-        .. math::
-            \mathrm{KL} = \tfrac12\Bigl(\sum_{i<j}T_{ij}^2 + \sum_i\bigl(T_{ii}^2 - 1
-              - 2\log T_{ii}\bigr) + \lVert RL_0^{-1}(m_q-\mu_0) - Q_1^\top y\rVert^2\Bigr),
-
-        a sum of non-negative terms computed from the precision's factor, so directions in
-        which the posterior is very narrow (tiny noise variances) keep full relative
-        accuracy; the posterior mean is never formed and subtracted.
-        """
-        q = self._check_q(q)
-        batch, rows, means = self._paired_rows(q, x)
-        precision_root = self._marginal.precision_root  # G = R L0^{-1}
-        triangle = np.linalg.qr(precision_root @ q.scale_tril, mode="r")
-        diagonal = np.abs(np.diagonal(triangle, axis1=-2, axis2=-1))
-        spread = np.sum(np.triu(triangle, k=1) ** 2, axis=(-2, -1)) + np.sum(
-            gram_diag_log_term(diagonal), axis=-1
-        )
-        spread_rows = np.broadcast_to(spread, batch).reshape(-1)
-        out = np.empty(rows.shape[0])
-        marginal = self._marginal
-
-        def work(block: slice, buffer: FloatArray) -> None:
-            coefficients = marginal.whiten_centred(rows[block], buffer) @ marginal.basis
-            offsets = (means[block] - self._prior.mean) @ precision_root.T - coefficients
-            out[block] = 0.5 * (spread_rows[block] + np.einsum("ij,ij->i", offsets, offsets))
-
-        for_each_block(rows.shape[0], self.data_dim, work)
-        self._finite_or_raise(x, out)
-        return _scalar_or_array(out.reshape(batch))
-
-    # ------------------------------------------------------------------ gradients
-    def elbo_grad_variational(self, q: Gaussian, x: ArrayLike) -> VariationalGradients:
-        r"""Gradient of each row's ELBO with respect to q's mean and Cholesky factor.
-
-        Notes
-        -----
-        .. math::
-            \nabla_m = W^\top\Psi^{-1}(x - Wm - b) - \Sigma_0^{-1}(m-\mu_0),\qquad
-            \nabla_{L_q} = \operatorname{tril}\bigl(-\Lambda L_q
-              + \operatorname{diag}(1/L_{q,ii})\bigr),
-
-        with :math:`\Lambda` the posterior precision. At the posterior both vanish.
-        """
-        q = self._check_q(q)
-        data = self._check_x(x)
-        batch = self._batch_shape(data.shape[:-1], q.batch_shape)
-        return variational_gradients(self._marginal, q, data, batch)
-
-    def elbo_grad_model(self, q: Gaussian, x: ArrayLike) -> ModelGradients:
-        r"""Gradient of the ELBO summed over rows with respect to (W, b, Psi, mu0, Sigma0).
-
-        Notes
-        -----
-        With :math:`r_n = x_n - Wm_n - b`, :math:`\delta_n = m_n-\mu_0`, :math:`S_n` the
-        covariance of row n's q (the same for every row when q shares one) and :math:`N`
-        rows:
-
-        .. math::
-            \nabla_b = \textstyle\sum_n \Psi^{-1}r_n,\qquad
-            \nabla_W = \textstyle\sum_n \Psi^{-1}(r_nm_n^\top - WS_n),
-
-            \nabla_\Psi = \tfrac12\textstyle\sum_n\bigl(\Psi^{-1}(r_nr_n^\top + WS_nW^\top)
-              \Psi^{-1} - \Psi^{-1}\bigr),
-
-            \nabla_{\mu_0} = \textstyle\sum_n\Sigma_0^{-1}\delta_n,\qquad
-            \nabla_{\Sigma_0} = \tfrac12\textstyle\sum_n\bigl(\Sigma_0^{-1}(S_n+\delta_n
-              \delta_n^\top)\Sigma_0^{-1} - \Sigma_0^{-1}\bigr).
-
-        For diagonal noise the gradient is taken with respect to the variances (the
-        diagonal of the matrix formula); for isotropic noise with respect to the single
-        variance (its trace).
-        """
-        q = self._check_q(q)
-        data = self._check_x(x)
-        return model_gradients(
-            self._marginal, q, data, self._batch_shape(data.shape[:-1], q.batch_shape)
-        )
-
-    # ------------------------------------------------------------------ amortised q
-    def dataset_elbo(self, encoder: LinearEncoder, x: ArrayLike) -> float:
-        r"""The dataset ELBO :math:`\sum_n \mathrm{ELBO}(q(\cdot\mid x_n); x_n)` of an encoder.
-
-        At :meth:`optimal_encoder` it equals ``log_evidence(x).sum()``.
-        """
-        encoder = check_encoder(encoder, self.data_dim, self.latent_dim)
-        data = self._check_x(x)
-        return float(np.sum(self.elbo(encoder(data), data)))
-
-    def dataset_elbo_grad(self, encoder: LinearEncoder, x: ArrayLike) -> EncoderGradients:
-        r"""Gradient of :meth:`dataset_elbo` with respect to the encoder's ``A``, ``c``, ``L``.
-
-        By the chain rule through :math:`m_n = Ax_n + c`: :math:`\nabla_A = \sum_n g_n
-        x_n^\top` and :math:`\nabla_c = \sum_n g_n`, with :math:`g_n` the mean gradient of
-        row ``n`` (:meth:`elbo_grad_variational`); :math:`\nabla_L` sums the per-row
-        factor gradients.
-        """
-        encoder = check_encoder(encoder, self.data_dim, self.latent_dim)
-        data = self._check_x(x).reshape(-1, self.data_dim)
-        grads = self.elbo_grad_variational(encoder(data), data)
-        return encoder_gradients(grads.mean, grads.scale_tril, data)
-
-    def optimal_encoder(self) -> LinearEncoder:
-        r"""The linear encoder whose :math:`q(z\mid x)` is the exact posterior for every x.
-
-        The posterior mean is affine in ``x`` and its covariance does not depend on
-        ``x``, so a linear encoder is exact [1]_:
-        :math:`A^\star = \Lambda^{-1}W^\top\Psi^{-1}`,
-        :math:`c^\star = \mu_0 - A^\star(W\mu_0 + b)`, :math:`S^\star = \Lambda^{-1}`.
-
-        References
-        ----------
-        .. [1] J. Lucas, G. Tucker, R. Grosse and M. Norouzi, "Don't blame the ELBO! A
-           linear VAE perspective on posterior collapse", NeurIPS 2019.
-        """
-        return optimal_encoder(self._marginal)
+    # ------------------------------------------------------------------ bound methods
+    # These methods are defined, with their documentation, in the modules of their
+    # concept and bound here (each takes the model as ``self``): the joint density and
+    # the ELBO in ._model_elbo, the gradients in ._gradients, amortised inference in
+    # ._encoder. They are the class's own attributes, so help(), autodoc and pickling
+    # treat them as methods defined here.
+    log_likelihood = _model_elbo.log_likelihood
+    log_joint = _model_elbo.log_joint
+    sample = _model_elbo.sample
+    elbo_terms = _model_elbo.elbo_terms
+    elbo = _model_elbo.elbo
+    kl_to_posterior = _model_elbo.kl_to_posterior
+    elbo_grad_variational = _gradients.elbo_grad_variational
+    elbo_grad_model = _gradients.elbo_grad_model
+    dataset_elbo = _encoder.dataset_elbo
+    dataset_elbo_grad = _encoder.dataset_elbo_grad
+    optimal_encoder = _encoder.optimal_encoder
