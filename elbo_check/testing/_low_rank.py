@@ -15,14 +15,8 @@ import numpy as np
 
 from .._errors import InvalidInputError
 from .._gaussian import Gaussian
-from ._parametrisations import (
-    _POSITIVE,
-    FloatArray,
-    Parametrisation,
-    Params,
-    _scales,
-    _symmetric_gradient,
-)
+from ._parametrisation_base import _POSITIVE, FloatArray, Parametrisation, Params, _scales
+from ._parametrisations import _symmetric_gradient
 
 __all__ = ["ScaledLowRank"]
 
