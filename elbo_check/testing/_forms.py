@@ -37,7 +37,6 @@ and the analytic-entropy forms have the same pathwise gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,9 +44,19 @@ from numpy.typing import NDArray
 
 from .._errors import InvalidInputError
 from .._gaussian import LOG_2PI, Gaussian, kl_divergence
-from .._gradients import prior_solve_rows
 from .._model import LinearGaussianModel
 from ._diagnosis import Suspect
+from ._form_pieces import (
+    GradientPair,
+    _joint_path_gradient,
+    _joint_scores,
+    _kl_gradient,
+    _likelihood_scores,
+    _Pieces,
+    _sample_pieces,
+    _samples,
+    _through_samples,
+)
 
 if TYPE_CHECKING:
     from ._form_suspects import _Bug
@@ -62,154 +71,6 @@ __all__ = [
 ]
 
 FloatArray = NDArray[np.float64]
-
-
-# ---------------------------------------------------------------------- pieces
-@dataclass(frozen=True)
-class _Pieces:
-    """The sample terms of an estimate: per-sample arrays at given ``z`` (pathwise) or
-    their expectations under some law of ``z`` (statistical), and the sample count."""
-
-    log_likelihood: FloatArray
-    log_prior: FloatArray
-    log_q: FloatArray
-    n: int
-
-
-def _sample_pieces(
-    model: LinearGaussianModel, q: Gaussian, x: FloatArray, z: FloatArray
-) -> _Pieces:
-    return _Pieces(
-        np.asarray(model.log_likelihood(x, z), dtype=np.float64),
-        np.asarray(model.prior.log_prob(z), dtype=np.float64),
-        np.asarray(q.log_prob(z), dtype=np.float64),
-        int(z.shape[0]),
-    )
-
-
-def _expected_log_density(g: Gaussian, mean: FloatArray, cov: FloatArray) -> float:
-    """E over z ~ N(mean, cov) of log g(z) (cov may be singular)."""
-    precision = g.precision
-    offset = mean - g.mean
-    return -0.5 * (
-        g.dim * LOG_2PI
-        + float(g.log_det_cov)
-        + float(np.sum(precision * cov))
-        + float(offset @ precision @ offset)
-    )
-
-
-def _expected_pieces(
-    model: LinearGaussianModel,
-    q: Gaussian,
-    x: FloatArray,
-    n: int,
-    law: tuple[FloatArray, FloatArray] | None = None,
-) -> _Pieces:
-    """Expectations of the sample terms over z ~ q, or over z ~ N(mean, cov) = ``law``."""
-    if law is None:
-        terms = model.elbo_terms(q, x)
-        return _Pieces(
-            np.asarray(terms.expected_log_likelihood, dtype=np.float64),
-            np.asarray(-terms.cross_entropy, dtype=np.float64),
-            np.asarray(-terms.entropy, dtype=np.float64),
-            n,
-        )
-    mean, cov = law
-    residual = model._noise.whiten(x - model.bias - model.weights @ mean)
-    weights = model._marginal.whitened_weights
-    ell = -0.5 * (
-        model.data_dim * LOG_2PI
-        + model._noise.logdet
-        + float(residual @ residual)
-        + float(np.sum((weights.T @ weights) * cov))
-    )
-    return _Pieces(
-        np.asarray(ell),
-        np.asarray(_expected_log_density(model.prior, mean, cov)),
-        np.asarray(_expected_log_density(q, mean, cov)),
-        n,
-    )
-
-
-# ---------------------------------------------------------------------- pathwise gradients
-#: A gradient in (m, L) (the second entry lower triangular), or the sizes of its terms.
-GradientPair = tuple[FloatArray, FloatArray]
-
-
-def _samples(q: Gaussian, eps: FloatArray) -> FloatArray:
-    """``z_i = m + L eps_i`` for the rows of ``eps``."""
-    return q.mean + eps @ q.scale_tril.T
-
-
-def _likelihood_scores(
-    model: LinearGaussianModel, x: FloatArray, z: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    r"""Rows :math:`W^\top\Psi^{-1}(x - Wz_i - b)` (whitened by the noise's own factor), and
-    the sizes of the terms they are differences of."""
-    marginal = model._marginal
-    weights = marginal.whitened_weights  # Psi^{-1/2} W
-    residual = marginal.noise.whiten(x - model.bias - z @ model.weights.T)
-    size = (np.abs(marginal.noise.whiten(x - model.bias)) + np.abs(z @ weights.T)) @ np.abs(weights)
-    return residual @ weights, size
-
-
-def _prior_scores(model: LinearGaussianModel, z: FloatArray) -> tuple[FloatArray, FloatArray]:
-    r"""Rows :math:`-\Sigma_0^{-1}(z_i - \mu_0)` (solves with the prior's factor) and sizes."""
-    prior = model.prior
-    size = np.abs(prior_solve_rows(prior, z)) + np.abs(prior_solve_rows(prior, prior.mean))
-    return -prior_solve_rows(prior, z - prior.mean), size
-
-
-def _joint_scores(
-    model: LinearGaussianModel, x: FloatArray, z: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Rows of grad_z log p(x, z_i), and sizes."""
-    likelihood, first = _likelihood_scores(model, x, z)
-    prior, second = _prior_scores(model, z)
-    return likelihood + prior, first + second
-
-
-def _through_samples(scores: FloatArray, eps: FloatArray) -> GradientPair:
-    r"""The gradient in :math:`(m, L)` of :math:`\frac1n\sum_i f(m + L\varepsilon_i)` from
-    the rows :math:`\nabla f(z_i)`: their mean, and :math:`\operatorname{tril}` of the mean
-    of :math:`\nabla f(z_i)\,\varepsilon_i^\top`."""
-    n = scores.shape[0]
-    return np.mean(scores, axis=0), np.tril(scores.T @ eps) / n
-
-
-def _log_scale_gradient(q: Gaussian) -> FloatArray:
-    r""":math:`\partial \sum_k \log L_{kk} / \partial L = \operatorname{diag}(1/L_{kk})`."""
-    return np.diag(1.0 / np.diagonal(q.scale_tril))
-
-
-def _kl_gradient(model: LinearGaussianModel, q: Gaussian) -> tuple[GradientPair, GradientPair]:
-    r"""The gradient of :math:`\mathrm{KL}(q\,\|\,p(z))` in :math:`(m, L)`:
-    :math:`\Sigma_0^{-1}(m - \mu_0)` and
-    :math:`\operatorname{tril}(\Sigma_0^{-1}L) - \operatorname{diag}(1/L_{kk})`; and sizes."""
-    prior = model.prior
-    solved_factor = prior_solve_rows(prior, q.scale_tril.T).T  # S0^-1 L
-    gradient = (
-        prior_solve_rows(prior, q.mean - prior.mean),
-        np.tril(solved_factor) - _log_scale_gradient(q),
-    )
-    size = (
-        np.abs(prior_solve_rows(prior, q.mean)) + np.abs(prior_solve_rows(prior, prior.mean)),
-        np.tril(np.abs(solved_factor)) + np.abs(_log_scale_gradient(q)),
-    )
-    return gradient, size
-
-
-def _joint_path_gradient(
-    model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
-) -> tuple[GradientPair, GradientPair]:
-    r"""The pathwise gradient of :math:`\frac1n\sum_i\log p(x, z_i) + \sum_k\log L_{kk}`
-    (the joint and the analytic-entropy forms up to constants), and sizes."""
-    scores, sizes = _joint_scores(model, x, _samples(q, eps))
-    gm, gl = _through_samples(scores, eps)
-    mm, ml = _through_samples(sizes, np.abs(eps))
-    entropy = _log_scale_gradient(q)
-    return (gm, gl + entropy), (mm, ml + np.abs(entropy))
 
 
 # ---------------------------------------------------------------------- forms
