@@ -75,11 +75,17 @@ __all__ = [
     "verify_log_evidence",
 ]
 
-# Public objects say they live here, where the docs and users import them from.
+# Public objects say they live here, where the docs and users import them from. Their
+# methods too: doctest's finder (``pytest --doctest-modules``) runs a method's examples
+# only from the module its ``__module__`` names, and the class is found only here.
 for _name in __all__:
     _obj = globals()[_name]
     if (isinstance(_obj, type) or _isfunction(_obj)) and _obj.__module__.startswith(
         f"{__name__}._"
     ):
         _obj.__module__ = __name__
-del _name, _obj
+        for _member in vars(_obj).values() if isinstance(_obj, type) else ():
+            _function = getattr(_member, "__func__", _member)
+            if _isfunction(_function) and _function.__module__.startswith(f"{__name__}._"):
+                _function.__module__ = __name__
+del _name, _obj, _member, _function

@@ -31,10 +31,18 @@ class Custom(Parametrisation):
     from_gaussian : callable
         ``from_gaussian(q) -> params``: parameters of a member of the family near ``q``
         (used to draw problems; the check runs at ``to_gaussian(params)``).
-    keys : tuple of str
+    keys : sequence of str
         The parameters' names, in the order of a gradient returned as a tuple.
-    cov_kinds : sequence of {"isotropic", "diagonal", "full"}
-        The covariances drawn for ``q`` before ``from_gaussian``.
+    cov_kinds : sequence of {"isotropic", "diagonal", "full"}, optional
+        The covariances drawn for ``q`` before ``from_gaussian`` (default all three).
+
+    Raises
+    ------
+    InvalidTypeError
+        If ``to_gaussian`` or ``from_gaussian`` is not callable.
+    InvalidInputError
+        If ``keys`` is not a non-empty sequence of strings (a single string is
+        refused), or ``cov_kinds`` is empty or names another kind.
 
     Notes
     -----
@@ -50,7 +58,39 @@ class Custom(Parametrisation):
         |L|\rangle}{h_i},
 
     the first term :math:`\approx 6\times` the truncation error of :math:`D_h`, the
-    second the rounding error of the differences.
+    second the rounding error of the differences. Every pullback calls ``to_gaussian``
+    four times per parameter entry.
+
+    The methods check what the two functions return: :meth:`to_gaussian` raises
+    :class:`~elbo_check.InvalidInputError` when ``to_gaussian`` returns anything but one
+    Gaussian; :meth:`from_gaussian` raises :class:`~elbo_check.InvalidTypeError` or
+    :class:`~elbo_check.InvalidInputError` when ``from_gaussian`` returns anything but a
+    dict of finite real arrays with exactly ``keys``. An exception raised by either
+    function propagates unchanged.
+
+    Examples
+    --------
+    An isotropic q held as its mean and one log standard deviation, a family no
+    built-in parametrisation has:
+
+    >>> import numpy as np
+    >>> from elbo_check import Gaussian
+    >>> from elbo_check.testing import Custom
+    >>> def to_gaussian(params):
+    ...     variances = np.exp(2 * params["log_sd"][0]) * np.ones(len(params["loc"]))
+    ...     return Gaussian.from_diagonal(mean=params["loc"], variances=variances)
+    >>> def from_gaussian(q):
+    ...     return {"loc": q.mean, "log_sd": np.array([0.5 * np.log(np.mean(q.variances))])}
+    >>> par = Custom(to_gaussian, from_gaussian, keys=("loc", "log_sd"), cov_kinds=("isotropic",))
+    >>> params = {"loc": np.array([0.3, -0.2]), "log_sd": np.array([0.1])}
+    >>> grads, errors = par.pullback_with_error(params, [1.0, 2.0], np.diag([0.5, 0.25]))
+
+    The exact value is :math:`((G_L)_{11} + (G_L)_{22})\, e^{0.1}`:
+
+    >>> round(float(grads["log_sd"][0]), 6), round(float(0.75 * np.exp(0.1)), 6)
+    (0.828878, 0.828878)
+    >>> bool(errors["log_sd"][0] < 1e-7)
+    True
     """
 
     def __init__(

@@ -91,6 +91,22 @@ class DiagonalLogScale(_Diagonal):
     .. math::
         L = \operatorname{diag}(e^{u}), \qquad
         \frac{\partial\,\mathrm{ELBO}}{\partial u_i} = (G_L)_{ii}\, s_i.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from elbo_check.testing import DiagonalLogScale
+    >>> par = DiagonalLogScale()
+    >>> par.keys, par.cov_kinds
+    (('loc', 'log_scale'), ('isotropic', 'diagonal'))
+    >>> q = par.to_gaussian({"loc": [0.0, 1.0], "log_scale": [0.0, np.log(3.0)]})
+    >>> np.diagonal(q.cov)
+    array([1., 9.])
+
+    The gradient in the log-scales is the one in the scales times :math:`s_i`:
+
+    >>> par.pullback(q, grad_mean=[0.0, 0.0], grad_scale_tril=np.diag([0.5, 0.5]))
+    {'loc': array([0., 0.]), 'log_scale': array([0.5, 1.5])}
     """
 
     _transform = _POSITIVE["exp"]
@@ -108,6 +124,18 @@ class DiagonalSoftplusScale(_Diagonal):
         \qquad u = s + \log(1 - e^{-s}),
 
     with :math:`\sigma` the logistic function (the derivative of softplus).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from elbo_check import Gaussian
+    >>> from elbo_check.testing import DiagonalSoftplusScale
+    >>> par = DiagonalSoftplusScale()
+    >>> params = par.from_gaussian(Gaussian.from_diagonal(mean=[0.0, 1.0], variances=[1.0, 4.0]))
+    >>> params["raw_scale"].round(6)
+    array([0.541325, 1.854587])
+    >>> np.logaddexp(0.0, params["raw_scale"])  # softplus gives the scales back
+    array([1., 2.])
     """
 
     _transform = _POSITIVE["softplus"]
@@ -121,6 +149,17 @@ class DiagonalLogVariance(_Diagonal):
     .. math::
         s = e^{v/2}, \qquad
         \frac{\partial\,\mathrm{ELBO}}{\partial v_i} = \tfrac12 (G_L)_{ii}\, s_i.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from elbo_check.testing import DiagonalLogVariance
+    >>> par = DiagonalLogVariance()
+    >>> q = par.to_gaussian({"loc": [0.0], "log_variance": [np.log(4.0)]})
+    >>> q.cov
+    array([[4.]])
+    >>> par.pullback(q, grad_mean=[0.0], grad_scale_tril=[[1.0]])["log_variance"]  # s / 2
+    array([1.])
     """
 
     _transform = _POSITIVE["log_variance"]
@@ -131,7 +170,20 @@ class FullCholesky(Parametrisation):
     r"""``{"loc": (K,), "scale_tril": (K, K)}``: q's mean and lower Cholesky factor.
 
     The identity map: the gradient for ``scale_tril`` is :math:`G_L`, 0 above the
-    diagonal (those entries are not parameters).
+    diagonal (those entries are not parameters). ``params["scale_tril"]`` must be lower
+    triangular with a positive diagonal.
+
+    Examples
+    --------
+    >>> from elbo_check.testing import FullCholesky
+    >>> par = FullCholesky()
+    >>> params = {"loc": [0.0, 1.0], "scale_tril": [[1.0, 0.0], [0.5, 2.0]]}
+    >>> par.to_gaussian(params).cov
+    array([[1.  , 0.5 ],
+           [0.5 , 4.25]])
+    >>> par.pullback(params, [1.0, 0.0], [[1.0, 7.0], [2.0, 3.0]])["scale_tril"]
+    array([[1., 0.],
+           [2., 3.]])
     """
 
     keys = ("loc", "scale_tril")
@@ -170,6 +222,34 @@ class FullUnitCholeskyScale(Parametrisation):
         \frac{\partial\,\mathrm{ELBO}}{\partial U_{ij}} = s_i\, (G_L)_{ij} \quad (i > j),
 
     and 0 for the diagonal and upper entries of :math:`U`, which are not parameters.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``scale_transform`` is not ``"identity"``, ``"exp"`` or ``"softplus"``.
+
+    Examples
+    --------
+    The factor's rows divided by their diagonal entries give the unit-lower factor:
+
+    >>> import numpy as np
+    >>> from elbo_check import Gaussian
+    >>> from elbo_check.testing import FullUnitCholeskyScale
+    >>> par = FullUnitCholeskyScale("softplus")
+    >>> par.keys
+    ('loc', 'raw_scale', 'unit_scale_tril')
+    >>> q = Gaussian.from_cholesky(mean=[0.0, 1.0], scale_tril=[[2.0, 0.0], [1.0, 0.5]])
+    >>> params = par.from_gaussian(q)
+    >>> params["unit_scale_tril"]
+    array([[1., 0.],
+           [2., 1.]])
+    >>> np.allclose(par.to_gaussian(params).cov, q.cov)
+    True
+    >>> FullUnitCholeskyScale("log")  # doctest: +NORMALIZE_WHITESPACE
+    Traceback (most recent call last):
+      ...
+    elbo_check._errors.InvalidInputError: scale_transform must be 'identity', 'exp' or
+    'softplus'; got scale_transform='log'
     """
 
     _key_kinds = ("vector", "vector", "strict_lower")
@@ -242,7 +322,24 @@ class FullCovariance(Parametrisation):
     .. math::
         G_S = \operatorname{sym}\bigl(L^{-\top}\, \Phi(L^\top G_L)\, L^{-1}\bigr),
 
-    by two triangular solves; for the ELBO :math:`G_S = \tfrac12 (S^{-1} - \Lambda)`.
+    by two triangular solves. For the ELBO, :math:`G_S = \tfrac12 (S^{-1} - \Lambda)`
+    with :math:`\Lambda` the precision of the exact posterior :math:`p(z \mid x)`.
+
+    Examples
+    --------
+    The pullback of the oracle's gradient is :math:`\tfrac12 (S^{-1} - \Lambda)`:
+
+    >>> import numpy as np
+    >>> from elbo_check import Gaussian, ppca
+    >>> from elbo_check.testing import FullCovariance
+    >>> model = ppca(weights=[[1.0, 0.5], [0.2, -0.3], [0.0, 1.0]],
+    ...              mean=[0.0, 1.0, -1.0], noise_variance=0.4)
+    >>> x = np.array([0.5, 1.0, -2.0])
+    >>> q = Gaussian.from_covariance(mean=[0.3, -0.2], cov=[[0.5, 0.2], [0.2, 0.8]])
+    >>> g = model.elbo_grad_variational(q, x)
+    >>> grad_cov = FullCovariance().pullback(q, g.mean, g.scale_tril)["cov"]
+    >>> np.allclose(grad_cov, 0.5 * (q.precision - model.posterior(x).precision))
+    True
 
     References
     ----------
@@ -277,6 +374,23 @@ class FullPrecision(Parametrisation):
 
     .. math::
         G_P = -\operatorname{sym}\bigl(L\, \Phi(L^\top G_L)\, L^\top\bigr).
+
+    Examples
+    --------
+    :math:`G_P = -S\, G_S\, S`, with :math:`G_S` the gradient in the covariance:
+
+    >>> import numpy as np
+    >>> from elbo_check import Gaussian, ppca
+    >>> from elbo_check.testing import FullCovariance, FullPrecision
+    >>> model = ppca(weights=[[1.0, 0.5], [0.2, -0.3], [0.0, 1.0]],
+    ...              mean=[0.0, 1.0, -1.0], noise_variance=0.4)
+    >>> x = np.array([0.5, 1.0, -2.0])
+    >>> q = Gaussian.from_covariance(mean=[0.3, -0.2], cov=[[0.5, 0.2], [0.2, 0.8]])
+    >>> g = model.elbo_grad_variational(q, x)
+    >>> grad_cov = FullCovariance().pullback(q, g.mean, g.scale_tril)["cov"]
+    >>> grad_precision = FullPrecision().pullback(q, g.mean, g.scale_tril)["precision"]
+    >>> np.allclose(grad_precision, -q.cov @ grad_cov @ q.cov)
+    True
     """
 
     keys = ("loc", "precision")
