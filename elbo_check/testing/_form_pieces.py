@@ -9,15 +9,50 @@ forms' known bugs on the same pieces.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .._errors import InvalidInputError, InvalidTypeError
 from .._gaussian import LOG_2PI, Gaussian
 from .._gradients import prior_solve_rows
 from .._model import LinearGaussianModel
+from .._validation import as_real_array
 
 FloatArray = NDArray[np.float64]
+
+
+# ---------------------------------------------------------------------- checks
+def _check_problem(model: Any, q: Any, x: Any) -> FloatArray:
+    """``x`` as a float64 array of shape (D,), after checking ``model`` and ``q``."""
+    if not isinstance(model, LinearGaussianModel):
+        raise InvalidTypeError(f"model must be a LinearGaussianModel; got {type(model).__name__}")
+    if q is not None:
+        if not isinstance(q, Gaussian):
+            raise InvalidTypeError(f"q must be a Gaussian; got {type(q).__name__}")
+        if q.batch_shape != () or q.dim != model.latent_dim:
+            raise InvalidInputError(
+                f"q must be one Gaussian (not a batch) of the model's K = {model.latent_dim} "
+                f"dimensions; got {q!r}"
+            )
+    data = as_real_array("x", x)
+    if data.shape != (model.data_dim,):
+        raise InvalidInputError(
+            f"x must be one observation of shape (D,) = ({model.data_dim},); got shape {data.shape}"
+        )
+    return data
+
+
+def _check_rows(model: LinearGaussianModel, rows: Any, name: str) -> FloatArray:
+    """``rows`` (samples or noise) as a float64 array of shape (n, K)."""
+    array = as_real_array(name, rows)
+    if array.ndim != 2 or array.shape[1] != model.latent_dim or array.shape[0] < 1:
+        raise InvalidInputError(
+            f"{name} must have shape (n, K) with n >= 1 and K = {model.latent_dim}; "
+            f"got shape {array.shape}"
+        )
+    return array
 
 
 # ---------------------------------------------------------------------- pieces

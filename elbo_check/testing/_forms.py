@@ -46,6 +46,7 @@ from .._errors import InvalidInputError
 from .._gaussian import LOG_2PI, Gaussian, kl_divergence
 from .._model import LinearGaussianModel
 from ._diagnosis import Suspect
+from ._elbo_form import ElboForm
 from ._form_pieces import (
     GradientPair,
     _joint_path_gradient,
@@ -53,7 +54,6 @@ from ._form_pieces import (
     _kl_gradient,
     _likelihood_scores,
     _Pieces,
-    _sample_pieces,
     _samples,
     _through_samples,
 )
@@ -71,117 +71,6 @@ __all__ = [
 ]
 
 FloatArray = NDArray[np.float64]
-
-
-# ---------------------------------------------------------------------- forms
-class ElboForm:
-    r"""How an ELBO estimate combines sampled terms with analytic ones.
-
-    Subclasses define :meth:`assemble`, the per-sample value from the sample terms
-    :math:`\log p(x\mid z_i)`, :math:`\log p(z_i)` and :math:`\log q(z_i)`; its mean over
-    :math:`z_i = m + L\varepsilon_i` is :meth:`pathwise_value` and its expectation under
-    :math:`q` is the ELBO for every form. :meth:`pathwise_gradient` is the exact gradient
-    of :meth:`pathwise_value` in :math:`(m, L)` at fixed :math:`\varepsilon`; its
-    expectation is the ELBO's gradient for every form.
-
-    Attributes
-    ----------
-    name : str
-        The string that selects the form, e.g. ``"analytic_kl"``.
-    title : str
-        The form in words, e.g. ``"the analytic-KL form"``.
-    formula : str
-        The per-sample average in plain text.
-    """
-
-    name: str = ""
-    title: str = ""
-    formula: str = ""
-    #: What to compare when no suspect explains a pathwise mismatch.
-    fallback: str = ""
-
-    def __repr__(self) -> str:
-        return f"ElboForm({self.name!r})"
-
-    def describe(self) -> str:
-        """One line: the form's name and its per-sample value, e.g. for failure messages."""
-        return f"{self.title} (form={self.name!r}): {self.formula}, z_i = m + L eps_i"
-
-    # -- values
-    def assemble(self, model: LinearGaussianModel, q: Gaussian, pieces: _Pieces) -> FloatArray:
-        """The per-sample values (or their expectation) from the sample terms."""
-        raise NotImplementedError
-
-    def pathwise_value(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, z: FloatArray
-    ) -> float:
-        """The exact estimate for the samples ``z`` (shape ``(n, K)``): the mean over rows."""
-        return float(np.mean(self.assemble(model, q, _sample_pieces(model, q, x, z))))
-
-    def magnitude(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, z: FloatArray
-    ) -> float:
-        """The size of the terms the estimate is computed from, for relative tolerances."""
-        raise NotImplementedError
-
-    # -- gradients
-    def pathwise_gradient(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
-    ) -> GradientPair:
-        r"""The exact gradient of :meth:`pathwise_value` at :math:`z_i = m + L\varepsilon_i`
-        with respect to :math:`(m, L)`, holding the noise ``eps`` (shape ``(n, K)``) fixed.
-
-        Returns
-        -------
-        grad_mean : ndarray, shape (K,)
-        grad_scale_tril : ndarray, shape (K, K)
-            Lower triangular.
-        """
-        return self.pathwise_gradient_with_sizes(model, q, x, eps)[0]
-
-    def pathwise_gradient_with_sizes(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
-    ) -> tuple[GradientPair, GradientPair]:
-        """:meth:`pathwise_gradient` and, entry by entry, the size of the terms it is a sum
-        of (for relative tolerances: a cancellation keeps the terms' rounding)."""
-        raise NotImplementedError
-
-    def sampled_scores(
-        self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
-    ) -> FloatArray:
-        """Rows: the gradient in z of the form's sampled term at each ``z_i``."""
-        raise NotImplementedError
-
-    # -- suspects (catalogues in ._form_suspects)
-    def _bugs(self) -> tuple[_Bug, ...]:
-        """The form's own bugs, written on the sample pieces (both modes)."""
-        return ()
-
-    def estimator_suspects(self, n_samples: int) -> tuple[Suspect, ...]:
-        """Suspects ``predict(model, q, x)``: the expected estimate each bug gives."""
-        from ._form_suspects import estimator_suspects
-
-        return estimator_suspects(self, n_samples)
-
-    def pathwise_suspects(self) -> tuple[Suspect, ...]:
-        """Suspects ``predict(model, q, x, eps)``: the value each bug gives for ``eps``."""
-        from ._form_suspects import pathwise_suspects
-
-        return pathwise_suspects(self)
-
-    def gradient_suspects(self) -> tuple[Suspect, ...]:
-        """Suspects ``predict(model, q, x)``: the expected gradient (flat: the mean, then
-        the lower triangle of L row by row) each bug gives, for the exact and the
-        statistical gradient checks."""
-        from ._form_suspects import gradient_suspects
-
-        return gradient_suspects(self)
-
-    def pathwise_gradient_suspects(self) -> tuple[Suspect, ...]:
-        """Suspects ``predict(model, q, x, eps)``: the flat gradient each bug gives."""
-        from ._form_suspects import pathwise_gradient_suspects
-
-        return pathwise_gradient_suspects(self)
 
 
 class JointForm(ElboForm):
@@ -213,7 +102,7 @@ class JointForm(ElboForm):
     ) -> float:
         return float(np.mean(np.abs(model.log_joint(x, z)) + np.abs(q.log_prob(z))))
 
-    def pathwise_gradient_with_sizes(
+    def _path_gradient(
         self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
     ) -> tuple[GradientPair, GradientPair]:
         r"""At fixed noise :math:`-\log q(z_i) = \frac K2\log 2\pi + \sum_k\log L_{kk}
@@ -226,7 +115,7 @@ class JointForm(ElboForm):
         """
         return _joint_path_gradient(model, q, x, eps)
 
-    def sampled_scores(
+    def _sampled_scores(
         self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
     ) -> FloatArray:
         return _joint_scores(model, x, z)[0]
@@ -236,7 +125,7 @@ class JointForm(ElboForm):
 
         return joint_bugs()
 
-    def estimator_suspects(self, n_samples: int) -> tuple[Suspect, ...]:
+    def _estimator_suspects(self, n_samples: int) -> tuple[Suspect, ...]:
         from ._form_suspects import joint_estimator_suspects
 
         return joint_estimator_suspects(n_samples)
@@ -276,7 +165,7 @@ class AnalyticKLForm(ElboForm):
         cross = float(kl_divergence(q, model.prior)) + entropy
         return float(np.mean(np.abs(model.log_likelihood(x, z)))) + abs(cross) + abs(entropy)
 
-    def pathwise_gradient_with_sizes(
+    def _path_gradient(
         self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
     ) -> tuple[GradientPair, GradientPair]:
         r"""The likelihood's path gradient minus the KL's closed-form gradient:
@@ -292,7 +181,7 @@ class AnalyticKLForm(ElboForm):
         (km, kl_factor), (kmm, kml) = _kl_gradient(model, q)
         return (gm - km, gl - kl_factor), (mm + kmm, ml + kml)
 
-    def sampled_scores(
+    def _sampled_scores(
         self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
     ) -> FloatArray:
         return _likelihood_scores(model, x, z)[0]
@@ -326,7 +215,7 @@ class AnalyticEntropyForm(ElboForm):
         entropy_terms = 0.5 * q.dim * (1.0 + LOG_2PI) + 0.5 * abs(float(q.log_det_cov))
         return float(np.mean(np.abs(model.log_joint(x, z)))) + entropy_terms
 
-    def pathwise_gradient_with_sizes(
+    def _path_gradient(
         self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
     ) -> tuple[GradientPair, GradientPair]:
         r"""The log joint's path gradient plus :math:`\nabla_L H(q) =
@@ -342,7 +231,7 @@ class AnalyticEntropyForm(ElboForm):
         """
         return _joint_path_gradient(model, q, x, eps)
 
-    def sampled_scores(
+    def _sampled_scores(
         self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
     ) -> FloatArray:
         return _joint_scores(model, x, z)[0]
@@ -370,10 +259,27 @@ def check_form(value: Any) -> ElboForm:
         ``"joint"``, ``"analytic_kl"`` or ``"analytic_entropy"``, or one of
         :data:`JOINT`, :data:`ANALYTIC_KL`, :data:`ANALYTIC_ENTROPY`.
 
+    Returns
+    -------
+    ElboForm
+        One of the three form objects (``value`` itself when it is one).
+
     Raises
     ------
     InvalidInputError
-        For any other value, naming the choices.
+        For any other value (another string, another object), naming the choices; a
+        near miss such as ``"analytic-KL"`` gets a "did you mean".
+
+    Examples
+    --------
+    >>> from elbo_check.testing import ANALYTIC_KL, check_form
+    >>> check_form("analytic_kl") is ANALYTIC_KL
+    True
+    >>> check_form("analytic-KL")  # doctest: +NORMALIZE_WHITESPACE
+    Traceback (most recent call last):
+      ...
+    elbo_check._errors.InvalidInputError: form must be one of 'joint', 'analytic_kl',
+    'analytic_entropy'; got form='analytic-KL' (did you mean 'analytic_kl'?)
     """
     if isinstance(value, ElboForm) and FORMS.get(value.name) is value:
         return value
