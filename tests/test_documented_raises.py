@@ -58,3 +58,17 @@ def test_estimator_suspects_need_a_positive_integer(bad: object) -> None:
     with pytest.raises(InvalidInputError, match="n_samples must be a positive integer"):
         ANALYTIC_KL.estimator_suspects(bad)  # type: ignore[arg-type]
     assert JOINT.estimator_suspects(np.int64(3))
+
+
+def test_check_elbo_names_a_bad_value_model_or_batch() -> None:
+    from elbo_check.testing import check_elbo
+
+    with pytest.raises(InvalidInputError, match=r"^value must be a real number; got None$"):
+        check_elbo(None, MODEL, Q, X)
+    with pytest.raises(InvalidInputError, match="value must be a scalar"):
+        check_elbo(np.zeros(2), MODEL, Q, X)
+    with pytest.raises(InvalidTypeError, match="model must be a LinearGaussianModel"):
+        check_elbo(0.0, "model", Q, X)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="q and x must not be batches"):
+        check_elbo(0.0, MODEL, Q, np.stack([X, X]))
+    check_elbo(MODEL.elbo(Q, X), MODEL, Q, X)
