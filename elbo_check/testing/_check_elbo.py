@@ -347,9 +347,9 @@ def verify_elbo(
         ``fn``'s values on this case and on independent ones (``Diagnosis: ...``,
         ``Fix: ...``), else what the gap depends on. ``fn`` also fails, with the reason
         in the message, when it raises (its exception is chained as the cause), returns
-        something other than a real scalar (None, a string, an array; ``(B,)`` values
-        with ``batch_size``), returns NaN or infinity, edits an argument in place, or
-        gives two values for one input.
+        something other than a real scalar (None, a string, an array; with
+        ``batch_size``, anything but ``B`` values), returns NaN or infinity, edits an
+        argument in place, or gives two values for one input.
     InvalidInputError
         Before ``fn`` is called, for a bad option: ``fn`` not callable, ``rtol`` or
         ``atol`` not a finite number >= 0, ``seed`` negative or of another type,

@@ -245,7 +245,7 @@ def verify_elbo_estimator(
         minimal failing case with ``eps``, the expected and the returned value, the gap
         and the tolerance, and a diagnosis. In both, ``fn`` fails with the reason in the
         message when it raises (its exception is chained as the cause), returns
-        something other than a real scalar (``(B,)`` values with ``batch_size``), or
+        something other than a real scalar (with ``batch_size``, anything but ``B`` values), or
         edits an argument in place; in pathwise mode also when it returns NaN or gives
         two values for one input.
     InvalidInputError

@@ -191,8 +191,8 @@ def verify_elbo_gradient(
         x)``): a hypothesis strategy (searched in the exact and pathwise modes, drawn
         from ``n_problems`` times in statistical mode) or a non-empty sequence (each
         checked, in order). With ``batch_size=B`` each is one batch: q of batch shape
-        ``(B,)`` and ``x`` of shape ``(B, D)``. With a parametrisation, each ``q`` must
-        be a member of its family.
+        ``(B,)`` and ``x`` of shape ``(B, D)``. With a parametrisation, each ``q`` is
+        replaced by its projection onto the family (:meth:`Parametrisation.project`).
     n_problems : int, optional
         Statistical mode: problems (batches) drawn from a strategy or the verifier's own,
         >= 1 (default from ``profile``: 4, 6 or 12; with ``batch_size``, each grown into
@@ -200,7 +200,9 @@ def verify_elbo_gradient(
     q_kinds : sequence of str, optional
         Covariance kinds of the drawn q's: some of ``"full"``, ``"diagonal"`` and
         ``"isotropic"`` (default: ``("full",)`` in statistical mode, all three
-        otherwise; with a parametrisation, the kinds its family holds).
+        otherwise). With a parametrisation the exact and pathwise modes draw the kinds
+        its family holds instead, and the statistical mode projects its q's onto the
+        family.
     false_alarm_rate : float, optional
         Statistical mode: the probability that a correct estimator fails the call, all
         coordinates of all problems together, in (0, 1) (default 1e-6). Each coordinate

@@ -138,8 +138,8 @@ def verify_kl(
     r"""Check ``fn(p, q) -> float``, the KL divergence KL(p || q) between two Gaussians.
 
     ``fn`` is called on pairs of Gaussians of one dimension :math:`K` (1 to ``max_dim``,
-    with non-zero means and covariances of the ``q_kinds``), drawn and shrunk by
-    hypothesis, and each value is compared with the exact divergence [1]_
+    with covariances of the ``q_kinds``) drawn by :func:`~elbo_check.strategies.gaussians`
+    and shrunk by hypothesis, and each value is compared with the exact divergence [1]_
 
     .. math::
         \mathrm{KL}(p\,\|\,q) = \tfrac12\Bigl(\operatorname{tr}(\Sigma_q^{-1}\Sigma_p)
@@ -223,7 +223,7 @@ def verify_kl(
         that reproduces ``fn``'s values on this pair and on independent ones
         (``Diagnosis: ...``, ``Fix: ...``). ``fn`` also fails, with the reason in the
         message, when it raises (its exception is chained as the cause), returns
-        something other than a real scalar (``(B,)`` values with ``batch_size``),
+        something other than a real scalar (with ``batch_size``, anything but ``B`` values),
         returns NaN or infinity, edits an argument in place, or gives two values for one
         input.
     InvalidInputError

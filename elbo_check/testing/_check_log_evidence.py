@@ -191,7 +191,7 @@ def verify_log_evidence(
         variance, ...) that reproduces ``fn``'s values on this case and on independent
         ones (``Diagnosis: ...``, ``Fix: ...``). ``fn`` also fails, with the reason in
         the message, when it raises (its exception is chained as the cause), returns
-        something other than a real scalar (``(B,)`` values with ``batch_size``),
+        something other than a real scalar (with ``batch_size``, anything but ``B`` values),
         returns NaN or infinity, edits an argument in place, or gives two values for one
         input.
     InvalidInputError
