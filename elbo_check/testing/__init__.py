@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from inspect import isfunction as _isfunction
 
-from ._check_elbo import check_elbo, verify_elbo
+from ._check_elbo import verify_elbo
 from ._check_estimator import verify_elbo_estimator
 from ._check_gradient import verify_elbo_gradient
 from ._check_kl import verify_kl
 from ._check_log_evidence import verify_log_evidence
+from ._check_one import check_elbo
 from ._forms import ANALYTIC_ENTROPY, ANALYTIC_KL, FORMS, JOINT, ElboForm, check_form
 from ._low_rank import ScaledLowRank
 from ._options import BATCHES, DEFAULT_FALSE_ALARM_RATE, PROFILES
