@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from inspect import isfunction as _isfunction
 
-from ._check_elbo import check_elbo, verify_elbo
+from ._check_elbo import verify_elbo
 from ._check_estimator import verify_elbo_estimator
 from ._check_gradient import verify_elbo_gradient
 from ._check_kl import verify_kl
 from ._check_log_evidence import verify_log_evidence
+from ._check_one import check_elbo
 from ._forms import ANALYTIC_ENTROPY, ANALYTIC_KL, FORMS, JOINT, ElboForm, check_form
 from ._low_rank import ScaledLowRank
 from ._options import BATCHES, DEFAULT_FALSE_ALARM_RATE, PROFILES
@@ -75,11 +76,17 @@ __all__ = [
     "verify_log_evidence",
 ]
 
-# Public objects say they live here, where the docs and users import them from.
+# Public objects say they live here, where the docs and users import them from. Their
+# methods too: doctest's finder (``pytest --doctest-modules``) runs a method's examples
+# only from the module its ``__module__`` names, and the class is found only here.
 for _name in __all__:
     _obj = globals()[_name]
     if (isinstance(_obj, type) or _isfunction(_obj)) and _obj.__module__.startswith(
         f"{__name__}._"
     ):
         _obj.__module__ = __name__
-del _name, _obj
+        for _member in vars(_obj).values() if isinstance(_obj, type) else ():
+            _function = getattr(_member, "__func__", _member)
+            if _isfunction(_function) and _function.__module__.startswith(f"{__name__}._"):
+                _function.__module__ = __name__
+del _name, _obj, _member, _function

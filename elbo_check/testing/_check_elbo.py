@@ -1,4 +1,4 @@
-"""verify_elbo and check_elbo: an ELBO for one observation or a batch."""
+"""verify_elbo: an ELBO for one observation or a batch."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ from ._report import (
     _fmt,
     _numbers,
 )
-from ._returns import invoke, to_scalar
+from ._returns import invoke
 from ._searching import _deterministic_check
 from ._suspects import (
     ELBO_SUSPECTS,
@@ -114,29 +114,6 @@ def _elbo_diagnosis(
     return _diagnosis(found, describe_gap(gaps, values, tol) if gaps else "no probe")
 
 
-def check_elbo(
-    value: Any,
-    model: LinearGaussianModel,
-    q: Gaussian,
-    x: Any,
-    *,
-    rtol: float = 1e-6,
-    atol: float = 1e-8,
-) -> None:
-    """Assert that ``value`` is the ELBO of ``q`` at one observation ``x``.
-
-    For use on objects drawn inside your own ``@given`` test; the tolerance is
-    ``rtol`` times the magnitude of the ELBO's terms plus ``atol``.
-    """
-    __tracebackhide__ = True
-    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
-    expected = float(model.elbo(q, x))
-    got = to_scalar(value, "value")
-    tolerance = rtol * _elbo_scale(model, q, np.asarray(x, dtype=np.float64)) + atol
-    if not abs(got - expected) <= tolerance:
-        raise AssertionError("ELBO mismatch\n" + _numbers(got, expected, tolerance))
-
-
 @_single_blas_thread
 def verify_elbo(
     fn: Callable[[LinearGaussianModel, Gaussian, FloatArray], Any],
@@ -152,7 +129,22 @@ def verify_elbo(
     q_kinds: Sequence[str] | None = None,
     **model_options: Any,
 ) -> VerificationReport:
-    """Check ``fn(model, q, x) -> float``, an ELBO for one observation ``x`` of shape (D,).
+    r"""Check ``fn(model, q, x) -> float``, an ELBO for one observation ``x`` of shape (D,).
+
+    ``fn`` is called on linear-Gaussian problems drawn by
+    :func:`~elbo_check.strategies.elbo_problems` (hypothesis searches them, from
+    :math:`D = K = 1` up, and shrinks a failure to a minimal case) and each value is
+    compared with the exact ELBO,
+
+    .. math::
+        \mathrm{ELBO}(q) = \mathbb E_{q}[\log p(x\mid z)] - \mathrm{KL}(q\,\|\,p(z)),
+
+    of :meth:`~elbo_check.LinearGaussianModel.elbo` [1]_. A case passes when
+
+    .. math::
+        |\mathtt{got} - \mathrm{ELBO}(q)| \le \mathtt{rtol}\,
+        \bigl(|\mathbb E_q[\log p(x\mid z)]| + \mathrm{KL}(q\,\|\,p(z)) + 1\bigr)
+        + \mathtt{atol}.
 
     With ``batch_size=B``, check batched code instead: ``fn(model, q, x)`` receives
     ``x`` of shape ``(B, D)`` and a ``q`` with ``q.mean`` of shape ``(B, K)`` and one
@@ -162,42 +154,143 @@ def verify_elbo(
     Parameters
     ----------
     fn : callable
-        The code under test. ``q`` is a :class:`~elbo_check.Gaussian` (read
-        ``q.mean``, ``q.cov`` or ``q.scale_tril``); ``model`` exposes ``weights``,
-        ``bias``, ``prior.mean``, ``prior.cov`` and ``noise_cov``.
+        The code under test, ``fn(model, q, x)``. ``q`` is a :class:`~elbo_check.Gaussian`
+        (read ``q.mean``, ``q.cov`` or ``q.scale_tril``); ``model`` a
+        :class:`~elbo_check.LinearGaussianModel` (``weights``, ``bias``,
+        ``prior.mean``, ``prior.cov``, ``noise_cov`` or ``dense_noise_cov()``); ``x`` a
+        float64 array. It must return a real number (Python, numpy, torch or JAX), be
+        deterministic and leave its arguments unchanged (it gets private copies).
     seed : int or numpy.random.Generator, optional
-        Makes the search reproducible (default: ``$ELBO_CHECK_SEED`` or 0).
+        Makes the search reproducible: an integer >= 0, or a generator to draw one from
+        (default: the pytest plugin's ``--elbo-check-seed``, else
+        ``$ELBO_CHECK_SEED``, else 0).
     max_examples : int, optional
-        Cases to try (default from ``profile``: 100 for dev, 300 for ci).
-    rtol, atol : float
-        A case passes when ``|got - expected| <= rtol * (|E_q log p(x|z)| +
-        KL(q||p(z)) + 1) + atol``; loosen ``rtol`` to about 1e-4 for float32 code.
-    up_to_constant : bool
-        For code that drops additive constants: pass when ``got - expected`` is the
-        same (within tolerance) for three different q at the same model and x.
+        Cases the search tries, >= 1 (default from ``profile``: 100 for ``"dev"``, 300
+        for ``"ci"``, 2000 for ``"thorough"``).
+    profile : {"dev", "ci", "thorough"}, optional
+        The effort profile that sets the default ``max_examples`` (default: the pytest
+        plugin's ``--elbo-check-profile``, else ``$ELBO_CHECK_PROFILE``, else ``"dev"``).
+    rtol, atol : float, optional
+        The tolerance above (defaults 1e-6 and 1e-8 nats): finite numbers >= 0. Left at
+        its default, ``rtol`` follows the precision of ``fn`` (see ``dtype``).
+    up_to_constant : bool, optional
+        For code that drops additive constants (``-D/2 log 2 pi``, say): a case passes
+        when ``got - ELBO`` is the same, within twice the tolerance, for three q's at the
+        same model and ``x`` (default False). Cannot be combined with ``batch_size``.
     batch_size : int, optional
-        Check a batched ``fn`` on batches of this many rows. Every member is compared;
-        a failure names the member, and the diagnosis says whether the members'
-        values depend on each other (a reduction or a transpose over the batch axis).
+        Check a batched ``fn`` (above) on batches of this many rows, >= 1 (default None:
+        unbatched). Every member is compared; a failure names the worst member and says
+        whether the members' values depend on each other (a reduction or a transpose
+        over the batch axis).
     problems : strategy or sequence, optional
-        Your own problems: a hypothesis strategy of
-        :class:`~elbo_check.strategies.ElboProblem`, or a sequence of them (or of
-        ``(model, q, x)`` tuples), checked in order without search.
+        Your own problems instead of the drawn ones: a hypothesis strategy of
+        :class:`~elbo_check.strategies.ElboProblem` (searched), or a non-empty sequence
+        of them or of ``(model, q, x)`` tuples (checked in order, without search; a
+        failure names its index). With ``batch_size=B`` each problem is one batch.
     q_kinds : sequence of str, optional
-        The covariance kinds of the drawn q: some of ``"full"``, ``"diagonal"`` (a
+        The covariance kinds of the drawn q's: some of ``"full"``, ``"diagonal"`` (a
         mean-field guide) and ``"isotropic"`` (default: all three).
+    time_budget : float, optional
+        Seconds the call may take, positive and finite (default None: no limit). When
+        they run out the search stops drawing cases (a failure already found is still
+        shrunk and reported); the report covers the cases checked, ``str(report)`` says
+        so and ``report.details["stopped_by_time_budget"]`` holds the budget.
+    dtype : str or dtype, optional
+        The floating precision ``fn`` computes in: ``"float16"``, ``"bfloat16"``,
+        ``"float32"``, ``"float64"`` or a numpy, torch or JAX floating dtype (default
+        None: the coarsest floating dtype ``fn`` has returned; float64 for Python
+        floats). Below float64, and with ``rtol`` left at its default, each case's
+        relative tolerance widens to :math:`\max(10^{-6},\, 8\,\epsilon\,(D + K)\,
+        \kappa)`, with :math:`\epsilon` the dtype's machine epsilon and :math:`\kappa` a
+        bound on the case's condition numbers; an ``rtol`` you pass is used as given.
+        Pass it for code that computes in float32 but returns float64.
     **model_options
-        Passed to :func:`~elbo_check.strategies.linear_gaussian_models` (e.g.
-        ``noise_kinds=("diagonal",)`` if your code only supports diagonal noise).
+        Passed to :func:`~elbo_check.strategies.linear_gaussian_models` to restrict the
+        drawn models, e.g. ``noise_kinds=("diagonal",)`` if your code only supports
+        diagonal noise, or ``max_latent_dim=3``.
 
     Returns
     -------
     VerificationReport
+        When every case passes: ``check`` (``"verify_elbo"``, with its options),
+        ``cases`` (cases tried), ``worst_error`` (the largest ``|got - ELBO| /
+        tolerance``, at most 1), ``tolerance`` (in words), ``seed`` and ``details``.
 
     Raises
     ------
     AssertionError
-        With the minimal counterexample and a diagnosis of the faulty term.
+        The verdict, when a case fails. The message shows the minimal failing case
+        (the model, ``q``, ``x``), the expected and the returned value, the gap and the
+        tolerance, the exact terms, and a diagnosis: the known bug that reproduces
+        ``fn``'s values on this case and on independent ones (``Diagnosis: ...``,
+        ``Fix: ...``), else what the gap depends on. ``fn`` also fails, with the reason
+        in the message, when it raises (its exception is chained as the cause), returns
+        something other than a real scalar (None, a string, an array; with
+        ``batch_size``, anything but ``B`` values), returns NaN or infinity, edits an
+        argument in place, or gives two values for one input.
+    InvalidInputError
+        Before ``fn`` is called, for a bad option: ``fn`` not callable, ``rtol`` or
+        ``atol`` not a finite number >= 0, ``seed`` negative or of another type,
+        ``max_examples`` or ``batch_size`` not an integer >= 1, an unknown ``profile``,
+        ``q_kinds`` empty or with another kind, ``problems`` of another type, empty or
+        with a malformed problem, ``up_to_constant`` with ``batch_size``,
+        ``time_budget`` not positive and finite, ``dtype`` not a floating dtype; or an
+        invalid ``$ELBO_CHECK_SEED`` or ``$ELBO_CHECK_PROFILE`` when ``seed`` or
+        ``profile`` is left to them.
+    TypeError
+        If a model option is not a parameter of
+        :func:`~elbo_check.strategies.linear_gaussian_models`.
+    hypothesis.errors.InvalidArgument
+        If a model option has an invalid value (raised when the first problem is drawn).
+
+    See Also
+    --------
+    check_elbo : The same comparison on one case, for use inside ``@given``.
+    verify_elbo_estimator : Checks a Monte-Carlo estimate of the ELBO.
+
+    References
+    ----------
+    .. [1] D. M. Blei, A. Kucukelbir and J. D. McAuliffe, "Variational inference: a
+       review for statisticians", Journal of the American Statistical Association
+       112(518):859-877, 2017.
+
+    Examples
+    --------
+    An ELBO written out by hand passes:
+
+    >>> import numpy as np
+    >>> from elbo_check import kl_divergence
+    >>> from elbo_check.testing import verify_elbo
+    >>> def my_elbo(model, q, x):
+    ...     w, psi = model.weights, model.dense_noise_cov()
+    ...     r = x - w @ q.mean - model.bias
+    ...     ell = -0.5 * (np.linalg.slogdet(2 * np.pi * psi)[1] + r @ np.linalg.solve(psi, r)
+    ...                   + np.trace(np.linalg.solve(psi, w @ q.cov @ w.T)))
+    ...     return ell - kl_divergence(q, model.prior)
+    >>> report = verify_elbo(my_elbo, max_examples=5, seed=0)
+    >>> report.check, report.cases, report.worst_error <= 1
+    ('verify_elbo', 5, True)
+
+    The same with the KL added instead of subtracted fails; on your own problem (checked
+    without search) the message shows the case and names the bug:
+
+    >>> from elbo_check import Gaussian, ppca
+    >>> def kl_added(model, q, x):
+    ...     return my_elbo(model, q, x) + 2 * kl_divergence(q, model.prior)
+    >>> model = ppca(weights=[[1.0, 0.5], [0.2, -0.3], [0.0, 1.0]],
+    ...              mean=[0.0, 1.0, -1.0], noise_variance=0.4)
+    >>> q = Gaussian.from_diagonal(mean=[0.3, -0.2], variances=[0.5, 0.8])
+    >>> x = np.array([0.5, 1.0, -2.0])
+    >>> verify_elbo(kl_added, problems=[(model, q, x)])
+    Traceback (most recent call last):
+      ...
+    AssertionError: verify_elbo failed (problems[0] of 1)
+      model: D = 3, K = 2, noise isotropic
+    ...
+      gap (got - expected) = 0.346291; tolerance 5.49e-06
+    ...
+    Diagnosis: the KL term has the wrong sign.
+      Fix: the ELBO is reconstruction MINUS KL(q || p(z)).
     """
     __tracebackhide__ = True
     _check_callable(fn)

@@ -23,20 +23,17 @@ from numpy.typing import NDArray
 from .._errors import InvalidInputError, InvalidTypeError
 from ..strategies import (
     COV_KINDS,
-    ElboProblem,
     elbo_problems,
-    linear_gaussian_models,
-    observations,
-    variational_gaussians,
 )
-from ._batch_problems import batched_statistical_cases
 from ._batching import check_batch_size
 from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
 from ._forms import ElboForm, check_form
-from ._gradient_batch_statistics import verify_batched_statistical
-from ._gradient_batches import batched_gradient_problems, verify_batched_gradient
-from ._gradient_cases import _Case, _legacy_case, _param_case, coordinate_rows
-from ._gradient_diagnosis import gradient_suspects_across
+from ._gradient_checks import (
+    _label,
+    _parametrised_problems,
+    _verify_batches,
+    _verify_exact_gradient,
+)
 from ._gradient_statistics import verify_statistical_gradient
 from ._limits import _single_blas_thread
 from ._options import (
@@ -48,10 +45,9 @@ from ._options import (
     check_count,
     check_tolerance,
 )
-from ._parametrisations import Custom, Parametrisation
+from ._parametrisations import Parametrisation
 from ._pathwise_gradient import verify_pathwise_gradient
-from ._report import VerificationReport, _diagnosis
-from ._searching import _deterministic_check
+from ._report import VerificationReport
 from ._statistics import _statistical_calls
 
 FloatArray = NDArray[np.float64]
@@ -168,52 +164,140 @@ def verify_elbo_gradient(
     Parameters
     ----------
     fn : callable
-        The code under test, with the signature of its mode (above).
+        The code under test, with the signature of its mode (above). It must return the
+        gradient as real arrays (numpy, torch or JAX) and leave its arguments unchanged;
+        in statistical mode it must draw its randomness from ``rng`` only.
     parametrisation : Parametrisation, optional
-        Differentiate in these parameters instead of ``(m, L)`` (default: ``(m, L)``).
-    mode : {"exact", "statistical", "pathwise"}
-        Which gradient ``fn`` returns (above).
-    form : str or ElboForm
-        The estimate differentiated (pathwise mode) or the suspects named.
+        Differentiate in these parameters instead of :math:`(m, L)` (default None:
+        :math:`(m, L)`), e.g. ``DiagonalSoftplusScale()`` or ``Custom(...)``.
+    mode : {"exact", "statistical", "pathwise"}, optional
+        Which gradient ``fn`` returns (above; default ``"exact"``). ``"stochastic"`` is
+        a deprecated name of ``"statistical"``.
+    form : {"joint", "analytic_kl", "analytic_entropy"} or ElboForm, optional
+        The estimate differentiated (pathwise mode) or the suspects named (default
+        ``"joint"``).
     seed : int or numpy.random.Generator, optional
-        Makes the check reproducible (default: ``$ELBO_CHECK_SEED`` or 0).
-    n_samples : int
-        Statistical mode: passed to ``fn``.
+        Makes the check reproducible: an integer >= 0, or a generator to draw one from
+        (default: the pytest plugin's ``--elbo-check-seed``, else
+        ``$ELBO_CHECK_SEED``, else 0).
+    n_samples : int, optional
+        Statistical mode: passed to ``fn``, >= 1 (default 8).
     calls : int, optional
-        Statistical mode: calls per problem (per batch with ``batch_size``).
+        Statistical mode: calls per problem (per batch with ``batch_size``), at least 80
+        (default from ``profile``: 800 for ``"dev"``, 1600 for ``"ci"``, 4000 for
+        ``"thorough"``).
     problems : strategy or sequence, optional
         Your own problems (:class:`~elbo_check.strategies.ElboProblem` or ``(model, q,
-        x)``). With ``batch_size=B`` each is one batch: q of batch shape ``(B,)`` and
-        ``x`` of shape ``(B, D)``.
+        x)``): a hypothesis strategy (searched in the exact and pathwise modes, drawn
+        from ``n_problems`` times in statistical mode) or a non-empty sequence (each
+        checked, in order). With ``batch_size=B`` each is one batch: q of batch shape
+        ``(B,)`` and ``x`` of shape ``(B, D)``. With a parametrisation, each ``q`` is
+        replaced by its projection onto the family (:meth:`Parametrisation.project`).
     n_problems : int, optional
-        Statistical mode: problems (batches) drawn from a strategy or the verifier's own
-        (with ``batch_size``, each grown into ``B`` observations of its model, each
-        with its own q near its posterior).
+        Statistical mode: problems (batches) drawn from a strategy or the verifier's own,
+        >= 1 (default from ``profile``: 4, 6 or 12; with ``batch_size``, each grown into
+        ``B`` observations of its model, each with its own q near its posterior).
     q_kinds : sequence of str, optional
-        Covariance kinds of the drawn q's (``"full"``, ``"diagonal"``, ``"isotropic"``).
-    false_alarm_rate : float
-        Statistical mode: the probability that a correct estimator fails a call.
-    profile : str, optional
-        ``"dev"`` or ``"ci"``: the default ``max_examples``, ``calls`` and problems.
+        Covariance kinds of the drawn q's: some of ``"full"``, ``"diagonal"`` and
+        ``"isotropic"`` (default: ``("full",)`` in statistical mode, all three
+        otherwise). With a parametrisation the exact and pathwise modes draw the kinds
+        its family holds instead, and the statistical mode projects its q's onto the
+        family.
+    false_alarm_rate : float, optional
+        Statistical mode: the probability that a correct estimator fails the call, all
+        coordinates of all problems together, in (0, 1) (default 1e-6). Each coordinate
+        is t-tested at level ``false_alarm_rate / (number of coordinates)``
+        (Bonferroni), as in :func:`verify_elbo_estimator`'s Notes.
+    profile : {"dev", "ci", "thorough"}, optional
+        The effort profile that sets the default ``max_examples``, ``calls`` and
+        ``n_problems`` (default: the pytest plugin's ``--elbo-check-profile``, else
+        ``$ELBO_CHECK_PROFILE``, else ``"dev"``).
     max_examples : int, optional
-        Exact and pathwise modes: cases the search tries.
-    rtol, atol : float
-        Tolerances (above).
+        Exact and pathwise modes: cases the search tries, >= 1 (default from
+        ``profile``: 100, 300 or 2000).
+    rtol, atol : float, optional
+        Tolerances (above; defaults 1e-6 and 1e-8), finite numbers >= 0; in statistical
+        mode a coordinate whose mean is within them of the exact gradient passes
+        whatever its t.
     batch_size : int, optional
-        Check batched code on batches of this many members (``None``: unbatched).
+        Check batched code (above) on batches of this many members, >= 1 (default
+        None: unbatched).
+    time_budget : float, optional
+        Seconds the call may take, positive and finite (default None: no limit). When
+        they run out, a statistical check stops between problems (the report covers the
+        problems completed, each tested at the planned level, with ``worst_error`` NaN;
+        if not even the first is complete, InvalidInputError), the search of the exact
+        and pathwise modes stops drawing cases (a failure already found is still shrunk
+        and reported). ``str(report)`` then says so and
+        ``report.details["stopped_by_time_budget"]`` holds the budget.
+    dtype : str or dtype, optional
+        The floating precision ``fn`` computes in: ``"float16"``, ``"bfloat16"``,
+        ``"float32"``, ``"float64"`` or a numpy, torch or JAX floating dtype (default
+        None: the coarsest floating dtype ``fn`` has returned). In the exact and
+        pathwise modes, below float64 and with ``rtol`` left at its default, each
+        case's relative tolerance widens to :math:`\max(10^{-6},\, 8\,\epsilon\,(D +
+        K)\,\kappa)`, with :math:`\epsilon` the dtype's machine epsilon and
+        :math:`\kappa` a bound on the case's condition numbers; the statistical test
+        does not change.
     **model_options
-        Passed to :func:`~elbo_check.strategies.linear_gaussian_models`.
+        Passed to :func:`~elbo_check.strategies.linear_gaussian_models` to restrict the
+        drawn models (in statistical mode ``noise_kinds`` and ``prior_kinds`` select
+        among the fixed problems, any other option makes the problems drawn).
 
     Returns
     -------
     VerificationReport
+        When the check passes: ``check`` (the call, with its options), ``cases`` (cases
+        tried, or problems tested), ``worst_error`` (the largest ``|got - exact| /
+        tolerance`` over all entries, or ``|t| / c`` over all coordinates; at most 1),
+        ``tolerance`` (in words), ``seed`` and ``details`` (``"form"`` always;
+        ``"calls"``, ``"n_samples"`` and ``"critical_t"`` in statistical mode;
+        ``"batch_size"`` and ``"members"`` with ``batch_size``).
 
     Raises
     ------
     AssertionError
-        With the failing problem (the failing member of a batch) and a diagnosis.
+        The verdict, with the failing problem (the failing member of a batch), each
+        coordinate's expected and returned value marked ``<-- off`` (``<-- biased`` in
+        statistical mode, with means, standard errors and t) and a diagnosis
+        (``Diagnosis: ...``, ``Fix: ...``). ``fn`` also fails, with the reason in the
+        message, when it raises (its exception is chained as the cause), returns
+        something other than real arrays of the right shapes (a pair, or the
+        parametrisation's keys), a non-zero gradient for an entry that is not a
+        parameter, NaN, edits an argument in place, or gives two gradients for one
+        input.
+    InvalidTypeError
+        If ``parametrisation`` is neither None nor a :class:`Parametrisation`.
     InvalidInputError
-        For invalid arguments, before ``fn`` is called.
+        For invalid arguments, before ``fn`` is called: ``fn`` not callable, an unknown
+        ``mode`` or ``form``, ``false_alarm_rate`` outside (0, 1), ``rtol`` or ``atol``
+        not a finite number >= 0, ``seed`` negative or of another type, ``n_samples``,
+        ``n_problems``, ``max_examples`` or ``batch_size`` not an integer >= 1,
+        ``calls`` below 80, an unknown ``profile``, ``q_kinds`` empty or with another
+        kind, ``problems`` of another type, empty or malformed, ``n_problems`` with a
+        sequence of problems, ``batch_shape`` or ``shared_covariance`` among the model
+        options with ``batch_size`` or a parametrisation, ``time_budget`` not positive
+        and finite, ``dtype`` not a floating dtype; in statistical mode an unknown model
+        option; or an invalid ``$ELBO_CHECK_SEED`` or ``$ELBO_CHECK_PROFILE`` when
+        ``seed`` or ``profile`` is left to them. Also when ``time_budget`` runs out
+        before the first statistical problem is complete (no verdict).
+    TypeError
+        Exact and pathwise modes: if a model option is not a parameter of
+        :func:`~elbo_check.strategies.linear_gaussian_models`.
+    hypothesis.errors.InvalidArgument
+        Exact and pathwise modes: if a model option has an invalid value (when the
+        first problem is drawn).
+
+    Warns
+    -----
+    DeprecationWarning
+        For ``mode="stochastic"`` (use ``"statistical"``), and for an integer
+        ``problems`` (use ``n_problems``).
+
+    See Also
+    --------
+    Parametrisation : The chain rule from :math:`(m, L)` to your parameters.
+    verify_elbo_estimator : Checks the estimate itself.
 
     Notes
     -----
@@ -237,7 +321,53 @@ def verify_elbo_gradient(
 
     A sticking-the-landing estimator (log q's parameters detached) is unbiased but not
     the gradient of its estimate: it passes ``mode="statistical"`` and fails
-    ``mode="pathwise"``, with that named.
+    ``mode="pathwise"``, with that named [1]_.
+
+    References
+    ----------
+    .. [1] G. Roeder, Y. Wu and D. Duvenaud, "Sticking the landing: simple,
+       lower-variance gradient estimators for variational inference", NeurIPS 2017,
+       arXiv:1703.09194.
+
+    Examples
+    --------
+    The exact gradient in :math:`(m, L)`, with :math:`\Lambda = W^\top\Psi^{-1}W +
+    \Sigma_0^{-1}` the posterior precision: :math:`\nabla_m = W^\top\Psi^{-1}(x - Wm
+    - b) - \Sigma_0^{-1}(m - \mu_0)` and :math:`\nabla_L = -\Lambda L +
+    \operatorname{diag}(1/L_{kk})` (its upper triangle is ignored):
+
+    >>> import numpy as np
+    >>> from elbo_check.testing import verify_elbo_gradient
+    >>> def elbo_grad(model, q, x):
+    ...     w, psi, prior = model.weights, model.dense_noise_cov(), model.prior
+    ...     precision = w.T @ np.linalg.solve(psi, w) + np.linalg.inv(prior.cov)
+    ...     g_mean = (w.T @ np.linalg.solve(psi, x - w @ q.mean - model.bias)
+    ...               - np.linalg.solve(prior.cov, q.mean - prior.mean))
+    ...     g_factor = -precision @ q.scale_tril + np.diag(1 / np.diag(q.scale_tril))
+    ...     return g_mean, g_factor
+    >>> report = verify_elbo_gradient(elbo_grad, max_examples=5, seed=0)
+    >>> report.check, report.cases, report.worst_error <= 1, report.details["form"]
+    ('verify_elbo_gradient', 5, True, 'joint')
+
+    Without the entropy's gradient, on a problem of your own:
+
+    >>> from elbo_check import Gaussian, ppca
+    >>> def no_entropy(model, q, x):
+    ...     g_mean, g_factor = elbo_grad(model, q, x)
+    ...     return g_mean, g_factor - np.diag(1 / np.diag(q.scale_tril))
+    >>> model = ppca(weights=[[1.0, 0.5], [0.2, -0.3], [0.0, 1.0]],
+    ...              mean=[0.0, 1.0, -1.0], noise_variance=0.4)
+    >>> q = Gaussian.from_covariance(mean=[0.3, -0.2], cov=[[0.5, 0.2], [0.2, 0.8]])
+    >>> x = np.array([0.5, 1.0, -2.0])
+    >>> verify_elbo_gradient(no_entropy, problems=[(model, q, x)])
+    Traceback (most recent call last):
+      ...
+    AssertionError: verify_elbo_gradient failed (problems[0] of 1)
+    ...
+              L[0,0]: expected -1.4424978..., got -2.8567113..., gap -1.41  <-- off
+    ...
+    Diagnosis: the entropy's contribution diag(1 / L_ii) is missing from the factor gradient.
+      Fix: d/dL sum(log diag L) = diag(1 / diag L).
     """
     __tracebackhide__ = True
     _check_callable(fn)
@@ -342,173 +472,3 @@ def verify_elbo_gradient(
             fn, parametrisation, chosen_form, seed_value, examples, rtol, atol, strategy
         )
     return dataclasses.replace(report, details={**report.details, "form": chosen_form.name})
-
-
-def _label(par: Parametrisation | None, mode: str, form: ElboForm, size: int | None = None) -> str:
-    """The report's and the failure's name of the call, e.g.
-    ``verify_elbo_gradient(mode='pathwise', form='analytic_kl', batch_size=4)``."""
-    options = [] if par is None else [f"parametrisation={par!r}"]
-    if mode != "exact":
-        options.append(f"mode={mode!r}")
-    if mode == "pathwise" and form.name != "joint":
-        options.append(f"form={form.name!r}")
-    if size is not None:
-        options.append(f"batch_size={size}")
-    return "verify_elbo_gradient" + (f"({', '.join(options)})" if options else "")
-
-
-def _verify_batches(
-    fn: Callable[..., Any],
-    par: Parametrisation | None,
-    mode: str,
-    form: ElboForm,
-    size: int,
-    *,
-    seed: int,
-    chosen: dict[str, int],
-    n_samples: int,
-    calls: int | None,
-    problems: Any,
-    n_problems: int | None,
-    q_kinds: Sequence[str] | None,
-    false_alarm_rate: float,
-    max_examples: int | None,
-    rtol: float,
-    atol: float,
-    model_options: dict[str, Any],
-) -> VerificationReport:
-    """``batch_size=size`` in every mode (see :mod:`._gradient_batches`)."""
-    batched = sorted({"batch_shape", "shared_covariance"} & set(model_options))
-    if batched:
-        raise InvalidInputError(
-            f"batch_size={size} draws batches of {size} members, each with its own q; "
-            f"{batched} cannot be combined with it (leave them out)"
-        )
-    label = _label(par, mode, form, size)
-    if mode == "statistical":
-        total_calls = _statistical_calls(chosen, calls, n_samples)
-        return verify_batched_statistical(
-            fn,
-            par,
-            form,
-            size,
-            label=label,
-            seed=seed,
-            batches=batched_statistical_cases(
-                problems,
-                n_problems,
-                size,
-                default_count=chosen["problems"],
-                seed=seed,
-                q_kinds=("full",) if q_kinds is None else q_kinds,
-                model_options=model_options,
-                calls=total_calls,
-            ),
-            calls=total_calls,
-            n_samples=n_samples,
-            false_alarm_rate=false_alarm_rate,
-            rtol=rtol,
-            atol=atol,
-        )
-    kinds = check_q_kinds(
-        (COV_KINDS if q_kinds is None else q_kinds) if par is None else par.cov_kinds
-    )
-    extra = "" if not isinstance(par, Custom) else " + the Jacobian's difference error"
-    if mode == "pathwise":
-        tolerance_text = (
-            f"|got - exact| <= rtol={rtol:g} * (|exact| + magnitude + 1) + atol={atol:g}"
-            f"{extra} per entry, the magnitude being the sum of the absolute values of the "
-            f"terms of the gradient of {form.formula}"
-        )
-    else:
-        tolerance_text = (
-            f"|got - exact| <= rtol={rtol:g} * (|exact| + 1) + atol={atol:g}{extra} per entry"
-        )
-    return verify_batched_gradient(
-        fn,
-        par,
-        form,
-        size,
-        pathwise=mode == "pathwise",
-        label=label,
-        seed=seed,
-        max_examples=check_count("max_examples", max_examples, chosen["max_examples"]),
-        rtol=rtol,
-        atol=atol,
-        problems=batched_gradient_problems(problems, size, kinds, model_options),
-        tolerance_text=tolerance_text,
-    )
-
-
-def _parametrised_problems(
-    par: Parametrisation, model_options: dict[str, Any]
-) -> st.SearchStrategy[ElboProblem]:
-    """Problems with one q of the kinds ``par`` holds (diagonal for diagonal maps)."""
-    batched = sorted({"batch_shape", "shared_covariance"} & set(model_options))
-    if batched:
-        raise InvalidInputError(
-            f"a parametrisation is checked on one q at a time; {batched} are not supported "
-            "with parametrisation="
-        )
-    models = linear_gaussian_models(**model_options)
-
-    @st.composite
-    def problems(draw: st.DrawFn) -> ElboProblem:
-        model = draw(models)
-        q = draw(variational_gaussians(model, cov_kinds=par.cov_kinds))
-        return ElboProblem(model, q, draw(observations(model)))
-
-    return problems()
-
-
-def _verify_exact_gradient(
-    fn: Callable[..., Any],
-    par: Parametrisation | None,
-    form: ElboForm,
-    seed: int,
-    max_examples: int,
-    rtol: float,
-    atol: float,
-    strategy: Any,
-) -> VerificationReport:
-    suspects = form.gradient_suspects()
-
-    def prepare(model: Any, q: Any, x: Any, variant: int = 0) -> _Case:
-        if par is None:
-            return _legacy_case(model, q, x, suspects)
-        return _param_case(par, model, q, x, suspects)
-
-    def compare(case: _Case) -> tuple[FloatArray, FloatArray, FloatArray]:
-        expected = case.expected  # computed before fn sees anything
-        got = case.convert(case.call(fn))
-        return got, expected, case.tolerance(rtol, atol)
-
-    def evaluate(p: ElboProblem) -> tuple[float, float, float]:
-        got, expected, tolerance = compare(prepare(p.model, p.q, p.x))
-        return float(np.max(np.abs(got - expected) / tolerance)), 0.0, 1.0
-
-    def explain(
-        p: ElboProblem, got: float, expected: float, tol: float, error: BaseException | None
-    ) -> str:
-        try:
-            case = prepare(p.model, p.q, p.x)
-        except Exception as err:  # a Custom map that raised
-            return f"  the parametrisation's map raised {type(err).__name__}: {err}"
-        parts = [case.describe()]
-        if error is None:
-            parts += coordinate_rows(case, *compare(case))
-            found = gradient_suspects_across(fn, prepare, case, case.suspects, rtol, atol)
-            parts.append(_diagnosis(found, "see the coordinates marked 'off'"))
-        return "\n".join(parts)
-
-    extra = "" if not isinstance(par, Custom) else " + the Jacobian's difference error"
-    return _deterministic_check(
-        name=_label(par, "exact", form),
-        strategy=strategy,
-        evaluate=evaluate,
-        explain=explain,
-        seed=seed,
-        max_examples=max_examples,
-        tolerance_text=f"|got - exact| <= rtol={rtol:g} * (|exact| + 1) + atol={atol:g}{extra} "
-        "per entry",
-    )

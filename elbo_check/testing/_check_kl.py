@@ -135,20 +135,141 @@ def verify_kl(
     problems: Any = None,
     q_kinds: Sequence[str] | None = None,
 ) -> VerificationReport:
-    """Check ``fn(p, q) -> float``, the KL divergence KL(p || q) between two Gaussians.
+    r"""Check ``fn(p, q) -> float``, the KL divergence KL(p || q) between two Gaussians.
 
-    ``p`` and ``q`` are :class:`~elbo_check.Gaussian` objects of the same dimension
-    with non-zero means and full covariances (read ``.mean``, ``.cov``,
-    ``.scale_tril``). Tolerance: ``rtol * (KL + tr + Mahalanobis + K + 1) + atol``.
+    ``fn`` is called on pairs of Gaussians of one dimension :math:`K` (1 to ``max_dim``,
+    with covariances of the ``q_kinds``) drawn by :func:`~elbo_check.strategies.gaussians`
+    and shrunk by hypothesis, and each value is compared with the exact divergence [1]_
+
+    .. math::
+        \mathrm{KL}(p\,\|\,q) = \tfrac12\Bigl(\operatorname{tr}(\Sigma_q^{-1}\Sigma_p)
+        + (\mu_q - \mu_p)^\top\Sigma_q^{-1}(\mu_q - \mu_p) - K
+        + \log\det\Sigma_q - \log\det\Sigma_p\Bigr)
+
+    of :func:`~elbo_check.kl_divergence`. A case passes when :math:`|\mathtt{got} -
+    \mathrm{KL}|` is at most ``rtol`` times the size of the terms, :math:`\operatorname{tr}
+    (\Sigma_q^{-1}\Sigma_p)` + the Mahalanobis term + :math:`K` + :math:`|\log\det
+    \Sigma_q - \log\det\Sigma_p|` + 1, plus ``atol``.
 
     With ``batch_size=B``, ``p`` and ``q`` are batches of ``B`` Gaussians, each with its
-    own covariance (``.mean`` of shape ``(B, K)``, ``.scale_tril`` ``(B, K, K)``), and
-    ``fn`` must return the ``B`` divergences, shape ``(B,)``; each member is compared.
+    own covariance (``.mean`` of shape ``(B, K)``, ``.scale_tril`` and ``.cov``
+    ``(B, K, K)``), and ``fn`` must return the ``B`` divergences, shape ``(B,)``; each
+    member is compared.
 
-    ``problems``: your own pairs ``(p, q)``, as a hypothesis strategy or a sequence
-    (checked in order, without search). ``q_kinds`` restricts the covariances of both
-    Gaussians to some of ``"full"``, ``"diagonal"`` and ``"isotropic"`` (default: all),
-    e.g. ``("diagonal",)`` for the KL between two mean-field Gaussians.
+    Parameters
+    ----------
+    fn : callable
+        The code under test, ``fn(p, q)``: two :class:`~elbo_check.Gaussian` objects of
+        one dimension (read ``.mean``, ``.cov``, ``.scale_tril``). It must return a real
+        number, be deterministic and leave its arguments unchanged.
+    seed : int or numpy.random.Generator, optional
+        Makes the search reproducible: an integer >= 0, or a generator to draw one from
+        (default: the pytest plugin's ``--elbo-check-seed``, else
+        ``$ELBO_CHECK_SEED``, else 0).
+    max_examples : int, optional
+        Cases the search tries, >= 1 (default from ``profile``: 100 for ``"dev"``, 300
+        for ``"ci"``, 2000 for ``"thorough"``).
+    profile : {"dev", "ci", "thorough"}, optional
+        The effort profile that sets the default ``max_examples`` (default: the pytest
+        plugin's ``--elbo-check-profile``, else ``$ELBO_CHECK_PROFILE``, else ``"dev"``).
+    rtol, atol : float, optional
+        The tolerance above (defaults 1e-6 and 1e-8 nats): finite numbers >= 0. Left at
+        its default, ``rtol`` follows the precision of ``fn`` (see ``dtype``).
+    max_dim : int, optional
+        The largest dimension :math:`K` drawn, >= 1 (default 6).
+    max_condition_number : float, optional
+        The largest condition number of a drawn covariance, finite and >= 1 (default
+        100).
+    batch_size : int, optional
+        Check a batched ``fn`` (above) on batches of this many pairs, >= 1 (default
+        None: unbatched). A failure names the worst member and says whether the
+        members' values depend on each other.
+    problems : strategy or sequence, optional
+        Your own pairs ``(p, q)`` of Gaussians of one dimension instead of the drawn
+        ones: a hypothesis strategy of them (searched) or a non-empty sequence (checked
+        in order, without search; a failure names its index).
+    q_kinds : sequence of str, optional
+        The covariance kinds of both Gaussians: some of ``"full"``, ``"diagonal"`` and
+        ``"isotropic"`` (default: all three), e.g. ``("diagonal",)`` for the KL between
+        two mean-field Gaussians.
+    time_budget : float, optional
+        Seconds the call may take, positive and finite (default None: no limit). When
+        they run out the search stops drawing cases (a failure already found is still
+        shrunk and reported); the report covers the cases checked, ``str(report)`` says
+        so and ``report.details["stopped_by_time_budget"]`` holds the budget.
+    dtype : str or dtype, optional
+        The floating precision ``fn`` computes in: ``"float16"``, ``"bfloat16"``,
+        ``"float32"``, ``"float64"`` or a numpy, torch or JAX floating dtype (default
+        None: the coarsest floating dtype ``fn`` has returned; float64 for Python
+        floats). Below float64, and with ``rtol`` left at its default, each case's
+        relative tolerance widens to :math:`\max(10^{-6},\, 8\,\epsilon\,(D + K)\,
+        \kappa)`, with :math:`\epsilon` the dtype's machine epsilon and :math:`\kappa` a
+        bound on the case's condition numbers (here :math:`D + K` is :math:`2K`); an
+        ``rtol`` you pass is used as given.
+
+    Returns
+    -------
+    VerificationReport
+        When every case passes: ``check`` (``"verify_kl"``, with ``batch_size``),
+        ``cases`` (cases tried), ``worst_error`` (the largest ``|got - KL| /
+        tolerance``, at most 1), ``tolerance`` (in words), ``seed`` and ``details``.
+
+    Raises
+    ------
+    AssertionError
+        The verdict, when a case fails. The message shows the minimal failing pair, the
+        expected and the returned value, the gap and the tolerance, and a diagnosis: the
+        known bug (arguments reversed, the factor 1/2 or the :math:`-K` missing, ...)
+        that reproduces ``fn``'s values on this pair and on independent ones
+        (``Diagnosis: ...``, ``Fix: ...``). ``fn`` also fails, with the reason in the
+        message, when it raises (its exception is chained as the cause), returns
+        something other than a real scalar (with ``batch_size``, anything but ``B`` values),
+        returns NaN or infinity, edits an argument in place, or gives two values for one
+        input.
+    InvalidInputError
+        Before ``fn`` is called, for a bad option: ``fn`` not callable, ``rtol`` or
+        ``atol`` not a finite number >= 0, ``seed`` negative or of another type,
+        ``max_examples``, ``max_dim`` or ``batch_size`` not an integer >= 1,
+        ``max_condition_number`` not a finite number >= 1, an unknown ``profile``,
+        ``q_kinds`` empty or with another kind, ``problems`` of another type, empty or
+        with an item that is not a pair of Gaussians of one dimension, ``time_budget``
+        not positive and finite, ``dtype`` not a floating dtype; or an invalid
+        ``$ELBO_CHECK_SEED`` or ``$ELBO_CHECK_PROFILE`` when ``seed`` or ``profile`` is
+        left to them.
+
+    References
+    ----------
+    .. [1] S. Kullback and R. A. Leibler, "On information and sufficiency", The Annals
+       of Mathematical Statistics 22(1):79-86, 1951.
+
+    Examples
+    --------
+    The textbook formula passes:
+
+    >>> import numpy as np
+    >>> from elbo_check.testing import verify_kl
+    >>> def my_kl(p, q):
+    ...     d = q.mean - p.mean
+    ...     return 0.5 * (np.trace(np.linalg.solve(q.cov, p.cov)) + d @ np.linalg.solve(q.cov, d)
+    ...                   - p.dim + np.linalg.slogdet(q.cov)[1] - np.linalg.slogdet(p.cov)[1])
+    >>> report = verify_kl(my_kl, max_examples=5, seed=0)
+    >>> report.check, report.cases, report.worst_error <= 1
+    ('verify_kl', 5, True)
+
+    The divergence is not symmetric; with the arguments reversed, on a pair of your own:
+
+    >>> from elbo_check import Gaussian
+    >>> p = Gaussian.from_diagonal(mean=[0.0, 1.0], variances=[1.0, 4.0])
+    >>> q = Gaussian.from_covariance(mean=[0.5, 0.0], cov=[[2.0, 0.3], [0.3, 1.0]])
+    >>> verify_kl(lambda p, q: my_kl(q, p), problems=[(p, q)])
+    Traceback (most recent call last):
+      ...
+    AssertionError: verify_kl failed (problems[0] of 1)
+      K = 2
+    ...
+      gap (got - expected) = -0.909369; tolerance 9.8e-06
+    Diagnosis: the arguments are reversed (KL(q || p) returned for KL(p || q)).
+      Fix: KL is not symmetric: KL(p || q) = E_p[log p - log q].
     """
     __tracebackhide__ = True
     _check_callable(fn)

@@ -104,17 +104,151 @@ def verify_log_evidence(
     problems: Any = None,
     **model_options: Any,
 ) -> VerificationReport:
-    """Check ``fn(model, x) -> float``, the log marginal likelihood log p(x) for one x.
+    r"""Check ``fn(model, x) -> float``, the log marginal likelihood log p(x) for one x.
 
-    Tolerance: ``rtol * (|log p(x)| + D + 1) + atol``. ``problems``: your own pairs
-    ``(model, x)`` (or ``(model, q, x)`` problems), as a hypothesis strategy or a
-    sequence (checked in order, without search).
+    ``fn`` is called on linear-Gaussian models and observations drawn by
+    :func:`~elbo_check.strategies.linear_gaussian_models` and
+    :func:`~elbo_check.strategies.observations` (hypothesis searches them and shrinks a
+    failure to a minimal case), and each value is compared with the exact log evidence
+    of :meth:`~elbo_check.LinearGaussianModel.log_evidence`, the log density of the
+    marginal [1]_
+
+    .. math::
+        p(x) = \mathcal N\bigl(x;\; W\mu_0 + b,\; W\Sigma_0 W^\top + \Psi\bigr).
+
+    A case passes when :math:`|\mathtt{got} - \log p(x)| \le \mathtt{rtol}\,(|\log p(x)|
+    + D + 1) + \mathtt{atol}`.
 
     With ``batch_size=B``, check batched code instead: ``fn(model, x)`` receives ``x``
-    of shape ``(B, D)`` (B independent rows) and must return one log p(x_n) per row,
-    shape ``(B,)``; every row is compared, and a failure names the worst row, says
-    whether rows interact (a row's value changes with the other rows) and diagnoses
-    the faulty term on single rows. Your own problems then hold ``x`` of shape ``(B, D)``.
+    of shape ``(B, D)`` (``B`` independent rows) and must return one :math:`\log
+    p(x_n)` per row, shape ``(B,)``; every row is compared, and a failure names the
+    worst row, says whether rows interact (a row's value changes with the other rows)
+    and diagnoses the faulty term on single rows.
+
+    Parameters
+    ----------
+    fn : callable
+        The code under test, ``fn(model, x)``: ``model`` a
+        :class:`~elbo_check.LinearGaussianModel` (``weights``, ``bias``,
+        ``prior.mean``, ``prior.cov``, ``noise_cov`` or ``dense_noise_cov()``), ``x`` a
+        float64 array. It must return a real number (Python, numpy, torch or JAX), be
+        deterministic and leave its arguments unchanged (it gets private copies).
+    seed : int or numpy.random.Generator, optional
+        Makes the search reproducible: an integer >= 0, or a generator to draw one from
+        (default: the pytest plugin's ``--elbo-check-seed``, else
+        ``$ELBO_CHECK_SEED``, else 0).
+    max_examples : int, optional
+        Cases the search tries, >= 1 (default from ``profile``: 100 for ``"dev"``, 300
+        for ``"ci"``, 2000 for ``"thorough"``).
+    profile : {"dev", "ci", "thorough"}, optional
+        The effort profile that sets the default ``max_examples`` (default: the pytest
+        plugin's ``--elbo-check-profile``, else ``$ELBO_CHECK_PROFILE``, else ``"dev"``).
+    rtol, atol : float, optional
+        The tolerance above (defaults 1e-6 and 1e-8 nats): finite numbers >= 0. Left at
+        its default, ``rtol`` follows the precision of ``fn`` (see ``dtype``).
+    batch_size : int, optional
+        Check a batched ``fn`` (above) on batches of this many rows, >= 1 (default None:
+        unbatched).
+    problems : strategy or sequence, optional
+        Your own cases instead of the drawn ones: a hypothesis strategy of ``(model,
+        x)`` pairs (searched), or a non-empty sequence of them, or of ``(model, q, x)``
+        problems whose ``q`` is ignored (checked in order, without search; a failure
+        names its index). With ``batch_size=B``, ``x`` has shape ``(B, D)``.
+    time_budget : float, optional
+        Seconds the call may take, positive and finite (default None: no limit). When
+        they run out the search stops drawing cases (a failure already found is still
+        shrunk and reported); the report covers the cases checked, ``str(report)`` says
+        so and ``report.details["stopped_by_time_budget"]`` holds the budget.
+    dtype : str or dtype, optional
+        The floating precision ``fn`` computes in: ``"float16"``, ``"bfloat16"``,
+        ``"float32"``, ``"float64"`` or a numpy, torch or JAX floating dtype (default
+        None: the coarsest floating dtype ``fn`` has returned; float64 for Python
+        floats). Below float64, and with ``rtol`` left at its default, each case's
+        relative tolerance widens to :math:`\max(10^{-6},\, 8\,\epsilon\,(D + K)\,
+        \kappa)`, with :math:`\epsilon` the dtype's machine epsilon and :math:`\kappa` a
+        bound on the condition numbers of the marginal covariance and the posterior
+        precision; an ``rtol`` you pass is used as given. Pass it for code that
+        computes in float32 but returns float64.
+    **model_options
+        Passed to :func:`~elbo_check.strategies.linear_gaussian_models` to restrict the
+        drawn models, e.g. ``noise_kinds=("isotropic",)`` or ``max_data_dim=3``.
+
+    Returns
+    -------
+    VerificationReport
+        When every case passes: ``check`` (``"verify_log_evidence"``, with
+        ``batch_size``), ``cases`` (cases tried), ``worst_error`` (the largest ``|got -
+        log p(x)| / tolerance``, at most 1), ``tolerance`` (in words), ``seed`` and
+        ``details``.
+
+    Raises
+    ------
+    AssertionError
+        The verdict, when a case fails. The message shows the minimal failing case (the
+        model and ``x``), the expected and the returned value, the gap and the
+        tolerance, and a diagnosis: the known bug (the identity for the prior
+        covariance, the offset ``b`` ignored, the noise standard deviation for its
+        variance, ...) that reproduces ``fn``'s values on this case and on independent
+        ones (``Diagnosis: ...``, ``Fix: ...``). ``fn`` also fails, with the reason in
+        the message, when it raises (its exception is chained as the cause), returns
+        something other than a real scalar (with ``batch_size``, anything but ``B`` values),
+        returns NaN or infinity, edits an argument in place, or gives two values for one
+        input.
+    InvalidInputError
+        Before ``fn`` is called, for a bad option: ``fn`` not callable, ``rtol`` or
+        ``atol`` not a finite number >= 0, ``seed`` negative or of another type,
+        ``max_examples`` or ``batch_size`` not an integer >= 1, an unknown ``profile``,
+        ``problems`` of another type, empty or with a malformed case (``x`` not finite
+        or of another shape), ``time_budget`` not positive and finite, ``dtype`` not a
+        floating dtype; or an invalid ``$ELBO_CHECK_SEED`` or ``$ELBO_CHECK_PROFILE``
+        when ``seed`` or ``profile`` is left to them.
+    TypeError
+        If a model option is not a parameter of
+        :func:`~elbo_check.strategies.linear_gaussian_models` (``q_kinds`` included:
+        there is no q here).
+    hypothesis.errors.InvalidArgument
+        If a model option has an invalid value (raised when the first model is drawn).
+
+    References
+    ----------
+    .. [1] C. M. Bishop, Pattern Recognition and Machine Learning, Springer, 2006,
+       eq. (2.115).
+
+    Examples
+    --------
+    The marginal's log density, from scipy, passes:
+
+    >>> import numpy as np
+    >>> from scipy.stats import multivariate_normal
+    >>> from elbo_check.testing import verify_log_evidence
+    >>> def my_log_evidence(model, x):
+    ...     w, prior = model.weights, model.prior
+    ...     cov = w @ prior.cov @ w.T + model.dense_noise_cov()
+    ...     return multivariate_normal(w @ prior.mean + model.bias, cov).logpdf(x)
+    >>> report = verify_log_evidence(my_log_evidence, max_examples=5, seed=0)
+    >>> report.check, report.cases, report.worst_error <= 1
+    ('verify_log_evidence', 5, True)
+
+    With the prior's covariance left out (right only for a standard-normal prior), on a
+    model of your own:
+
+    >>> from elbo_check import Gaussian, LinearGaussianModel
+    >>> def identity_prior(model, x):
+    ...     w = model.weights
+    ...     cov = w @ w.T + model.dense_noise_cov()
+    ...     return multivariate_normal(w @ model.prior.mean + model.bias, cov).logpdf(x)
+    >>> model = LinearGaussianModel(
+    ...     weights=[[1.0, 0.5], [0.2, -0.3], [0.0, 1.0]], bias=[0.0, 1.0, -1.0],
+    ...     prior=Gaussian.from_diagonal(mean=[0.5, -0.5], variances=[2.0, 0.5]), noise_cov=0.4)
+    >>> verify_log_evidence(identity_prior, problems=[(model, np.array([0.5, 1.0, -2.0]))])
+    Traceback (most recent call last):
+      ...
+    AssertionError: verify_log_evidence failed (problems[0] of 1)
+      model: D = 3, K = 2, noise isotropic
+    ...
+      gap (got - expected) = 0.0402374; tolerance 7.1e-06
+    Diagnosis: the prior covariance is taken to be the identity.
+      Fix: the marginal covariance is W S0 W^T + Psi.
     """
     __tracebackhide__ = True
     _check_callable(fn)

@@ -46,9 +46,7 @@ from .._gaussian import LOG_2PI, Gaussian, kl_divergence
 from .._linalg import cholesky, solve_tril
 from .._model import LinearGaussianModel
 from ._diagnosis import Suspect
-from ._forms import (
-    FORMS,
-    ElboForm,
+from ._form_pieces import (
     GradientPair,
     _expected_pieces,
     _joint_scores,
@@ -59,6 +57,7 @@ from ._forms import (
     _samples,
     _through_samples,
 )
+from ._forms import FORMS, ElboForm
 from ._problems import _flat_gradient, _flatten
 from ._suspects import _estimator_suspects, _gradient_suspects, _pathwise_suspects
 

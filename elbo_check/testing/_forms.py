@@ -37,7 +37,6 @@ and the analytic-entropy forms have the same pathwise gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,9 +44,19 @@ from numpy.typing import NDArray
 
 from .._errors import InvalidInputError
 from .._gaussian import LOG_2PI, Gaussian, kl_divergence
-from .._gradients import prior_solve_rows
 from .._model import LinearGaussianModel
 from ._diagnosis import Suspect
+from ._elbo_form import ElboForm
+from ._form_pieces import (
+    GradientPair,
+    _joint_path_gradient,
+    _joint_scores,
+    _kl_gradient,
+    _likelihood_scores,
+    _Pieces,
+    _samples,
+    _through_samples,
+)
 
 if TYPE_CHECKING:
     from ._form_suspects import _Bug
@@ -62,265 +71,6 @@ __all__ = [
 ]
 
 FloatArray = NDArray[np.float64]
-
-
-# ---------------------------------------------------------------------- pieces
-@dataclass(frozen=True)
-class _Pieces:
-    """The sample terms of an estimate: per-sample arrays at given ``z`` (pathwise) or
-    their expectations under some law of ``z`` (statistical), and the sample count."""
-
-    log_likelihood: FloatArray
-    log_prior: FloatArray
-    log_q: FloatArray
-    n: int
-
-
-def _sample_pieces(
-    model: LinearGaussianModel, q: Gaussian, x: FloatArray, z: FloatArray
-) -> _Pieces:
-    return _Pieces(
-        np.asarray(model.log_likelihood(x, z), dtype=np.float64),
-        np.asarray(model.prior.log_prob(z), dtype=np.float64),
-        np.asarray(q.log_prob(z), dtype=np.float64),
-        int(z.shape[0]),
-    )
-
-
-def _expected_log_density(g: Gaussian, mean: FloatArray, cov: FloatArray) -> float:
-    """E over z ~ N(mean, cov) of log g(z) (cov may be singular)."""
-    precision = g.precision
-    offset = mean - g.mean
-    return -0.5 * (
-        g.dim * LOG_2PI
-        + float(g.log_det_cov)
-        + float(np.sum(precision * cov))
-        + float(offset @ precision @ offset)
-    )
-
-
-def _expected_pieces(
-    model: LinearGaussianModel,
-    q: Gaussian,
-    x: FloatArray,
-    n: int,
-    law: tuple[FloatArray, FloatArray] | None = None,
-) -> _Pieces:
-    """Expectations of the sample terms over z ~ q, or over z ~ N(mean, cov) = ``law``."""
-    if law is None:
-        terms = model.elbo_terms(q, x)
-        return _Pieces(
-            np.asarray(terms.expected_log_likelihood, dtype=np.float64),
-            np.asarray(-terms.cross_entropy, dtype=np.float64),
-            np.asarray(-terms.entropy, dtype=np.float64),
-            n,
-        )
-    mean, cov = law
-    residual = model._noise.whiten(x - model.bias - model.weights @ mean)
-    weights = model._marginal.whitened_weights
-    ell = -0.5 * (
-        model.data_dim * LOG_2PI
-        + model._noise.logdet
-        + float(residual @ residual)
-        + float(np.sum((weights.T @ weights) * cov))
-    )
-    return _Pieces(
-        np.asarray(ell),
-        np.asarray(_expected_log_density(model.prior, mean, cov)),
-        np.asarray(_expected_log_density(q, mean, cov)),
-        n,
-    )
-
-
-# ---------------------------------------------------------------------- pathwise gradients
-#: A gradient in (m, L) (the second entry lower triangular), or the sizes of its terms.
-GradientPair = tuple[FloatArray, FloatArray]
-
-
-def _samples(q: Gaussian, eps: FloatArray) -> FloatArray:
-    """``z_i = m + L eps_i`` for the rows of ``eps``."""
-    return q.mean + eps @ q.scale_tril.T
-
-
-def _likelihood_scores(
-    model: LinearGaussianModel, x: FloatArray, z: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    r"""Rows :math:`W^\top\Psi^{-1}(x - Wz_i - b)` (whitened by the noise's own factor), and
-    the sizes of the terms they are differences of."""
-    marginal = model._marginal
-    weights = marginal.whitened_weights  # Psi^{-1/2} W
-    residual = marginal.noise.whiten(x - model.bias - z @ model.weights.T)
-    size = (np.abs(marginal.noise.whiten(x - model.bias)) + np.abs(z @ weights.T)) @ np.abs(weights)
-    return residual @ weights, size
-
-
-def _prior_scores(model: LinearGaussianModel, z: FloatArray) -> tuple[FloatArray, FloatArray]:
-    r"""Rows :math:`-\Sigma_0^{-1}(z_i - \mu_0)` (solves with the prior's factor) and sizes."""
-    prior = model.prior
-    size = np.abs(prior_solve_rows(prior, z)) + np.abs(prior_solve_rows(prior, prior.mean))
-    return -prior_solve_rows(prior, z - prior.mean), size
-
-
-def _joint_scores(
-    model: LinearGaussianModel, x: FloatArray, z: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Rows of grad_z log p(x, z_i), and sizes."""
-    likelihood, first = _likelihood_scores(model, x, z)
-    prior, second = _prior_scores(model, z)
-    return likelihood + prior, first + second
-
-
-def _through_samples(scores: FloatArray, eps: FloatArray) -> GradientPair:
-    r"""The gradient in :math:`(m, L)` of :math:`\frac1n\sum_i f(m + L\varepsilon_i)` from
-    the rows :math:`\nabla f(z_i)`: their mean, and :math:`\operatorname{tril}` of the mean
-    of :math:`\nabla f(z_i)\,\varepsilon_i^\top`."""
-    n = scores.shape[0]
-    return np.mean(scores, axis=0), np.tril(scores.T @ eps) / n
-
-
-def _log_scale_gradient(q: Gaussian) -> FloatArray:
-    r""":math:`\partial \sum_k \log L_{kk} / \partial L = \operatorname{diag}(1/L_{kk})`."""
-    return np.diag(1.0 / np.diagonal(q.scale_tril))
-
-
-def _kl_gradient(model: LinearGaussianModel, q: Gaussian) -> tuple[GradientPair, GradientPair]:
-    r"""The gradient of :math:`\mathrm{KL}(q\,\|\,p(z))` in :math:`(m, L)`:
-    :math:`\Sigma_0^{-1}(m - \mu_0)` and
-    :math:`\operatorname{tril}(\Sigma_0^{-1}L) - \operatorname{diag}(1/L_{kk})`; and sizes."""
-    prior = model.prior
-    solved_factor = prior_solve_rows(prior, q.scale_tril.T).T  # S0^-1 L
-    gradient = (
-        prior_solve_rows(prior, q.mean - prior.mean),
-        np.tril(solved_factor) - _log_scale_gradient(q),
-    )
-    size = (
-        np.abs(prior_solve_rows(prior, q.mean)) + np.abs(prior_solve_rows(prior, prior.mean)),
-        np.tril(np.abs(solved_factor)) + np.abs(_log_scale_gradient(q)),
-    )
-    return gradient, size
-
-
-def _joint_path_gradient(
-    model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
-) -> tuple[GradientPair, GradientPair]:
-    r"""The pathwise gradient of :math:`\frac1n\sum_i\log p(x, z_i) + \sum_k\log L_{kk}`
-    (the joint and the analytic-entropy forms up to constants), and sizes."""
-    scores, sizes = _joint_scores(model, x, _samples(q, eps))
-    gm, gl = _through_samples(scores, eps)
-    mm, ml = _through_samples(sizes, np.abs(eps))
-    entropy = _log_scale_gradient(q)
-    return (gm, gl + entropy), (mm, ml + np.abs(entropy))
-
-
-# ---------------------------------------------------------------------- forms
-class ElboForm:
-    r"""How an ELBO estimate combines sampled terms with analytic ones.
-
-    Subclasses define :meth:`assemble`, the per-sample value from the sample terms
-    :math:`\log p(x\mid z_i)`, :math:`\log p(z_i)` and :math:`\log q(z_i)`; its mean over
-    :math:`z_i = m + L\varepsilon_i` is :meth:`pathwise_value` and its expectation under
-    :math:`q` is the ELBO for every form. :meth:`pathwise_gradient` is the exact gradient
-    of :meth:`pathwise_value` in :math:`(m, L)` at fixed :math:`\varepsilon`; its
-    expectation is the ELBO's gradient for every form.
-
-    Attributes
-    ----------
-    name : str
-        The string that selects the form, e.g. ``"analytic_kl"``.
-    title : str
-        The form in words, e.g. ``"the analytic-KL form"``.
-    formula : str
-        The per-sample average in plain text.
-    """
-
-    name: str = ""
-    title: str = ""
-    formula: str = ""
-    #: What to compare when no suspect explains a pathwise mismatch.
-    fallback: str = ""
-
-    def __repr__(self) -> str:
-        return f"ElboForm({self.name!r})"
-
-    def describe(self) -> str:
-        """One line: the form's name and its per-sample value, e.g. for failure messages."""
-        return f"{self.title} (form={self.name!r}): {self.formula}, z_i = m + L eps_i"
-
-    # -- values
-    def assemble(self, model: LinearGaussianModel, q: Gaussian, pieces: _Pieces) -> FloatArray:
-        """The per-sample values (or their expectation) from the sample terms."""
-        raise NotImplementedError
-
-    def pathwise_value(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, z: FloatArray
-    ) -> float:
-        """The exact estimate for the samples ``z`` (shape ``(n, K)``): the mean over rows."""
-        return float(np.mean(self.assemble(model, q, _sample_pieces(model, q, x, z))))
-
-    def magnitude(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, z: FloatArray
-    ) -> float:
-        """The size of the terms the estimate is computed from, for relative tolerances."""
-        raise NotImplementedError
-
-    # -- gradients
-    def pathwise_gradient(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
-    ) -> GradientPair:
-        r"""The exact gradient of :meth:`pathwise_value` at :math:`z_i = m + L\varepsilon_i`
-        with respect to :math:`(m, L)`, holding the noise ``eps`` (shape ``(n, K)``) fixed.
-
-        Returns
-        -------
-        grad_mean : ndarray, shape (K,)
-        grad_scale_tril : ndarray, shape (K, K)
-            Lower triangular.
-        """
-        return self.pathwise_gradient_with_sizes(model, q, x, eps)[0]
-
-    def pathwise_gradient_with_sizes(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
-    ) -> tuple[GradientPair, GradientPair]:
-        """:meth:`pathwise_gradient` and, entry by entry, the size of the terms it is a sum
-        of (for relative tolerances: a cancellation keeps the terms' rounding)."""
-        raise NotImplementedError
-
-    def sampled_scores(
-        self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
-    ) -> FloatArray:
-        """Rows: the gradient in z of the form's sampled term at each ``z_i``."""
-        raise NotImplementedError
-
-    # -- suspects (catalogues in ._form_suspects)
-    def _bugs(self) -> tuple[_Bug, ...]:
-        """The form's own bugs, written on the sample pieces (both modes)."""
-        return ()
-
-    def estimator_suspects(self, n_samples: int) -> tuple[Suspect, ...]:
-        """Suspects ``predict(model, q, x)``: the expected estimate each bug gives."""
-        from ._form_suspects import estimator_suspects
-
-        return estimator_suspects(self, n_samples)
-
-    def pathwise_suspects(self) -> tuple[Suspect, ...]:
-        """Suspects ``predict(model, q, x, eps)``: the value each bug gives for ``eps``."""
-        from ._form_suspects import pathwise_suspects
-
-        return pathwise_suspects(self)
-
-    def gradient_suspects(self) -> tuple[Suspect, ...]:
-        """Suspects ``predict(model, q, x)``: the expected gradient (flat: the mean, then
-        the lower triangle of L row by row) each bug gives, for the exact and the
-        statistical gradient checks."""
-        from ._form_suspects import gradient_suspects
-
-        return gradient_suspects(self)
-
-    def pathwise_gradient_suspects(self) -> tuple[Suspect, ...]:
-        """Suspects ``predict(model, q, x, eps)``: the flat gradient each bug gives."""
-        from ._form_suspects import pathwise_gradient_suspects
-
-        return pathwise_gradient_suspects(self)
 
 
 class JointForm(ElboForm):
@@ -352,7 +102,7 @@ class JointForm(ElboForm):
     ) -> float:
         return float(np.mean(np.abs(model.log_joint(x, z)) + np.abs(q.log_prob(z))))
 
-    def pathwise_gradient_with_sizes(
+    def _path_gradient(
         self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
     ) -> tuple[GradientPair, GradientPair]:
         r"""At fixed noise :math:`-\log q(z_i) = \frac K2\log 2\pi + \sum_k\log L_{kk}
@@ -365,7 +115,7 @@ class JointForm(ElboForm):
         """
         return _joint_path_gradient(model, q, x, eps)
 
-    def sampled_scores(
+    def _sampled_scores(
         self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
     ) -> FloatArray:
         return _joint_scores(model, x, z)[0]
@@ -375,7 +125,7 @@ class JointForm(ElboForm):
 
         return joint_bugs()
 
-    def estimator_suspects(self, n_samples: int) -> tuple[Suspect, ...]:
+    def _estimator_suspects(self, n_samples: int) -> tuple[Suspect, ...]:
         from ._form_suspects import joint_estimator_suspects
 
         return joint_estimator_suspects(n_samples)
@@ -415,7 +165,7 @@ class AnalyticKLForm(ElboForm):
         cross = float(kl_divergence(q, model.prior)) + entropy
         return float(np.mean(np.abs(model.log_likelihood(x, z)))) + abs(cross) + abs(entropy)
 
-    def pathwise_gradient_with_sizes(
+    def _path_gradient(
         self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
     ) -> tuple[GradientPair, GradientPair]:
         r"""The likelihood's path gradient minus the KL's closed-form gradient:
@@ -431,7 +181,7 @@ class AnalyticKLForm(ElboForm):
         (km, kl_factor), (kmm, kml) = _kl_gradient(model, q)
         return (gm - km, gl - kl_factor), (mm + kmm, ml + kml)
 
-    def sampled_scores(
+    def _sampled_scores(
         self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
     ) -> FloatArray:
         return _likelihood_scores(model, x, z)[0]
@@ -465,7 +215,7 @@ class AnalyticEntropyForm(ElboForm):
         entropy_terms = 0.5 * q.dim * (1.0 + LOG_2PI) + 0.5 * abs(float(q.log_det_cov))
         return float(np.mean(np.abs(model.log_joint(x, z)))) + entropy_terms
 
-    def pathwise_gradient_with_sizes(
+    def _path_gradient(
         self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
     ) -> tuple[GradientPair, GradientPair]:
         r"""The log joint's path gradient plus :math:`\nabla_L H(q) =
@@ -481,7 +231,7 @@ class AnalyticEntropyForm(ElboForm):
         """
         return _joint_path_gradient(model, q, x, eps)
 
-    def sampled_scores(
+    def _sampled_scores(
         self, model: LinearGaussianModel, x: FloatArray, z: FloatArray
     ) -> FloatArray:
         return _joint_scores(model, x, z)[0]
@@ -509,10 +259,27 @@ def check_form(value: Any) -> ElboForm:
         ``"joint"``, ``"analytic_kl"`` or ``"analytic_entropy"``, or one of
         :data:`JOINT`, :data:`ANALYTIC_KL`, :data:`ANALYTIC_ENTROPY`.
 
+    Returns
+    -------
+    ElboForm
+        One of the three form objects (``value`` itself when it is one).
+
     Raises
     ------
     InvalidInputError
-        For any other value, naming the choices.
+        For any other value (another string, another object), naming the choices; a
+        near miss such as ``"analytic-KL"`` gets a "did you mean".
+
+    Examples
+    --------
+    >>> from elbo_check.testing import ANALYTIC_KL, check_form
+    >>> check_form("analytic_kl") is ANALYTIC_KL
+    True
+    >>> check_form("analytic-KL")  # doctest: +NORMALIZE_WHITESPACE
+    Traceback (most recent call last):
+      ...
+    elbo_check._errors.InvalidInputError: form must be one of 'joint', 'analytic_kl',
+    'analytic_entropy'; got form='analytic-KL' (did you mean 'analytic_kl'?)
     """
     if isinstance(value, ElboForm) and FORMS.get(value.name) is value:
         return value

@@ -15,14 +15,8 @@ import numpy as np
 
 from .._errors import InvalidInputError
 from .._gaussian import Gaussian
-from ._parametrisations import (
-    _POSITIVE,
-    FloatArray,
-    Parametrisation,
-    Params,
-    _scales,
-    _symmetric_gradient,
-)
+from ._parametrisation_base import _POSITIVE, FloatArray, Parametrisation, Params, _scales
+from ._parametrisations import _symmetric_gradient
 
 __all__ = ["ScaledLowRank"]
 
@@ -61,6 +55,37 @@ class ScaledLowRank(Parametrisation):
     eigenpairs of :math:`\Sigma / \lambda_{\min} - I`: q's ``rank`` leading directions
     over an isotropic floor at q's smallest eigenvalue (:math:`\Sigma' = \Sigma` when
     q is in the family with isotropic scales). For ``rank >= K`` every q is a member.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``rank`` is not an integer >= 1 (``1.0`` is refused too), or
+        ``scale_transform`` is not ``"softplus"``, ``"exp"`` or ``"identity"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from elbo_check import Gaussian
+    >>> from elbo_check.testing import ScaledLowRank
+    >>> par = ScaledLowRank(rank=1, scale_transform="identity")
+    >>> par.keys
+    ('loc', 'cov_factor', 'scale')
+    >>> params = {"loc": [0.0, 0.0, 0.0], "cov_factor": [[1.0], [0.0], [2.0]],
+    ...           "scale": [1.0, 2.0, 0.5]}
+    >>> par.to_gaussian(params).cov  # D (F F^T + I) D
+    array([[2.  , 0.  , 1.  ],
+           [0.  , 4.  , 0.  ],
+           [1.  , 0.  , 1.25]])
+
+    A general q is not a member; its projection keeps its largest eigenvalue and
+    raises the others to its smallest:
+
+    >>> q = Gaussian.from_covariance(mean=[0.0, 0.0, 0.0],
+    ...                              cov=[[2.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.5]])
+    >>> np.linalg.eigvalsh(q.cov).round(6)
+    array([0.871689, 1.507693, 2.120618])
+    >>> np.linalg.eigvalsh(par.project(q).cov).round(6)
+    array([0.871689, 0.871689, 2.120618])
     """
 
     _key_kinds = ("vector", "free", "vector")

@@ -127,4 +127,5 @@ def widened(progress: Progress | None, case: Any, tolerance: float) -> float:
         return tolerance
     if progress.dtype.itemsize >= 8:
         return tolerance
+    progress.tolerance_widened = True
     return tolerance * precision_rtol(progress.dtype, case) / DEFAULT_RTOL

@@ -68,6 +68,8 @@ class Progress:
         self.declared_dtype = False
         #: Whether the caller left ``rtol`` at its default, so that it may follow dtype.
         self.default_rtol = True
+        #: Whether a tolerance was widened for ``dtype`` (only deterministic checks are).
+        self.tolerance_widened = False
         self.problems_planned = 0  # statistical checks: problems planned and started
         self.problems_started = 0
         self._announced = False

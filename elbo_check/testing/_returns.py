@@ -50,36 +50,44 @@ def _from_framework(value: Any) -> Any:
     return value
 
 
-def to_array(value: Any, what: str = "fn") -> FloatArray:
+def to_array(value: Any, what: str = "fn", *, returned: bool = True) -> FloatArray:
     """A user's return as a float64 array; :class:`BadReturn` naming what came back for
-    None, strings, booleans, complex numbers and objects that are not real numbers."""
+    None, strings, booleans, complex numbers and objects that are not real numbers.
+
+    ``returned=False`` words the errors for a value passed in (``"value must be a real
+    number"``) rather than returned by ``what`` (``"fn must return a real number"``).
+    """
+    must = f"{what} must return" if returned else f"{what} must be"
     if value is None:
-        raise BadReturn(f"{what} must return a real number; got None (a missing return?)")
+        hint = " (a missing return?)" if returned else ""
+        raise BadReturn(f"{must} a real number; got None{hint}")
     if isinstance(value, (str, bytes)):
-        raise BadReturn(f"{what} must return a real number; got the string {_summary(value)}")
+        raise BadReturn(f"{must} a real number; got the string {_summary(value)}")
     converted = _from_framework(value)
     try:
         array = np.asarray(converted)
     except (TypeError, ValueError) as err:
         raise BadReturn(
-            f"{what} must return a real number; got a {type(value).__name__} that is not one"
+            f"{must} a real number; got a {type(value).__name__} that is not one"
         ) from err
     kind = array.dtype.kind
     if kind == "c":
-        raise BadReturn(f"{what} must return a real number; got a complex {_summary(value)}")
+        raise BadReturn(f"{must} a real number; got a complex {_summary(value)}")
     if kind not in "fiu":
         raise BadReturn(
-            f"{what} must return a real number; got {type(value).__name__} "
+            f"{must} a real number; got {type(value).__name__} "
             f"{_summary(value)} (dtype {array.dtype})"
         )
     return np.asarray(array, dtype=np.float64)
 
 
-def to_scalar(value: Any, what: str = "fn") -> float:
-    """A user's scalar return (Python, numpy, torch or JAX) as a float."""
-    array = to_array(value, what)
+def to_scalar(value: Any, what: str = "fn", *, returned: bool = True) -> float:
+    """A user's scalar return (Python, numpy, torch or JAX) as a float (see :func:`to_array`
+    for ``returned``)."""
+    array = to_array(value, what, returned=returned)
     if array.size != 1:
-        raise BadReturn(f"{what} must return a scalar; got an array of shape {array.shape}")
+        must = f"{what} must return" if returned else f"{what} must be"
+        raise BadReturn(f"{must} a scalar; got an array of shape {array.shape}")
     return float(array.reshape(()))
 
 
