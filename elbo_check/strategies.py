@@ -79,7 +79,7 @@ def linear_gaussian_models(
     ``N(0, I)`` (``"standard"``), or has a mean with entries in ``[-max_abs_bias,
     max_abs_bias]`` and a diagonal (``"diagonal"``) or full (``"general"``) covariance
     with eigenvalues in [0.3, 3 * max_condition_number]. The noise covariance is
-    ``sigma^2 I`` (``"isotropic"``, ``sigma^2`` in [0.1, 3.2]), diagonal or full, with
+    ``sigma^2 I`` (``"isotropic"``, ``sigma^2`` in [0.1, 10**0.5]), diagonal or full, with
     condition number at most ``max_condition_number``.
 
     Examples shrink toward the simplest model: the smallest ``D`` and ``K``, zero

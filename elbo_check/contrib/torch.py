@@ -193,10 +193,10 @@ def verify_elbo(
     ...     prior = MultivariateNormal(model.prior_mean, scale_tril=model.prior_scale_tril)
     ...     guide = MultivariateNormal(q.mean, scale_tril=q.scale_tril)
     ...     return lik.log_prob(x) - 0.5 * spread - kl_divergence(guide, prior)
-    >>> report = verify_elbo(elbo, max_examples=20)
+    >>> report = verify_elbo(elbo, max_examples=10)
     >>> report.check, report.cases, report.worst_error <= 1
-    ('verify_elbo', 20, True)
-    >>> verify_elbo(elbo, dtype=torch.float32, max_examples=20).details["precision"]
+    ('verify_elbo', 10, True)
+    >>> verify_elbo(elbo, dtype=torch.float32, max_examples=10).details["precision"]
     'float32'
 
     Without the trace term the check fails and names it:
@@ -207,7 +207,7 @@ def verify_elbo(
     ...     guide = MultivariateNormal(q.mean, scale_tril=q.scale_tril)
     ...     return lik.log_prob(x) - kl_divergence(guide, prior)
     >>> try:  # doctest: +NORMALIZE_WHITESPACE
-    ...     verify_elbo(no_spread, max_examples=20)
+    ...     verify_elbo(no_spread, max_examples=10)
     ... except AssertionError as failure:
     ...     print(next(s for s in str(failure).splitlines() if s.startswith("Diagnosis")))
     Diagnosis: the trace term -1/2 tr(Psi^-1 W S W^T) of the reconstruction is missing
