@@ -21,21 +21,20 @@ Examples
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from numpy.typing import NDArray
 
+from . import _strategy_blocks as _b
 from ._gaussian import Gaussian
-from ._linalg import cholesky
 from ._model import LinearGaussianModel
+from ._strategy_blocks import COV_KINDS as COV_KINDS
+from ._strategy_blocks import gaussians, rotations, spd_matrices
 
 __all__ = [
     "NOISE_KINDS",
@@ -57,313 +56,8 @@ NOISE_KINDS = ("isotropic", "diagonal", "full")
 #: Prior kinds, simplest first: N(0, I), N(mu0, diag), N(mu0, full S0).
 PRIOR_KINDS = ("standard", "diagonal", "general")
 
-_Dim = int | st.SearchStrategy[int]
-
-#: With ``extreme_scales=True`` the variance scale is ``10**u``, ``|u| <= EXTREME_DECADES``.
-EXTREME_DECADES = 160.0
-
-
-# ---------------------------------------------------------------------- validation
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidArgument(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def _check_bounds(min_name: str, min_value: int, max_name: str, max_value: int) -> None:
-    _check_int(min_name, min_value, 1)
-    _check_int(max_name, max_value, 1)
-    if min_value > max_value:
-        raise InvalidArgument(f"{min_name}={min_value!r} must be <= {max_name}={max_value!r}")
-
-
-def _check_real(name: str, value: Any, *, minimum: float, inclusive: bool = True) -> None:
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    if ok:
-        ok = math.isfinite(float(value)) and (value >= minimum if inclusive else value > minimum)
-    if not ok:
-        relation = ">=" if inclusive else ">"
-        raise InvalidArgument(f"{name}={value!r} must be a finite number {relation} {minimum}")
-
-
-def _check_kinds(name: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    kinds = tuple(value)
-    unknown = [kind for kind in kinds if kind not in allowed]
-    if not kinds or unknown:
-        raise InvalidArgument(
-            f"{name}={value!r} must be a non-empty selection from {tuple(allowed)!r}"
-        )
-    return tuple(kind for kind in allowed if kind in kinds)
-
-
-def _check_batch_shape(batch_shape: Any) -> tuple[int, ...]:
-    ok = isinstance(batch_shape, (tuple, list)) and all(
-        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in batch_shape
-    )
-    if not ok:
-        raise InvalidArgument(f"batch_shape={batch_shape!r} must be a tuple of integers >= 0")
-    return tuple(int(s) for s in batch_shape)
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidArgument(f"{name}={value!r} must be True or False")
-    return bool(value)
-
-
-def _dims(name: str, dim: _Dim) -> st.SearchStrategy[int]:
-    if isinstance(dim, st.SearchStrategy):
-        return dim
-    _check_int(name, dim, 1)
-    return st.just(int(dim))
-
-
-# ---------------------------------------------------------------------- building blocks
-#: Strategies are built once per set of arguments: hypothesis validates a strategy object
-#: the first time it is drawn from, which cost more than the draws themselves when every
-#: problem built its own (~40% of the time of generating a problem).
-_cached = functools.lru_cache(maxsize=1024)
-
-
-@_cached
-def _floats(low: float, high: float) -> st.SearchStrategy[float]:
-    return st.floats(low, high)
-
-
-@_cached
-def _choices(kinds: tuple[str, ...]) -> st.SearchStrategy[str]:
-    return st.sampled_from(kinds)
-
-
-#: Bits of the fractional part of a drawn entry (see :func:`_vectors`).
-FRACTION_BITS = 16
-_CODES = np.arange(2**FRACTION_BITS)
-#: ``_REVERSED[c]``: the bits of ``c`` in reverse order (0 -> 0, 1 -> 2**15, 2 -> 2**14, ...).
-_REVERSED: NDArray[np.int64] = np.zeros(2**FRACTION_BITS, dtype=np.int64)
-for _bit in range(FRACTION_BITS):
-    _REVERSED |= ((_CODES >> _bit) & 1) << (FRACTION_BITS - 1 - _bit)
-del _bit
-
-
-@_cached
-def _vectors(size: int, bound: float, *, signed: bool = True) -> st.SearchStrategy[FloatArray]:
-    """Vectors of ``size`` entries in ``[-bound, bound]`` (``[0, bound]`` if not ``signed``).
-
-    Hypothesis draws each float of a list separately, and generating a problem cost
-    more than checking it. Here a vector is one byte string, three bytes per entry: a
-    sign and an integer part ``n < ceil(bound)``, then a fractional part in steps of
-    ``2**-16`` whose bits are read in reverse, so that the small codes the shrinker
-    moves toward are the simple numbers (0, 1/2, 1/4, 3/4, ...). A failure therefore
-    shrinks as it does with floats — toward small integers and short fractions, not
-    toward the last value that still fails — at a quarter of the cost (100 problems:
-    0.9 s against 1.9 s for lists of floats).
-    """
-    if size == 0:
-        return st.just(np.zeros(0))
-    whole = max(1, math.ceil(bound))
-
-    def decode(raw: bytes) -> FloatArray:
-        codes = np.frombuffer(raw, dtype=np.uint8).reshape(size, 3).astype(np.int64)
-        negative = (codes[:, 0] & 1).astype(bool) if signed else np.zeros(size, dtype=bool)
-        integer = ((codes[:, 0] >> 1) if signed else codes[:, 0]) % whole
-        fraction = _REVERSED[(codes[:, 1] << 8) | codes[:, 2]] / 2.0**FRACTION_BITS
-        magnitude = np.minimum(integer + fraction, bound)
-        return np.asarray(np.where(negative, -magnitude, magnitude), dtype=np.float64)
-
-    return st.binary(min_size=3 * size, max_size=3 * size).map(decode)
-
-
-@_cached
-@st.composite
-def _rotation(draw: st.DrawFn, dim: int) -> FloatArray:
-    """``expm(A - A.T)`` for strictly-lower ``A`` with angles in [-pi, pi]; 0 is I."""
-    count = dim * (dim - 1) // 2
-    if count == 0:
-        return np.eye(dim)
-    angles = draw(_vectors(count, math.pi))
-    generator = np.zeros((dim, dim))
-    generator[np.tril_indices(dim, -1)] = angles
-    rotation = scipy.linalg.expm(generator - generator.T)
-    q, r = np.linalg.qr(rotation)  # re-orthogonalise to working precision
-    return np.asarray(q * np.where(np.diagonal(r) < 0, -1.0, 1.0), dtype=np.float64)
-
-
-def rotations(dim: _Dim) -> st.SearchStrategy[FloatArray]:
-    """Orthogonal ``(dim, dim)`` matrices (determinant +1) that shrink to the identity."""
-    dims = _dims("dim", dim)
-    return dims.flatmap(lambda d: _rotation(d))
-
-
-@_cached
-@st.composite
-def _spd(
-    draw: st.DrawFn, dim: int, max_condition_number: float, min_scale: float, max_scale: float
-) -> FloatArray:
-    log_scale = draw(_floats(math.log10(min_scale), math.log10(max_scale)))
-    exponents = draw(_vectors(dim, 1.0, signed=False))
-    eigenvalues = 10.0**log_scale * max_condition_number**exponents
-    rotation = draw(_rotation(dim))
-    matrix = (rotation * eigenvalues) @ rotation.T
-    return np.asarray(0.5 * (matrix + matrix.T), dtype=np.float64)
-
-
-def spd_matrices(
-    dim: _Dim,
-    *,
-    max_condition_number: float = 100.0,
-    min_scale: float = 0.1,
-    max_scale: float = 10.0,
-) -> st.SearchStrategy[FloatArray]:
-    """Symmetric positive-definite matrices ``U diag(lambda) U^T``.
-
-    The eigenvalues are ``s * max_condition_number**t`` with ``t`` in [0, 1] and the
-    scale ``s`` log-uniform-ish in [min_scale, max_scale]; ``t`` shrinks to 0 and the
-    rotation ``U`` to the identity, so examples shrink toward ``s * I``. The condition
-    number never exceeds ``max_condition_number``.
-    """
-    _check_real("max_condition_number", max_condition_number, minimum=1.0)
-    _check_real("min_scale", min_scale, minimum=0.0, inclusive=False)
-    _check_real("max_scale", max_scale, minimum=0.0, inclusive=False)
-    if min_scale > max_scale:
-        raise InvalidArgument(f"min_scale={min_scale!r} must be <= max_scale={max_scale!r}")
-    return _dims("dim", dim).flatmap(
-        lambda d: _spd(d, float(max_condition_number), float(min_scale), float(max_scale))
-    )
-
-
-@_cached
-@st.composite
-def _gaussian(
-    draw: st.DrawFn,
-    dim: int,
-    batch_shape: tuple[int, ...],
-    max_abs_mean: float,
-    max_condition_number: float,
-    min_scale: float,
-    max_scale: float,
-    cov_kinds: tuple[str, ...],
-    shared_covariance: bool = True,
-) -> Gaussian:
-    count = int(np.prod(batch_shape, dtype=int))
-    size = count * dim
-    mean = draw(_vectors(size, max_abs_mean)).reshape(*batch_shape, dim)
-
-    def covariance() -> FloatArray:
-        kind = draw(_choices(cov_kinds))
-        if kind == "full":
-            full: FloatArray = draw(_spd(dim, max_condition_number, min_scale, max_scale))
-            return full
-        log_scale = draw(_floats(math.log10(min_scale), math.log10(max_scale)))
-        if kind == "isotropic":
-            variances = np.full(dim, 10.0**log_scale)
-        else:
-            exponents = draw(_vectors(dim, 1.0, signed=False))
-            variances = 10.0**log_scale * max_condition_number**exponents
-        return np.diag(variances)
-
-    if shared_covariance:
-        return Gaussian._trusted(mean, cholesky("cov", covariance()))
-    factors = np.array([cholesky("cov", covariance()) for _ in range(count)])
-    return Gaussian._trusted(mean, factors.reshape(*batch_shape, dim, dim))
-
-
-COV_KINDS = ("isotropic", "diagonal", "full")
-
-
-def gaussians(
-    dim: _Dim,
-    *,
-    batch_shape: tuple[int, ...] = (),
-    max_abs_mean: float = 3.0,
-    max_condition_number: float = 100.0,
-    min_scale: float = 0.1,
-    max_scale: float = 10.0,
-    cov_kinds: Sequence[str] = COV_KINDS,
-    shared_covariance: bool = True,
-) -> st.SearchStrategy[Gaussian]:
-    """Gaussians with non-zero means and (by default) full covariances.
-
-    ``cov_kinds`` selects among ``"isotropic"``, ``"diagonal"`` and ``"full"``;
-    examples shrink toward a zero mean and an isotropic covariance. With a
-    ``batch_shape``, the members share one covariance unless
-    ``shared_covariance=False``, which draws one per member (each of its own kind).
-    """
-    _check_real("max_abs_mean", max_abs_mean, minimum=0.0)
-    _check_real("max_condition_number", max_condition_number, minimum=1.0)
-    _check_real("min_scale", min_scale, minimum=0.0, inclusive=False)
-    _check_real("max_scale", max_scale, minimum=0.0, inclusive=False)
-    if min_scale > max_scale:
-        raise InvalidArgument(f"min_scale={min_scale!r} must be <= max_scale={max_scale!r}")
-    kinds = _check_kinds("cov_kinds", cov_kinds, COV_KINDS)
-    shape = _check_batch_shape(batch_shape)
-    shared = _check_flag("shared_covariance", shared_covariance)
-    return _dims("dim", dim).flatmap(
-        lambda d: _gaussian(
-            d,
-            shape,
-            float(max_abs_mean),
-            float(max_condition_number),
-            float(min_scale),
-            float(max_scale),
-            kinds,
-            shared,
-        )
-    )
-
 
 # ---------------------------------------------------------------------- models
-@st.composite
-def _model(
-    draw: st.DrawFn,
-    data_dims: st.SearchStrategy[int],
-    latent_dims: st.SearchStrategy[int],
-    noise_kinds: tuple[str, ...],
-    prior_kinds: tuple[str, ...],
-    max_condition_number: float,
-    max_abs_bias: float,
-    max_abs_weight: float,
-    extreme_scales: bool,
-) -> LinearGaussianModel:
-    d = draw(data_dims)
-    k = draw(latent_dims)
-    scale = 1.0
-    if extreme_scales:
-        # Overall variance scales of 1e-160 ... 1e160: for D >= 3 the product of the noise
-        # variances, det(Psi), under- or overflows float64 (range 1e-308 ... 1e308), which
-        # a log-determinant through det() cannot survive, while every quantity computed
-        # from factors (and squares of the data, ~1e160) stays representable.
-        scale = 10.0 ** draw(_floats(-EXTREME_DECADES, EXTREME_DECADES))
-    root = math.sqrt(scale)
-    weights = root * draw(_vectors(d * k, max_abs_weight)).reshape(d, k)
-    bias = root * draw(_vectors(d, max_abs_bias))
-    prior_kind = draw(_choices(prior_kinds))
-    if prior_kind == "standard":
-        prior = Gaussian.standard(k)
-    else:
-        prior = draw(
-            _gaussian(
-                k,
-                (),
-                max_abs_bias,
-                max_condition_number,
-                0.3,
-                3.0,
-                ("diagonal",) if prior_kind == "diagonal" else ("full",),
-            )
-        )
-    noise_kind = draw(_choices(noise_kinds))
-    log_noise = draw(_floats(-1.0, 0.5))
-    if noise_kind == "isotropic":
-        noise: Any = scale * 10.0**log_noise
-    elif noise_kind == "diagonal":
-        exponents = draw(_vectors(d, 1.0, signed=False))
-        noise = scale * 10.0**log_noise * max_condition_number**exponents
-    else:
-        noise = scale * draw(_spd(d, max_condition_number, 0.1, 3.0))
-    return LinearGaussianModel(weights=weights, bias=bias, prior=prior, noise_cov=noise)
-
-
 def linear_gaussian_models(
     *,
     min_data_dim: int = 1,
@@ -379,39 +73,103 @@ def linear_gaussian_models(
 ) -> st.SearchStrategy[LinearGaussianModel]:
     """Random well-posed :class:`~elbo_check.LinearGaussianModel` instances.
 
+    A model is ``z ~ N(mu0, S0)``, ``x | z ~ N(W z + b, Psi)`` with ``D`` and ``K``
+    drawn from their ranges, every entry of ``W`` in ``[-max_abs_weight,
+    max_abs_weight]`` and of ``b`` in ``[-max_abs_bias, max_abs_bias]``. The prior is
+    ``N(0, I)`` (``"standard"``), or has a mean with entries in ``[-max_abs_bias,
+    max_abs_bias]`` and a diagonal (``"diagonal"``) or full (``"general"``) covariance
+    with eigenvalues in [0.3, 3 * max_condition_number]. The noise covariance is
+    ``sigma^2 I`` (``"isotropic"``, ``sigma^2`` in [0.1, 10**0.5]), diagonal or full, with
+    condition number at most ``max_condition_number``.
+
+    Examples shrink toward the simplest model: the smallest ``D`` and ``K``, zero
+    weights and offset, the first kind listed of prior and noise (``N(0, I)`` and
+    unit isotropic noise by default).
+
     Parameters
     ----------
-    min_data_dim, max_data_dim, min_latent_dim, max_latent_dim : int
-        Bounds on ``D`` and ``K``; by default ``K > D`` occurs as often as ``K < D``.
-    noise_kinds : sequence of {"isotropic", "diagonal", "full"}
-        Which forms of the noise covariance to draw.
-    prior_kinds : sequence of {"standard", "diagonal", "general"}
-        ``"standard"`` is ``N(0, I)``; the others have a non-zero mean.
-    max_condition_number : float
-        Bound on the condition number of prior, noise and (by extension) marginal
-        covariances before the weights are applied.
-    max_abs_bias, max_abs_weight : float
-        Bounds on the entries of ``b`` (and the prior mean) and of ``W``.
-    extreme_scales : bool
-        Opt in to overall variance scales from 1e-160 to 1e160 (noise, and weights and
-        offsets by the square root), where for ``D >= 3`` the determinant of the noise
-        covariance under- or overflows float64 while log-determinants from factors do
-        not.
+    min_data_dim, max_data_dim : int, optional
+        Bounds on the data dimension ``D``, integers >= 1 with ``min <= max``
+        (defaults 1 and 6).
+    min_latent_dim, max_latent_dim : int, optional
+        Bounds on the latent dimension ``K``, likewise (defaults 1 and 6; by default
+        ``K > D`` occurs as often as ``K < D``).
+    noise_kinds : sequence of {"isotropic", "diagonal", "full"}, optional
+        Which forms of the noise covariance to draw (default :data:`NOISE_KINDS`, all).
+    prior_kinds : sequence of {"standard", "diagonal", "general"}, optional
+        Which priors to draw (default :data:`PRIOR_KINDS`, all): ``"standard"`` is
+        ``N(0, I)``; the others have a non-zero mean.
+    max_condition_number : float, optional
+        Bound on the condition number of the prior and noise covariances, finite and
+        >= 1 (default 1e3). The marginal covariance ``W S0 W^T + Psi`` is not bounded
+        by it.
+    max_abs_bias : float, optional
+        Bound on the entries of ``b`` and of the prior mean, finite and >= 0 (default
+        5.0).
+    max_abs_weight : float, optional
+        Bound on the entries of ``W``, finite and >= 0 (default 2.0).
+    extreme_scales : bool, optional
+        Opt in (default False) to overall variance scales ``10**u``, ``|u| <= 160``:
+        the noise covariance is multiplied by the scale, ``W`` and ``b`` by its square
+        root. For ``D >= 3`` the determinant of the noise covariance then under- or
+        overflows float64 while log-determinants from factors do not.
+
+    Returns
+    -------
+    SearchStrategy[LinearGaussianModel]
+        Draws :class:`~elbo_check.LinearGaussianModel` objects within these bounds.
+
+    Raises
+    ------
+    hypothesis.errors.InvalidArgument
+        At the call, if a dimension bound is not an integer >= 1 or a minimum exceeds
+        its maximum, a kinds selection is empty or names an unknown kind,
+        ``max_condition_number`` is not a finite number >= 1, ``max_abs_bias`` or
+        ``max_abs_weight`` is not a finite number >= 0, or ``extreme_scales`` is not a
+        bool.
+
+    See Also
+    --------
+    elbo_problems : A model together with a variational distribution and data.
+
+    Examples
+    --------
+    The ELBO at the exact posterior is the log-evidence, for every model:
+
+    >>> import numpy as np
+    >>> from hypothesis import find, given, settings
+    >>> from elbo_check.strategies import linear_gaussian_models
+    >>> @settings(max_examples=20, deadline=None)
+    ... @given(linear_gaussian_models(max_data_dim=3, max_latent_dim=3))
+    ... def test_elbo_is_tight_at_the_posterior(model):
+    ...     x = model.marginal_mean
+    ...     assert np.isclose(model.elbo(model.posterior(x), x), model.log_evidence(x))
+    >>> test_elbo_is_tight_at_the_posterior()
+
+    A failing example shrinks to the simplest model that still fails:
+
+    >>> model = find(linear_gaussian_models(), lambda m: m.latent_dim > m.data_dim)
+    >>> model
+    LinearGaussianModel(data_dim=1, latent_dim=2, noise_kind='isotropic')
+    >>> linear_gaussian_models(min_data_dim=3, max_data_dim=2)
+    Traceback (most recent call last):
+        ...
+    hypothesis.errors.InvalidArgument: min_data_dim=3 must be <= max_data_dim=2
     """
-    _check_bounds("min_data_dim", min_data_dim, "max_data_dim", max_data_dim)
-    _check_bounds("min_latent_dim", min_latent_dim, "max_latent_dim", max_latent_dim)
-    _check_real("max_condition_number", max_condition_number, minimum=1.0)
-    _check_real("max_abs_bias", max_abs_bias, minimum=0.0)
-    _check_real("max_abs_weight", max_abs_weight, minimum=0.0)
-    return _model(
+    _b.check_bounds("min_data_dim", min_data_dim, "max_data_dim", max_data_dim)
+    _b.check_bounds("min_latent_dim", min_latent_dim, "max_latent_dim", max_latent_dim)
+    _b.check_real("max_condition_number", max_condition_number, minimum=1.0)
+    _b.check_real("max_abs_bias", max_abs_bias, minimum=0.0)
+    _b.check_real("max_abs_weight", max_abs_weight, minimum=0.0)
+    return _b.model_strategy(
         st.integers(min_data_dim, max_data_dim),
         st.integers(min_latent_dim, max_latent_dim),
-        _check_kinds("noise_kinds", noise_kinds, NOISE_KINDS),
-        _check_kinds("prior_kinds", prior_kinds, PRIOR_KINDS),
+        _b.check_kinds("noise_kinds", noise_kinds, NOISE_KINDS),
+        _b.check_kinds("prior_kinds", prior_kinds, PRIOR_KINDS),
         float(max_condition_number),
         float(max_abs_bias),
         float(max_abs_weight),
-        bool(extreme_scales),
+        _b.check_flag("extreme_scales", extreme_scales),
     )
 
 
@@ -421,6 +179,7 @@ def _check_model(model: Any) -> LinearGaussianModel:
     return model
 
 
+# ---------------------------------------------------------------------- q and x
 def variational_gaussians(
     model: LinearGaussianModel,
     *,
@@ -434,10 +193,62 @@ def variational_gaussians(
 ) -> st.SearchStrategy[Gaussian]:
     """Variational distributions ``q(z)`` over the latent space of ``model``.
 
-    Means are centred on the prior mean (so they are of the model's scale) and
-    shrink to it; covariances are full by default and shrink toward isotropic. A
-    batch shares one covariance unless ``shared_covariance=False`` (an encoder that
-    outputs a covariance per row).
+    A draw of :func:`gaussians` of dimension ``K`` shifted by the prior mean: means
+    are centred on the prior mean (so they are of the model's scale) and shrink to
+    it; covariances are full by default and shrink toward isotropic. A batch shares
+    one covariance unless ``shared_covariance=False`` (an encoder that outputs a
+    covariance per row).
+
+    Parameters
+    ----------
+    model : LinearGaussianModel
+        The model whose latent space ``q`` lives in (its ``K`` and prior mean).
+    batch_shape : tuple of int, optional
+        The batch shape (default ``()``: one q).
+    max_abs_mean : float, optional
+        Bound on ``|q.mean - prior mean|`` per entry, finite and >= 0 (default 3.0).
+    max_condition_number : float, optional
+        Bound on the condition number of each covariance, finite and >= 1 (default
+        100.0).
+    min_scale, max_scale : float, optional
+        The range of the scale of each covariance (its smallest variance or
+        eigenvalue): finite, > 0, ``min_scale <= max_scale`` (defaults 0.05 and 5.0).
+    cov_kinds : sequence of {"isotropic", "diagonal", "full"}, optional
+        The covariance kinds to draw (default all three; ``("diagonal",)`` for a
+        mean-field guide).
+    shared_covariance : bool, optional
+        With a ``batch_shape``: one covariance for all members (True, default) or one
+        per member (False).
+
+    Returns
+    -------
+    SearchStrategy[Gaussian]
+        Draws :class:`~elbo_check.Gaussian` objects of dimension ``model.latent_dim``
+        with a mean of shape ``batch_shape + (K,)``.
+
+    Raises
+    ------
+    hypothesis.errors.InvalidArgument
+        At the call, if ``model`` is not a :class:`~elbo_check.LinearGaussianModel`,
+        or any other argument is refused as by :func:`gaussians`.
+
+    Examples
+    --------
+    The ELBO of any q is a lower bound on the log-evidence:
+
+    >>> import numpy as np
+    >>> from hypothesis import given, settings
+    >>> from elbo_check import ppca
+    >>> from elbo_check.strategies import variational_gaussians
+    >>> model = ppca(weights=[[1.0, 0.5], [0.0, 1.0], [0.5, -0.5]], mean=[0.0, 1.0, -1.0],
+    ...              noise_variance=0.5)
+    >>> x = np.array([0.5, 1.5, -1.0])
+    >>> @settings(max_examples=20, deadline=None)
+    ... @given(variational_gaussians(model, batch_shape=(4,)))
+    ... def test_elbo_is_a_lower_bound(q):
+    ...     assert q.mean.shape == (4, 2)
+    ...     assert np.all(model.elbo(q, x) <= model.log_evidence(x) + 1e-12)
+    >>> test_elbo_is_a_lower_bound()
     """
     model = _check_model(model)
     base = gaussians(
@@ -474,28 +285,89 @@ def observations(
 ) -> st.SearchStrategy[FloatArray]:
     """Observations ``x`` of shape ``batch_shape + (D,)`` around the model's mean.
 
-    ``x = mean + sqrt(diag C) * u`` with the marginal mean and variances and ``u``
-    bounded by ``max_abs_deviation`` standard deviations; shrinks to the mean.
+    ``x = mean + sqrt(diag C) * u`` with the marginal mean ``W mu0 + b`` and variances
+    ``diag C`` of ``p(x)``, and every entry of ``u`` within ``max_abs_deviation``
+    standard deviations; ``u`` shrinks to 0, so ``x`` shrinks to the mean.
+
+    Parameters
+    ----------
+    model : LinearGaussianModel
+        The model whose data space ``x`` lives in.
+    batch_shape : tuple of int, optional
+        The batch shape (default ``()``: one observation of shape ``(D,)``).
+    max_abs_deviation : float, optional
+        Bound on ``|x - mean|`` in marginal standard deviations, per entry, finite and
+        >= 0 (default 4.0).
+
+    Returns
+    -------
+    SearchStrategy[ndarray]
+        Draws float64 arrays of shape ``batch_shape + (D,)``.
+
+    Raises
+    ------
+    hypothesis.errors.InvalidArgument
+        At the call, if ``model`` is not a :class:`~elbo_check.LinearGaussianModel`,
+        ``max_abs_deviation`` is not a finite number >= 0, or ``batch_shape`` is not a
+        tuple (or list) of integers >= 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hypothesis import given, settings
+    >>> from elbo_check import ppca
+    >>> from elbo_check.strategies import observations
+    >>> model = ppca(weights=[[1.0, 0.5], [0.0, 1.0], [0.5, -0.5]], mean=[0.0, 1.0, -1.0],
+    ...              noise_variance=0.5)
+    >>> @settings(max_examples=20, deadline=None)
+    ... @given(observations(model, batch_shape=(5,), max_abs_deviation=2.0))
+    ... def test_within_two_standard_deviations(x):
+    ...     assert x.shape == (5, 3)
+    ...     z = (x - model.marginal_mean) / np.sqrt(model.marginal_variances())
+    ...     assert np.all(np.abs(z) <= 2.0 + 1e-12)
+    >>> test_within_two_standard_deviations()
     """
     model = _check_model(model)
-    _check_real("max_abs_deviation", max_abs_deviation, minimum=0.0)
-    shape = _check_batch_shape(batch_shape)
+    _b.check_real("max_abs_deviation", max_abs_deviation, minimum=0.0)
+    shape = _b.check_batch_shape(batch_shape)
     size = int(np.prod(shape, dtype=int)) * model.data_dim
-    return _vectors(size, float(max_abs_deviation)).map(lambda u: _around_mean(model, u, shape))
+    return _b.vectors(size, float(max_abs_deviation)).map(lambda u: _around_mean(model, u, shape))
 
 
+# ---------------------------------------------------------------------- problems
 @dataclass(frozen=True)
 class ElboProblem:
     """A model, a variational distribution and an observation: one ELBO to compute.
 
-    Attributes
+    What :func:`elbo_problems` draws, and what the verifiers of
+    :mod:`elbo_check.testing` accept as your own problems (``problems=``). The fields
+    are stored as given (not validated, not copied); the instance is frozen.
+
+    Parameters
     ----------
     model : LinearGaussianModel
-        The model.
+        The model, of data dimension ``D`` and latent dimension ``K``.
     q : Gaussian
-        A variational distribution over the model's latent space.
+        A variational distribution over the model's latent space (dimension ``K``); a
+        batch of them, one per row of ``x``, for batched problems.
     x : ndarray, shape batch_shape + (D,)
         The observation(s).
+
+    Raises
+    ------
+    TypeError
+        If a field is missing or unknown (the generated ``__init__``); nothing else is
+        checked here.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from elbo_check import Gaussian, ppca
+    >>> from elbo_check.strategies import ElboProblem
+    >>> model = ppca(weights=[[1.0, 0.5]], mean=[0.0], noise_variance=0.5)
+    >>> problem = ElboProblem(model, Gaussian.standard(2), np.array([0.7]))
+    >>> print(f"{problem.model.elbo(problem.q, problem.x):.6f}")  # q = N(0, I), the prior
+    -2.312365
     """
 
     model: LinearGaussianModel
@@ -510,18 +382,64 @@ def elbo_problems(
     q_kinds: Sequence[str] = COV_KINDS,
     **model_options: Any,
 ) -> st.SearchStrategy[ElboProblem]:
-    """``(model, q, x)`` triples; ``model_options`` go to :func:`linear_gaussian_models`.
+    """``(model, q, x)`` triples: a model, a variational distribution and data.
 
-    With a ``batch_shape``, ``q`` and ``x`` are batches of that shape (one q per row of
-    x), and the q's have a covariance each when ``shared_covariance=False``. ``q_kinds``
-    restricts q's covariance to some of ``"isotropic"``, ``"diagonal"`` (a mean-field
-    guide such as Pyro's AutoNormal) and ``"full"``.
+    The model is a draw of :func:`linear_gaussian_models` (with ``model_options``),
+    then ``q`` as :func:`variational_gaussians` and ``x`` as :func:`observations` draw
+    them for it, with their defaults. The defaults reach the cases where ELBO bugs
+    hide (``K > D``, full and anisotropic noise, non-zero prior mean and offset, full
+    and ill-conditioned q); each part shrinks as its strategy does.
+
+    Parameters
+    ----------
+    batch_shape : tuple of int, optional
+        With a batch shape, ``q`` and ``x`` are batches of that shape, one q per row of
+        ``x`` (default ``()``: one q and ``x`` of shape ``(D,)``).
+    shared_covariance : bool, optional
+        With a ``batch_shape``: the q's share one covariance (True, default) or have
+        one each (False).
+    q_kinds : sequence of {"isotropic", "diagonal", "full"}, optional
+        The covariance kinds of q (default all three; ``("diagonal",)`` for a
+        mean-field guide such as Pyro's ``AutoNormal``).
+    **model_options
+        Keyword arguments of :func:`linear_gaussian_models` (``max_data_dim``,
+        ``noise_kinds``, ``extreme_scales``, ...).
+
+    Returns
+    -------
+    SearchStrategy[ElboProblem]
+        Draws :class:`ElboProblem` objects: ``q.mean`` of shape ``batch_shape + (K,)``
+        and ``x`` of shape ``batch_shape + (D,)``.
+
+    Raises
+    ------
+    hypothesis.errors.InvalidArgument
+        At the call, if a model option is refused by :func:`linear_gaussian_models`,
+        ``q_kinds`` is empty or names an unknown kind, ``batch_shape`` is not a tuple
+        (or list) of integers >= 0, or ``shared_covariance`` is not a bool.
+    TypeError
+        At the call, for a keyword that is not an option of
+        :func:`linear_gaussian_models`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hypothesis import given, settings
+    >>> from elbo_check.strategies import elbo_problems
+    >>> @settings(max_examples=20, deadline=None)
+    ... @given(elbo_problems(batch_shape=(3,), max_data_dim=3, max_latent_dim=3))
+    ... def test_log_evidence_is_elbo_plus_kl(problem):
+    ...     model, q, x = problem.model, problem.q, problem.x
+    ...     assert x.shape == (3, model.data_dim) and q.batch_shape == (3,)
+    ...     gap = model.log_evidence(x) - model.elbo(q, x)
+    ...     assert np.allclose(gap, model.kl_to_posterior(q, x))
+    >>> test_log_evidence_is_elbo_plus_kl()
     """
     models = linear_gaussian_models(**model_options)
-    shared = _check_flag("shared_covariance", shared_covariance)
-    kinds = _check_kinds("q_kinds", q_kinds, COV_KINDS)
+    shared = _b.check_flag("shared_covariance", shared_covariance)
+    kinds = _b.check_kinds("q_kinds", q_kinds, COV_KINDS)
 
-    shape = _check_batch_shape(batch_shape)
+    shape = _b.check_batch_shape(batch_shape)
     count = int(np.prod(shape, dtype=int))
 
     @st.composite
@@ -529,8 +447,8 @@ def elbo_problems(
         # The defaults of variational_gaussians and observations, from cached strategies.
         model = draw(models)
         k = model.latent_dim
-        g = draw(_gaussian(k, shape, 3.0, 100.0, 0.05, 5.0, kinds, shared))
-        u = draw(_vectors(count * model.data_dim, 4.0))
+        g = draw(_b.gaussian_strategy(k, shape, 3.0, 100.0, 0.05, 5.0, kinds, shared))
+        u = draw(_b.vectors(count * model.data_dim, 4.0))
         return ElboProblem(model, _centred_on_prior(model, g), _around_mean(model, u, shape))
 
     return problems()

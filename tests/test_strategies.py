@@ -195,6 +195,10 @@ def test_members_shrink_to_one_isotropic_covariance_each() -> None:
             "shared_covariance='no' must be True or False",
         ),
         (lambda: elbo_problems(shared_covariance=1), "shared_covariance=1 must be True or False"),
+        (
+            lambda: linear_gaussian_models(extreme_scales="yes"),
+            "extreme_scales='yes' must be True or False",
+        ),
     ],
 )
 def test_bad_arguments_echo_name_and_value(make: object, message: str) -> None:
@@ -205,3 +209,15 @@ def test_bad_arguments_echo_name_and_value(make: object, message: str) -> None:
 
     with pytest.raises(InvalidArgument, match=re.escape(message)):
         build_and_validate()
+
+
+@pytest.mark.parametrize(
+    "make", [rotations, spd_matrices, gaussians], ids=["rotations", "spd", "gaussians"]
+)
+@pytest.mark.parametrize("drawn", [0, -1, 2.0])
+def test_a_drawn_dimension_is_checked_when_drawn(make: object, drawn: object) -> None:
+    """A strategy of dimensions is checked draw by draw: 0 gave empty matrices, -1 a
+    numpy error that did not name the argument."""
+    strategy = make(st.just(drawn))  # type: ignore[operator]
+    with pytest.raises(InvalidArgument, match=re.escape(f"a drawn dim={drawn!r} must be")):
+        find(strategy, lambda value: True, settings=settings(database=None))

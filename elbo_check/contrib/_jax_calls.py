@@ -1,12 +1,14 @@
-"""How :mod:`elbo_check.contrib.jax` calls the user's function: conversion, jit, grad.
+"""How :mod:`elbo_check.contrib.jax` calls the user's function: views, conversion, jit, grad.
 
-Private. The user's function is wrapped in a :class:`Program` (a hashable value: the
-function plus what to do with its return) and, with ``jit=True``, run through one
-module-level :func:`jax.jit` whose static arguments are the program and the integer
-options (``n_samples``). JAX caches a compilation per program and per shape of the
-dynamic arguments, so each distinct shape compiles once and the compilation is reused
-across problems and across verifier calls (for as long as JAX keeps it, as for any
-jitted function: like :func:`jax.jit`, ``fn`` must be pure).
+Private; :mod:`elbo_check.contrib.jax` re-exports :class:`JaxModel` and
+:class:`JaxGaussian` and documents the behaviour. The user's function is wrapped in a
+:class:`Program` (a hashable value: the function plus what to do with its return) and,
+with ``jit=True``, run through one module-level :func:`jax.jit` whose static arguments
+are the program and the integer options (``n_samples``). JAX caches a compilation per
+program and per shape of the dynamic arguments, so each distinct shape compiles once
+and the compilation is reused across problems and across verifier calls (for as long
+as JAX keeps it, as for any jitted function: like :func:`jax.jit`, ``fn`` must be
+pure).
 """
 
 from __future__ import annotations
@@ -22,8 +24,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InvalidInputError, InvalidTypeError
+from .._gaussian import Gaussian
+from .._model import LinearGaussianModel
+from ..testing import Parametrisation
 
-__all__ = ["KeyWords", "Program", "Setting", "as_numpy", "run", "scalar"]
+__all__ = [
+    "JaxGaussian",
+    "JaxModel",
+    "KeyWords",
+    "Program",
+    "Setting",
+    "as_numpy",
+    "check_dtype",
+    "checked_setting",
+    "gradient_of",
+    "run",
+    "scalar",
+    "verifier_options",
+    "views",
+    "wrapped",
+]
+
+Array = jax.Array
 
 #: Entries of a parameter that are not free, by kind (their gradient must be 0).
 _MASKS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -87,6 +109,150 @@ class KeyWords:
     def key(self) -> jax.Array:
         key: jax.Array = jax.random.wrap_key_data(self.words, impl="threefry2x32")
         return key
+
+
+# ---------------------------------------------------------------------- array views
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class JaxModel:
+    """A :class:`~elbo_check.LinearGaussianModel` as JAX arrays (copies); a pytree.
+
+    ``z ~ N(prior_mean, prior_cov)``, ``x | z ~ N(weights @ z + bias, noise_cov)``. The
+    verifiers of :mod:`elbo_check.contrib.jax` hand your function one in place of the
+    model; :func:`~elbo_check.contrib.jax.as_jax` makes one. Every field is a pytree
+    leaf, so a :class:`JaxModel` can be an argument of a jitted or differentiated
+    function. The fields are stored as given (no checks), as attributes of the same
+    names; the instance is frozen.
+
+    Parameters
+    ----------
+    weights : jax.Array
+        ``W``, shape ``(D, K)``.
+    bias : jax.Array
+        ``b``, shape ``(D,)``.
+    prior_mean : jax.Array
+        The prior mean ``mu0``, shape ``(K,)``.
+    prior_cov : jax.Array
+        The prior covariance ``S0``, shape ``(K, K)``.
+    prior_scale_tril : jax.Array
+        The lower Cholesky factor of ``prior_cov``, shape ``(K, K)``.
+    noise_cov : jax.Array
+        The noise covariance ``Psi`` as a dense ``(D, D)`` matrix, whatever its kind.
+
+    Raises
+    ------
+    TypeError
+        If a field is missing or unknown (the generated ``__init__``); the values are
+        not checked.
+
+    Examples
+    --------
+    The covariance of the marginal ``p(x)``, ``W S0 W^T + Psi``, from the arrays,
+    against the oracle's:
+
+    >>> import pytest; jax = pytest.importorskip("jax")
+    >>> import numpy as np
+    >>> from elbo_check import ppca
+    >>> from elbo_check.contrib.jax import as_jax
+    >>> oracle = ppca(weights=[[1.0, 0.5]], mean=[0.2], noise_variance=0.5)
+    >>> with jax.enable_x64(True):
+    ...     model = as_jax(oracle)
+    ...     cov = model.weights @ model.prior_cov @ model.weights.T + model.noise_cov
+    >>> print(np.asarray(cov), oracle.marginal().cov)
+    [[1.75]] [[1.75]]
+    >>> jax.tree_util.tree_map(jax.numpy.shape, model).weights  # its fields are leaves
+    (1, 2)
+    """
+
+    weights: Array
+    bias: Array
+    prior_mean: Array
+    prior_cov: Array
+    prior_scale_tril: Array
+    noise_cov: Array
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class JaxGaussian:
+    """A :class:`~elbo_check.Gaussian` as JAX arrays; batch shapes are kept; a pytree.
+
+    The verifiers of :mod:`elbo_check.contrib.jax` hand your function one for each
+    Gaussian (``q``; ``p`` and ``q`` of a KL); :func:`~elbo_check.contrib.jax.as_jax`
+    makes one. Every field is a pytree leaf. The fields are stored as given (no
+    checks), as attributes of the same names; the instance is frozen.
+
+    Parameters
+    ----------
+    mean : jax.Array
+        The mean, shape ``(..., K)``.
+    scale_tril : jax.Array
+        The lower Cholesky factor ``L`` of the covariance, ``(K, K)`` (shared by a
+        batch) or ``(..., K, K)`` (one per member).
+    cov : jax.Array
+        The covariance ``L L^T``, of the shape of ``scale_tril``. In
+        :func:`~elbo_check.contrib.jax.verify_elbo_gradient` it is computed as
+        ``scale_tril @ scale_tril.T`` (per member), inside the differentiated function,
+        so that gradients flow through it to ``scale_tril``.
+
+    Raises
+    ------
+    TypeError
+        If a field is missing or unknown (the generated ``__init__``); the values are
+        not checked.
+
+    Examples
+    --------
+    >>> import pytest; jax = pytest.importorskip("jax")
+    >>> import jax.numpy as jnp
+    >>> from elbo_check import Gaussian
+    >>> from elbo_check.contrib.jax import as_jax
+    >>> q = as_jax(Gaussian.from_covariance(mean=[0.0, 1.0], cov=[[4.0, 1.0], [1.0, 2.0]]),
+    ...            dtype=jnp.float32)
+    >>> bool(jnp.allclose(q.scale_tril @ q.scale_tril.T, q.cov))
+    True
+    >>> q.mean.dtype, q.scale_tril.shape
+    (dtype('float32'), (2, 2))
+    """
+
+    mean: Array
+    scale_tril: Array
+    cov: Array
+
+
+def check_dtype(dtype: Any) -> np.dtype[Any]:
+    chosen: np.dtype[Any] | None = None
+    if dtype is not None and not isinstance(dtype, bool):
+        try:
+            chosen = jnp.dtype(dtype)
+        except TypeError:
+            chosen = None
+    if chosen is None or not jnp.issubdtype(chosen, jnp.floating):
+        raise InvalidTypeError(
+            "dtype must be a floating dtype JAX knows (jnp.float64, jnp.float32, "
+            f"jnp.bfloat16, 'float32', ...); got dtype={dtype!r}"
+        )
+    return chosen
+
+
+def views(value: Any, array: Callable[[Any], Any]) -> JaxModel | JaxGaussian:
+    """The view of a model or a Gaussian with ``array`` applied to each of its arrays."""
+    if isinstance(value, LinearGaussianModel):
+        return JaxModel(
+            weights=array(value.weights),
+            bias=array(value.bias),
+            prior_mean=array(value.prior.mean),
+            prior_cov=array(value.prior.cov),
+            prior_scale_tril=array(value.prior.scale_tril),
+            noise_cov=array(value.dense_noise_cov()),
+        )
+    if isinstance(value, Gaussian):
+        return JaxGaussian(
+            mean=array(value.mean), scale_tril=array(value.scale_tril), cov=array(value.cov)
+        )
+    raise InvalidTypeError(
+        f"as_jax takes a LinearGaussianModel or a Gaussian; got {type(value).__name__}"
+    )
 
 
 # ---------------------------------------------------------------------- the program
@@ -155,8 +321,6 @@ class Program:
         }
 
     def _value(self, leaves: Any, model: Any, *rest: Any) -> jax.Array:
-        from .jax import JaxGaussian  # the view type lives in the public module
-
         if self.kinds is None:
             mean, factor = leaves
             q = JaxGaussian(mean, factor, factor @ jnp.swapaxes(factor, -1, -2))
@@ -221,3 +385,71 @@ def as_numpy(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: as_numpy(v) for k, v in value.items()}
     return value
+
+
+# ---------------------------------------------------------------------- the calls
+def convert(value: Any, setting: Setting) -> Any:
+    """Models and Gaussians as views, arrays in the dtype, a generator as a key's words:
+    numpy leaves, which the jitted function receives in one transfer."""
+    if isinstance(value, (LinearGaussianModel, Gaussian)):
+        return views(value, setting.host)
+    if isinstance(value, np.ndarray):
+        return setting.host(value)
+    if isinstance(value, np.random.Generator):
+        return KeyWords.drawn(value)
+    return value
+
+
+def checked_setting(fn: Any, dtype: Any, jit: Any) -> Setting:
+    if not callable(fn):
+        raise InvalidTypeError(f"fn must be callable; got {type(fn).__name__} {fn!r:.60}")
+    if not isinstance(jit, bool):
+        raise InvalidTypeError(f"jit must be True or False; got jit={jit!r}")
+    return Setting(check_dtype(dtype), jit)
+
+
+def verifier_options(setting: Setting, options: dict[str, Any]) -> dict[str, Any]:
+    """The verifier's options: the user's, plus ``dtype=`` below float64 (its tolerances)."""
+    if not setting.x64:
+        return {**options, "dtype": setting.dtype}
+    return options
+
+
+def wrapped(fn: Callable[..., Any], setting: Setting) -> Callable[..., Any]:
+    """``fn`` called on JAX views of the verifier's arguments, its return as numpy."""
+    program = Program(fn)
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        with setting.precision():
+            return as_numpy(run(program, setting, [convert(a, setting) for a in args]))
+
+    return call
+
+
+def gradient_of(
+    fn: Callable[..., Any],
+    setting: Setting,
+    parametrisation: Parametrisation | None,
+    batched: bool,
+) -> Callable[..., Any]:
+    """A gradient function for the verifier: :func:`jax.grad` of ``fn``'s value."""
+    kinds = None
+    if isinstance(parametrisation, Parametrisation):  # anything else: the verifier refuses it
+        found = tuple(getattr(parametrisation, "_key_kinds", ()))
+        if len(found) != len(parametrisation.keys):
+            found = ("",) * len(parametrisation.keys)
+        kinds = tuple(zip(parametrisation.keys, found, strict=True))
+    program = Program(fn, gradient=True, batched=batched, kinds=kinds)
+
+    @functools.wraps(fn)
+    def gradient(model: Any, q: Any, *rest: Any) -> Any:
+        with setting.precision():
+            if parametrisation is None:
+                leaves: Any = (setting.host(q.mean), setting.host(q.scale_tril))
+            else:
+                leaves = {key: setting.host(q[key]) for key in parametrisation.keys}
+            args = [convert(model, setting), leaves, *(convert(a, setting) for a in rest)]
+            return as_numpy(run(program, setting, args))
+
+    return gradient

@@ -1,5 +1,6 @@
 """The machinery behind :mod:`elbo_check.contrib.numpyro`: the model, the guides and
-their parameter maps, the pinned noise of pathwise mode and the compiled losses.
+their parameter maps, the pinned noise of pathwise mode, the compiled losses and the
+calls the verifiers make.
 
 Nothing here is public: :mod:`elbo_check.contrib.numpyro` documents the behaviour.
 """
@@ -461,3 +462,70 @@ def compiled(loss: Any, spec: GuideSpec, kind: str) -> Callable[..., Any]:
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return function
+
+
+def parameters(spec: GuideSpec, q: Gaussian) -> dict[str, FloatArray]:
+    """``q`` in the guide's parametrisation; an error naming the guide when ``q`` is not
+    in its family."""
+    try:
+        return spec.parametrisation.from_gaussian(q)
+    except InvalidInputError as err:
+        raise InvalidInputError(
+            f"q is not in the family of guide {spec.name!r} ({spec.parametrisation!r}): {err}"
+        ) from err
+
+
+# ---------------------------------------------------------------------- the calls
+class Calls:
+    """The functions the verifiers call: numpy in, the compiled loss, numpy out."""
+
+    def __init__(self, loss: Any, spec: GuideSpec) -> None:
+        self.loss, self.spec = loss, spec
+        self._model: tuple[Any, Arrays] | None = None
+
+    def arrays(self, model: LinearGaussianModel) -> Arrays:
+        """The model's arrays (converted once per problem)."""
+        if self._model is None or self._model[0] is not model:
+            self._model = (model, model_arrays(model))
+        return self._model[1]
+
+    def free(self, params: Any) -> dict[str, FloatArray]:
+        return self.spec.to_free(params)
+
+    @staticmethod
+    def seed(rng: np.random.Generator) -> np.uint32:
+        return np.uint32(rng.integers(2**32))
+
+    def estimate(
+        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, rng: Any, n: int
+    ) -> float:
+        fn = compiled(self.loss, self.spec, "value")
+        free = self.free(parameters(self.spec, q))
+        return float(fn(free, self.arrays(model), np.asarray(x), self.seed(rng)))
+
+    def pathwise_estimate(
+        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
+    ) -> float:
+        fn = compiled(self.loss, self.spec, "pathwise_value")
+        free, arrays = self.free(parameters(self.spec, q)), self.arrays(model)
+        seed = np.uint32(0)  # the sample is pinned; the key reaches nothing random
+        values = [float(fn(free, arrays, np.asarray(x), seed, row)) for row in np.asarray(eps)]
+        return float(np.mean(values))
+
+    def gradient(
+        self, model: LinearGaussianModel, params: Any, x: FloatArray, rng: Any, n: int
+    ) -> dict[str, FloatArray]:
+        fn = compiled(self.loss, self.spec, "grad")
+        _, grads = fn(self.free(params), self.arrays(model), np.asarray(x), self.seed(rng))
+        return self.spec.from_free(grads)
+
+    def pathwise_gradient(
+        self, model: LinearGaussianModel, params: Any, x: FloatArray, eps: FloatArray
+    ) -> dict[str, FloatArray]:
+        fn = compiled(self.loss, self.spec, "pathwise_grad")
+        free, arrays = self.free(params), self.arrays(model)
+        rows = [
+            self.spec.from_free(fn(free, arrays, np.asarray(x), np.uint32(0), row)[1])
+            for row in np.asarray(eps)
+        ]
+        return {k: np.mean([r[k] for r in rows], axis=0) for k in rows[0]}

@@ -203,13 +203,56 @@ def build_user_guide(
 class ScopedGuide:
     """A guide that runs in its own parameter store (the caller's is untouched).
 
+    :func:`~elbo_check.contrib.pyro.model_and_guide` returns one, set to its ``q``: call
+    it as the guide itself (``guide_fn(x)``, or pass it to a loss or to SVI). Each call
+    swaps Pyro's global parameter store for the guide's own and puts yours back
+    afterwards, as it was.
+
+    Parameters
+    ----------
+    built : object
+        The problem's model, guide, parameter store and parameter tensors, as
+        :func:`~elbo_check.contrib.pyro.model_and_guide` builds them (private; not
+        meant to be built by hand).
+    parametrisation : Parametrisation
+        How the parameter tensors define q.
+
     Attributes
     ----------
     params : dict of str to torch.Tensor
         The tensors that define q, by the keys of :attr:`parametrisation` (for an
-        autoguide its unconstrained parameters; for your guide the values it sees).
+        autoguide its unconstrained parameters, leaf tensors whose ``.grad`` a loss's
+        ``loss_and_grads`` fills; for your guide the values it sees).
     parametrisation : Parametrisation
         How :attr:`params` define q.
+
+    Raises
+    ------
+    AttributeError
+        If ``built`` is not what :func:`~elbo_check.contrib.pyro.model_and_guide`
+        builds (it has no parameter tensors); nothing else is checked.
+
+    Examples
+    --------
+    An ``AutoNormal`` guide holds q's scales as softplus arguments:
+
+    >>> import pytest; pyro = pytest.importorskip("pyro")
+    >>> import torch
+    >>> from elbo_check import Gaussian, ppca
+    >>> from elbo_check.contrib.pyro import model_and_guide
+    >>> model = ppca(weights=[[1.0, 0.5]], mean=[0.0], noise_variance=0.5)
+    >>> q = Gaussian.from_diagonal(mean=[0.1, -0.2], variances=[0.3, 0.6])
+    >>> model_fn, guide_fn = model_and_guide(model, q, guide="AutoNormal")
+    >>> guide_fn.parametrisation, sorted(guide_fn.params)
+    (DiagonalSoftplusScale(), ['loc', 'raw_scale'])
+    >>> scale = torch.nn.functional.softplus(guide_fn.params["raw_scale"])
+    >>> [round(v, 6) for v in (scale**2).tolist()]
+    [0.3, 0.6]
+    >>> before = set(pyro.get_param_store().keys())
+    >>> with torch.random.fork_rng():
+    ...     trace = pyro.poutine.trace(guide_fn).get_trace(torch.tensor([0.7], dtype=torch.float64))
+    >>> trace.nodes["z"]["value"].shape, set(pyro.get_param_store().keys()) == before
+    (torch.Size([2]), True)
     """
 
     def __init__(self, built: Built, parametrisation: Any) -> None:

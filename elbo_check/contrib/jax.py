@@ -61,14 +61,10 @@ verify_elbo_gradient(mode='pathwise')
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, overload
 
-import numpy as np
-
-from .._errors import InvalidInputError, InvalidTypeError
+from .._errors import InvalidInputError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..testing import Parametrisation, VerificationReport
@@ -87,7 +83,8 @@ except ImportError as err:  # pragma: no cover - exercised without jax
         "build with: pip install jax"
     ) from err
 
-from ._jax_calls import KeyWords, Program, Setting, as_numpy, run
+from . import _jax_calls as _c
+from ._jax_calls import JaxGaussian, JaxModel
 
 __all__ = [
     "JaxGaussian",
@@ -99,75 +96,6 @@ __all__ = [
     "verify_kl",
     "verify_log_evidence",
 ]
-
-Array = jax.Array
-
-
-# ---------------------------------------------------------------------- array views
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
-class JaxModel:
-    """A :class:`~elbo_check.LinearGaussianModel` as JAX arrays (copies); a pytree.
-
-    ``z ~ N(prior_mean, prior_cov)``, ``x | z ~ N(weights @ z + bias, noise_cov)``.
-    Every field is a pytree leaf, so a :class:`JaxModel` can be an argument of a
-    jitted function.
-
-    Attributes
-    ----------
-    weights : jax.Array
-        ``W``, shape ``(D, K)``.
-    bias : jax.Array
-        ``b``, shape ``(D,)``.
-    prior_mean, prior_cov, prior_scale_tril : jax.Array
-        The prior's mean ``(K,)``, covariance and lower Cholesky factor ``(K, K)``.
-    noise_cov : jax.Array
-        The noise covariance as a dense ``(D, D)`` matrix, whatever its kind.
-    """
-
-    weights: Array
-    bias: Array
-    prior_mean: Array
-    prior_cov: Array
-    prior_scale_tril: Array
-    noise_cov: Array
-
-
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
-class JaxGaussian:
-    """A :class:`~elbo_check.Gaussian` as JAX arrays; batch shapes are kept; a pytree.
-
-    Attributes
-    ----------
-    mean : jax.Array
-        Shape ``(..., K)``.
-    scale_tril : jax.Array
-        Lower Cholesky factor of the covariance, ``(K, K)`` or ``(..., K, K)``.
-    cov : jax.Array
-        The covariance, of the shape of ``scale_tril``. In
-        :func:`verify_elbo_gradient` it is ``scale_tril @ scale_tril.T`` (per member),
-        so that gradients flow through it to ``scale_tril``.
-    """
-
-    mean: Array
-    scale_tril: Array
-    cov: Array
-
-
-def _check_dtype(dtype: Any) -> np.dtype[Any]:
-    chosen: np.dtype[Any] | None = None
-    if dtype is not None and not isinstance(dtype, bool):
-        try:
-            chosen = jnp.dtype(dtype)
-        except TypeError:
-            chosen = None
-    if chosen is None or not jnp.issubdtype(chosen, jnp.floating):
-        raise InvalidTypeError(
-            "dtype must be a floating dtype JAX knows (jnp.float64, jnp.float32, "
-            f"jnp.bfloat16, 'float32', ...); got dtype={dtype!r}"
-        )
-    return chosen
 
 
 @overload
@@ -183,17 +111,23 @@ def as_jax(
     ----------
     value : LinearGaussianModel or Gaussian
         What to copy.
-    dtype : dtype
-        A floating dtype (default float64, which needs 64-bit JAX: call ``as_jax``
-        inside ``with jax.enable_x64(True):``, as the verifiers here do, or with
-        ``jax_enable_x64`` set).
+    dtype : dtype, optional
+        A floating dtype JAX knows (``jnp.float64``, ``jnp.float32``, ``"float32"``,
+        ...). The default, float64, needs 64-bit JAX: call ``as_jax`` inside ``with
+        jax.enable_x64(True):``, as the verifiers here do, or with ``jax_enable_x64``
+        set.
 
     Returns
     -------
     JaxModel or JaxGaussian
+        The view (fresh arrays in ``dtype``): a :class:`JaxModel` for a model, a
+        :class:`JaxGaussian` for a Gaussian (batch shapes kept); both are pytrees.
 
     Raises
     ------
+    InvalidTypeError
+        If ``value`` is neither a :class:`~elbo_check.LinearGaussianModel` nor a
+        :class:`~elbo_check.Gaussian`, or ``dtype`` is not a floating dtype.
     InvalidInputError
         For ``dtype=float64`` while 64-bit JAX is off (JAX would truncate to float32).
 
@@ -203,79 +137,21 @@ def as_jax(
     >>> from elbo_check.contrib.jax import as_jax
     >>> from elbo_check import Gaussian
     >>> q = Gaussian.from_diagonal(mean=[0.0, 1.0], variances=[4.0, 1.0])
-    >>> q = as_jax(q, dtype=jax.numpy.float32)
-    >>> q.scale_tril
+    >>> as_jax(q, dtype=jax.numpy.float32).scale_tril
     Array([[2., 0.],
            [0., 1.]], dtype=float32)
+    >>> with jax.enable_x64(True):
+    ...     print(as_jax(q).mean.dtype)
+    float64
     """
-    chosen = _check_dtype(dtype)
+    chosen = _c.check_dtype(dtype)
     if chosen.itemsize >= 8 and jax.dtypes.canonicalize_dtype(chosen) != chosen:
         raise InvalidInputError(
             f"dtype={chosen} needs 64-bit JAX, which is off (JAX would truncate to "
             "float32); call as_jax inside `with jax.enable_x64(True):` or pass "
             "dtype=jnp.float32"
         )
-    return _views(value, Setting(chosen, jit=False).array)
-
-
-def _views(value: Any, array: Callable[[Any], Any]) -> JaxModel | JaxGaussian:
-    """The view of a model or a Gaussian with ``array`` applied to each of its arrays."""
-    if isinstance(value, LinearGaussianModel):
-        return JaxModel(
-            weights=array(value.weights),
-            bias=array(value.bias),
-            prior_mean=array(value.prior.mean),
-            prior_cov=array(value.prior.cov),
-            prior_scale_tril=array(value.prior.scale_tril),
-            noise_cov=array(value.dense_noise_cov()),
-        )
-    if isinstance(value, Gaussian):
-        return JaxGaussian(
-            mean=array(value.mean), scale_tril=array(value.scale_tril), cov=array(value.cov)
-        )
-    raise InvalidTypeError(
-        f"as_jax takes a LinearGaussianModel or a Gaussian; got {type(value).__name__}"
-    )
-
-
-# ---------------------------------------------------------------------- plumbing
-def _convert(value: Any, setting: Setting) -> Any:
-    """Models and Gaussians as views, arrays in the dtype, a generator as a key's words:
-    numpy leaves, which the jitted function receives in one transfer."""
-    if isinstance(value, (LinearGaussianModel, Gaussian)):
-        return _views(value, setting.host)
-    if isinstance(value, np.ndarray):
-        return setting.host(value)
-    if isinstance(value, np.random.Generator):
-        return KeyWords.drawn(value)
-    return value
-
-
-def _setting(fn: Any, dtype: Any, jit: Any) -> Setting:
-    if not callable(fn):
-        raise InvalidTypeError(f"fn must be callable; got {type(fn).__name__} {fn!r:.60}")
-    if not isinstance(jit, bool):
-        raise InvalidTypeError(f"jit must be True or False; got jit={jit!r}")
-    return Setting(_check_dtype(dtype), jit)
-
-
-def _options(setting: Setting, options: dict[str, Any]) -> dict[str, Any]:
-    """The verifier's options: the user's, plus ``dtype=`` below float64 (its tolerances)."""
-    if not setting.x64:
-        return {**options, "dtype": setting.dtype}
-    return options
-
-
-def _wrapped(fn: Callable[..., Any], setting: Setting) -> Callable[..., Any]:
-    """``fn`` called on JAX views of the verifier's arguments, its return as numpy."""
-    program = Program(fn)
-
-    @functools.wraps(fn)
-    def call(*args: Any) -> Any:
-        with setting.precision():
-            return as_numpy(run(program, setting, [_convert(a, setting) for a in args]))
-
-    return call
+    return _c.views(value, _c.Setting(chosen, jit=False).array)
 
 
 # ---------------------------------------------------------------------- value verifiers
@@ -284,32 +160,211 @@ def verify_elbo(
 ) -> VerificationReport:
     """:func:`elbo_check.testing.verify_elbo` for ``fn(model, q, x) -> Array``.
 
-    ``model`` is a :class:`JaxModel`, ``q`` a :class:`JaxGaussian`, ``x`` an array, all
-    in ``dtype``; ``fn`` is jitted unless ``jit=False``; every other keyword is the
-    verifier's.
+    ``model`` is a :class:`JaxModel`, ``q`` a :class:`JaxGaussian` and ``x`` an array
+    of shape ``(D,)`` (with ``batch_size=B``: ``q`` a batch of ``B`` with a covariance
+    each and ``x`` of shape ``(B, D)``, and ``fn`` returns the ``B`` ELBOs), all in
+    ``dtype``. What ``fn`` returns is read with :func:`numpy.asarray` and compared
+    with the exact ELBO.
+
+    Parameters
+    ----------
+    fn : callable
+        The ELBO code under test, ``fn(model, q, x)``, written with :mod:`jax.numpy`,
+        returning a scalar array (shape ``(B,)`` with ``batch_size=B``).
+    dtype : dtype, optional
+        The floating dtype of every array ``fn`` receives (default ``jnp.float64``,
+        run under a scoped :func:`jax.enable_x64`; see the module's float64 note).
+        Below float64 the verifier compares at that precision's tolerances.
+    jit : bool, optional
+        Run ``fn`` under :func:`jax.jit` (default True): one compilation per shape,
+        reused across cases and calls. False runs it eagerly, operation by operation
+        (slower over many cases, but ``fn`` may then use Python control flow on
+        values).
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_elbo` (see there):
+        ``seed``, ``max_examples``, ``profile``, ``rtol``, ``atol``,
+        ``up_to_constant``, ``batch_size``, ``problems``, ``q_kinds``,
+        ``time_budget`` and the model options (fewer dimensions: fewer
+        compilations).
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when every case passes: ``report.check``
+        names the check, ``report.cases`` counts the cases, ``report.worst_error`` is
+        the largest error relative to the tolerance (at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If ``fn`` is wrong on a case (or raises, or returns no real number of the
+        expected shape; under jit, also when it needs a concrete value of a traced
+        array): the message shows the minimal counterexample and the diagnosis.
+    InvalidTypeError
+        If ``fn`` is not callable, ``dtype`` is not a floating dtype, or ``jit`` is
+        not a bool.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_elbo` refuses (a bad value, or
+        a keyword it does not take: TypeError).
+
+    Examples
+    --------
+    One model shape (D = K = 2), so one compilation:
+
+    >>> import pytest; jax = pytest.importorskip("jax")
+    >>> import jax.numpy as jnp
+    >>> from jax.scipy.stats import multivariate_normal as mvn
+    >>> from elbo_check.contrib.jax import verify_elbo
+    >>> def elbo(model, q, x):  # closed form: E_q log p(x | z) - KL(q || p(z))
+    ...     solve, logdet = jnp.linalg.solve, lambda s: jnp.linalg.slogdet(s)[1]
+    ...     lik = mvn.logpdf(x, model.weights @ q.mean + model.bias, model.noise_cov)
+    ...     spread = jnp.trace(solve(model.noise_cov, model.weights @ q.cov @ model.weights.T))
+    ...     d = q.mean - model.prior_mean
+    ...     kl = 0.5 * (jnp.trace(solve(model.prior_cov, q.cov)) - q.mean.shape[-1]
+    ...                 + d @ solve(model.prior_cov, d) + logdet(model.prior_cov) - logdet(q.cov))
+    ...     return lik - 0.5 * spread - kl
+    >>> shape = {"min_data_dim": 2, "max_data_dim": 2, "min_latent_dim": 2, "max_latent_dim": 2}
+    >>> report = verify_elbo(elbo, max_examples=10, **shape)
+    >>> report.check, report.cases
+    ('verify_elbo', 10)
     """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, jit)
-    return _verify_elbo(_wrapped(fn, setting), **_options(setting, options))
+    chosen = _c.checked_setting(fn, dtype, jit)
+    return _verify_elbo(_c.wrapped(fn, chosen), **_c.verifier_options(chosen, options))
 
 
 def verify_kl(
     fn: Callable[..., Any], *, dtype: Any = jnp.float64, jit: bool = True, **options: Any
 ) -> VerificationReport:
-    """:func:`elbo_check.testing.verify_kl` for ``fn(p, q) -> Array``, KL(p || q) of two
-    :class:`JaxGaussian` objects."""
+    """:func:`elbo_check.testing.verify_kl` for ``fn(p, q) -> Array``, KL(p || q).
+
+    ``p`` and ``q`` are :class:`JaxGaussian` objects in ``dtype`` (with
+    ``batch_size=B``, batches of ``B`` with a covariance each, and ``fn`` returns the
+    ``B`` divergences). What ``fn`` returns is read with :func:`numpy.asarray` and
+    compared with the exact divergence.
+
+    Parameters
+    ----------
+    fn : callable
+        The KL code under test, ``fn(p, q)``, written with :mod:`jax.numpy`, returning
+        ``KL(p || q)`` in nats as a scalar array (shape ``(B,)`` with
+        ``batch_size=B``).
+    dtype : dtype, optional
+        The floating dtype of the arrays ``fn`` receives (default ``jnp.float64``,
+        under a scoped :func:`jax.enable_x64`); below float64 the verifier compares at
+        that precision's tolerances.
+    jit : bool, optional
+        Run ``fn`` under :func:`jax.jit` (default True: one compilation per
+        dimension); False runs it eagerly.
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_kl` (see there):
+        ``seed``, ``max_examples``, ``profile``, ``rtol``, ``atol``, ``max_dim``,
+        ``max_condition_number``, ``batch_size``, ``problems``, ``q_kinds``,
+        ``time_budget``.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when every case passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If ``fn`` is wrong on a case (or raises, or returns no real number of the
+        expected shape), with the minimal counterexample and the diagnosis.
+    InvalidTypeError
+        If ``fn`` is not callable, ``dtype`` is not a floating dtype, or ``jit`` is
+        not a bool.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_kl` refuses.
+
+    Examples
+    --------
+    The closed form
+    ``KL(p || q) = 1/2 (tr(Sq^-1 Sp) - K + d^T Sq^-1 d + log det Sq - log det Sp)``
+    with ``d = m_q - m_p``, on Gaussians of one or two dimensions (two compilations):
+
+    >>> import pytest; jax = pytest.importorskip("jax")
+    >>> import jax.numpy as jnp
+    >>> from elbo_check.contrib.jax import verify_kl
+    >>> def kl(p, q):
+    ...     solve, logdet = jnp.linalg.solve, lambda s: jnp.linalg.slogdet(s)[1]
+    ...     d = q.mean - p.mean
+    ...     return 0.5 * (jnp.trace(solve(q.cov, p.cov)) - p.mean.shape[-1]
+    ...                   + d @ solve(q.cov, d) + logdet(q.cov) - logdet(p.cov))
+    >>> verify_kl(kl, max_examples=10, max_dim=2).check
+    'verify_kl'
+    """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, jit)
-    return _verify_kl(_wrapped(fn, setting), **_options(setting, options))
+    chosen = _c.checked_setting(fn, dtype, jit)
+    return _verify_kl(_c.wrapped(fn, chosen), **_c.verifier_options(chosen, options))
 
 
 def verify_log_evidence(
     fn: Callable[..., Any], *, dtype: Any = jnp.float64, jit: bool = True, **options: Any
 ) -> VerificationReport:
-    """:func:`elbo_check.testing.verify_log_evidence` for ``fn(model, x) -> Array``."""
+    """:func:`elbo_check.testing.verify_log_evidence` for ``fn(model, x) -> Array``.
+
+    ``model`` is a :class:`JaxModel` and ``x`` an array of shape ``(D,)`` (``(B, D)``
+    with ``batch_size=B``, and ``fn`` returns the ``B`` values), in ``dtype``. What
+    ``fn`` returns is read with :func:`numpy.asarray` and compared with the exact
+    ``log p(x)``.
+
+    Parameters
+    ----------
+    fn : callable
+        The log-evidence code under test, ``fn(model, x)``, written with
+        :mod:`jax.numpy`, returning ``log p(x)`` in nats as a scalar array (shape
+        ``(B,)`` with ``batch_size=B``).
+    dtype : dtype, optional
+        The floating dtype of the arrays ``fn`` receives (default ``jnp.float64``,
+        under a scoped :func:`jax.enable_x64`); below float64 the verifier compares at
+        that precision's tolerances.
+    jit : bool, optional
+        Run ``fn`` under :func:`jax.jit` (default True: one compilation per shape);
+        False runs it eagerly.
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_log_evidence` (see
+        there): ``seed``, ``max_examples``, ``profile``, ``rtol``, ``atol``,
+        ``batch_size``, ``problems``, ``time_budget`` and the model options.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when every case passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If ``fn`` is wrong on a case (or raises, or returns no real number of the
+        expected shape), with the minimal counterexample and the diagnosis.
+    InvalidTypeError
+        If ``fn`` is not callable, ``dtype`` is not a floating dtype, or ``jit`` is
+        not a bool.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_log_evidence` refuses.
+
+    Examples
+    --------
+    The marginal ``x ~ N(W mu0 + b, W S0 W^T + Psi)``, on models with D = K = 2 (one
+    compilation):
+
+    >>> import pytest; jax = pytest.importorskip("jax")
+    >>> from jax.scipy.stats import multivariate_normal as mvn
+    >>> from elbo_check.contrib.jax import verify_log_evidence
+    >>> def log_evidence(model, x):
+    ...     mean = model.weights @ model.prior_mean + model.bias
+    ...     cov = model.weights @ model.prior_cov @ model.weights.T + model.noise_cov
+    ...     return mvn.logpdf(x, mean, cov)
+    >>> shape = {"min_data_dim": 2, "max_data_dim": 2, "min_latent_dim": 2, "max_latent_dim": 2}
+    >>> verify_log_evidence(log_evidence, max_examples=10, **shape).check
+    'verify_log_evidence'
+    """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, jit)
-    return _verify_log_evidence(_wrapped(fn, setting), **_options(setting, options))
+    chosen = _c.checked_setting(fn, dtype, jit)
+    return _verify_log_evidence(_c.wrapped(fn, chosen), **_c.verifier_options(chosen, options))
 
 
 def verify_elbo_estimator(
@@ -317,45 +372,75 @@ def verify_elbo_estimator(
 ) -> VerificationReport:
     """:func:`elbo_check.testing.verify_elbo_estimator` for JAX estimators.
 
-    ``mode="statistical"`` (default): ``fn(model, q, x, key, n_samples)`` with a
+    ``mode="statistical"`` (default): ``fn(model, q, x, key, n_samples)`` with a typed
     :mod:`jax.random` key drawn from the verifier's generator for that call
-    (``n_samples`` is static under jit). ``mode="pathwise"``: ``fn(model, q, x, eps)``
-    with the noise ``eps`` an array.
+    (``n_samples`` is static under jit), tested for unbiasedness.
+    ``mode="pathwise"``: ``fn(model, q, x, eps)`` with the noise ``eps`` an array of
+    shape ``(n, K)``, compared with the exact value of the estimate at that noise.
+    ``model`` is a :class:`JaxModel`, ``q`` a :class:`JaxGaussian`, all in ``dtype``.
+
+    Parameters
+    ----------
+    fn : callable
+        The estimator under test, with the signature of its mode (above), returning
+        the estimate as a scalar array.
+    dtype : dtype, optional
+        The floating dtype of the arrays ``fn`` receives (default ``jnp.float64``,
+        under a scoped :func:`jax.enable_x64`); below float64 the verifier compares at
+        that precision's tolerances.
+    jit : bool, optional
+        Run ``fn`` under :func:`jax.jit` (default True: one compilation per shape and
+        ``n_samples``); False runs it eagerly.
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_elbo_estimator` (see
+        there): ``mode``, ``form``, ``n_samples``, ``calls``, ``n_problems``,
+        ``false_alarm_rate``, ``max_examples``, ``q_kinds``, ``batch_size``,
+        ``problems``, ``seed``, ``profile``, ``rtol``, ``atol``, ``time_budget`` and
+        the model options.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when the check passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If the estimator is biased (statistical mode, at the stated false-alarm rate)
+        or wrong at the given noise (pathwise mode), or raises: with the problem and
+        the diagnosis.
+    InvalidTypeError
+        If ``fn`` is not callable, ``dtype`` is not a floating dtype, or ``jit`` is
+        not a bool.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_elbo_estimator` refuses (e.g.
+        an unknown ``mode``).
+
+    Examples
+    --------
+    A reparameterised Monte-Carlo ELBO, joint form, on one problem (one compilation):
+
+    >>> import pytest; jax = pytest.importorskip("jax")
+    >>> import jax.numpy as jnp
+    >>> from jax.scipy.stats import multivariate_normal as mvn
+    >>> from elbo_check.contrib.jax import verify_elbo_estimator
+    >>> def mc_elbo(model, q, x, key, n_samples):
+    ...     eps = jax.random.normal(key, (n_samples, q.mean.shape[-1]), q.mean.dtype)
+    ...     z = q.mean + eps @ q.scale_tril.T
+    ...     lik = mvn.logpdf(x, z @ model.weights.T + model.bias, model.noise_cov)
+    ...     prior = mvn.logpdf(z, model.prior_mean, model.prior_cov)
+    ...     return jnp.mean(lik + prior - mvn.logpdf(z, q.mean, q.cov))
+    >>> report = verify_elbo_estimator(mc_elbo, n_problems=1, calls=100)
+    >>> report.check, report.details["calls"]
+    ('verify_elbo_estimator', 100)
     """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, jit)
-    return _verify_elbo_estimator(_wrapped(fn, setting), **_options(setting, options))
+    chosen = _c.checked_setting(fn, dtype, jit)
+    return _verify_elbo_estimator(_c.wrapped(fn, chosen), **_c.verifier_options(chosen, options))
 
 
 # ---------------------------------------------------------------------- gradients
-def _gradient_of(
-    fn: Callable[..., Any],
-    setting: Setting,
-    parametrisation: Parametrisation | None,
-    batched: bool,
-) -> Callable[..., Any]:
-    """A gradient function for the verifier: :func:`jax.grad` of ``fn``'s value."""
-    kinds = None
-    if isinstance(parametrisation, Parametrisation):  # anything else: the verifier refuses it
-        found = tuple(getattr(parametrisation, "_key_kinds", ()))
-        if len(found) != len(parametrisation.keys):
-            found = ("",) * len(parametrisation.keys)
-        kinds = tuple(zip(parametrisation.keys, found, strict=True))
-    program = Program(fn, gradient=True, batched=batched, kinds=kinds)
-
-    @functools.wraps(fn)
-    def gradient(model: Any, q: Any, *rest: Any) -> Any:
-        with setting.precision():
-            if parametrisation is None:
-                leaves: Any = (setting.host(q.mean), setting.host(q.scale_tril))
-            else:
-                leaves = {key: setting.host(q[key]) for key in parametrisation.keys}
-            args = [_convert(model, setting), leaves, *(_convert(a, setting) for a in rest)]
-            return as_numpy(run(program, setting, args))
-
-    return gradient
-
-
 def verify_elbo_gradient(
     fn: Callable[..., Any],
     *,
@@ -383,30 +468,43 @@ def verify_elbo_gradient(
     Parameters
     ----------
     fn : callable
-        The ELBO code under test, with the signature of its mode (above).
-    dtype : dtype
-        The dtype of every array ``fn`` receives (default float64, computed under a
-        scoped :func:`jax.enable_x64`). Below float64 the verifier is told (its
+        The ELBO code under test, with the signature of its mode (above), written with
+        :mod:`jax.numpy` and returning the value as a floating array.
+    dtype : dtype, optional
+        The dtype of every array ``fn`` receives (default ``jnp.float64``, computed
+        under a scoped :func:`jax.enable_x64`). Below float64 the verifier is told (its
         ``dtype=``), so its tolerances follow.
-    jit : bool
+    jit : bool, optional
         Compile the gradient with :func:`jax.jit` (default True): once per shape.
+        False differentiates eagerly.
     parametrisation : Parametrisation, optional
-        Differentiate in these parameters instead of q's ``(mean, scale_tril)``.
+        Differentiate in these parameters instead of q's ``(mean, scale_tril)``
+        (default None); ``fn`` then receives their dict in q's place.
     **options
-        Every other option of :func:`elbo_check.testing.verify_elbo_gradient`
-        (``mode``, ``form``, ``batch_size``, ``max_examples``, ``calls``, ...).
+        The keyword options of :func:`elbo_check.testing.verify_elbo_gradient` (see
+        there): ``mode``, ``form``, ``n_samples``, ``calls``, ``n_problems``,
+        ``batch_size``, ``max_examples``, ``q_kinds``, ``problems``, ``seed``,
+        ``profile``, ``rtol``, ``atol``, ``time_budget`` and the model options.
 
     Returns
     -------
-    VerificationReport
+    report : VerificationReport
+        The verifier's report, returned when the check passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
 
     Raises
     ------
     AssertionError
-        When jax.grad's gradient of ``fn`` is wrong, with the verifier's diagnosis.
-    InvalidTypeError, InvalidInputError
-        For a ``fn`` that is not callable, a ``dtype`` that is not a floating dtype, or
-        a return jax.grad cannot differentiate (inside the check, reported as a failure).
+        When jax.grad's gradient of ``fn`` is wrong, with the verifier's diagnosis;
+        also when ``fn`` raises, returns what jax.grad cannot differentiate (not a
+        floating JAX array computed from q's arrays, or not of shape ``()`` or
+        ``(B,)``) or needs a concrete value of a traced array: the failure names it.
+    InvalidTypeError
+        If ``fn`` is not callable, ``dtype`` is not a floating dtype, or ``jit`` is
+        not a bool.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_elbo_gradient` refuses (a
+        ``parametrisation`` that is not a Parametrisation included).
 
     Examples
     --------
@@ -428,9 +526,9 @@ def verify_elbo_gradient(
     'verify_elbo_gradient'
     """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, jit)
+    chosen = _c.checked_setting(fn, dtype, jit)
     batched = options.get("batch_size") is not None
-    gradient = _gradient_of(fn, setting, parametrisation, batched)
+    gradient = _c.gradient_of(fn, chosen, parametrisation, batched)
     return _verify_elbo_gradient(
-        gradient, parametrisation=parametrisation, **_options(setting, options)
+        gradient, parametrisation=parametrisation, **_c.verifier_options(chosen, options)
     )

@@ -183,10 +183,13 @@ def model_and_guide(
     q : Gaussian
         One Gaussian over the latent dimensions, in the guide's family (diagonal for
         ``AutoNormal`` and ``AutoDiagonalNormal``).
-    guide : str or callable
-        An autoguide's name (:data:`AUTOGUIDES`) or your guide function ``guide(x)``.
+    guide : str or callable, optional
+        An autoguide's name (:data:`AUTOGUIDES`, default ``"AutoNormal"``) or your
+        guide function ``guide(x)`` (then ``parametrisation`` is required).
     parametrisation : Parametrisation, optional
-        For a guide function: its ``numpyro.param`` names and what they mean.
+        For a guide function: its keys are the guide's ``numpyro.param`` names, its
+        values what the guide sees (constrained values). Left out for an autoguide,
+        which has its own (see :func:`verify_elbo_gradient`).
     rank : int, optional
         ``AutoLowRankMultivariateNormal``'s rank (default K: every q is a member).
 
@@ -200,6 +203,20 @@ def model_and_guide(
         guide itself). Usable with the loss API and SVI, which start from these values:
         ``-Trace_ELBO().loss(key, {}, model_fn, guide_fn, x)`` estimates ``model.elbo(q,
         x)``.
+
+    Raises
+    ------
+    InvalidTypeError
+        If ``model`` is not a :class:`~elbo_check.LinearGaussianModel`, ``guide`` is
+        neither a name nor a callable, or ``parametrisation`` is not a
+        :class:`~elbo_check.testing.Parametrisation`.
+    InvalidInputError
+        If ``q`` is not one Gaussian of dimension K (a batch, another dimension, or not
+        a Gaussian at all) or is not in the guide's family (a full covariance for
+        ``AutoNormal``); for an unknown autoguide name, a parametrisation given with an
+        autoguide, ``rank`` given with another guide or < 1, or a guide function
+        without a parametrisation. (A guide function's ``numpyro.param`` names are not
+        checked here: the verifiers check them.)
 
     Examples
     --------
@@ -227,7 +244,7 @@ def model_and_guide(
             f"got {q!r}"
         )
     spec = _spec(guide, parametrisation, rank, q.dim)
-    params = _parameters(spec, q)
+    params = _h.parameters(spec, q)
     arrays = tuple(jnp.asarray(a) for a in _h.model_arrays(model))
 
     def model_fn(x: Any) -> None:
@@ -238,73 +255,6 @@ def model_and_guide(
     return model_fn, handlers.substitute(built, data=data)
 
 
-def _parameters(spec: _h.GuideSpec, q: Gaussian) -> dict[str, FloatArray]:
-    """``q`` in the guide's parametrisation; an error naming the guide when ``q`` is not
-    in its family."""
-    try:
-        return spec.parametrisation.from_gaussian(q)
-    except InvalidInputError as err:
-        raise InvalidInputError(
-            f"q is not in the family of guide {spec.name!r} ({spec.parametrisation!r}): {err}"
-        ) from err
-
-
-# ---------------------------------------------------------------------- the calls
-class _Calls:
-    """The functions the verifiers call: numpy in, the compiled loss, numpy out."""
-
-    def __init__(self, loss: Any, spec: _h.GuideSpec) -> None:
-        self.loss, self.spec = loss, spec
-        self._model: tuple[Any, _h.Arrays] | None = None
-
-    def arrays(self, model: LinearGaussianModel) -> _h.Arrays:
-        """The model's arrays (converted once per problem)."""
-        if self._model is None or self._model[0] is not model:
-            self._model = (model, _h.model_arrays(model))
-        return self._model[1]
-
-    def free(self, params: Any) -> dict[str, FloatArray]:
-        return self.spec.to_free(params)
-
-    @staticmethod
-    def seed(rng: np.random.Generator) -> np.uint32:
-        return np.uint32(rng.integers(2**32))
-
-    def estimate(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, rng: Any, n: int
-    ) -> float:
-        fn = _h.compiled(self.loss, self.spec, "value")
-        free = self.free(_parameters(self.spec, q))
-        return float(fn(free, self.arrays(model), np.asarray(x), self.seed(rng)))
-
-    def pathwise_estimate(
-        self, model: LinearGaussianModel, q: Gaussian, x: FloatArray, eps: FloatArray
-    ) -> float:
-        fn = _h.compiled(self.loss, self.spec, "pathwise_value")
-        free, arrays = self.free(_parameters(self.spec, q)), self.arrays(model)
-        seed = np.uint32(0)  # the sample is pinned; the key reaches nothing random
-        values = [float(fn(free, arrays, np.asarray(x), seed, row)) for row in np.asarray(eps)]
-        return float(np.mean(values))
-
-    def gradient(
-        self, model: LinearGaussianModel, params: Any, x: FloatArray, rng: Any, n: int
-    ) -> dict[str, FloatArray]:
-        fn = _h.compiled(self.loss, self.spec, "grad")
-        _, grads = fn(self.free(params), self.arrays(model), np.asarray(x), self.seed(rng))
-        return self.spec.from_free(grads)
-
-    def pathwise_gradient(
-        self, model: LinearGaussianModel, params: Any, x: FloatArray, eps: FloatArray
-    ) -> dict[str, FloatArray]:
-        fn = _h.compiled(self.loss, self.spec, "pathwise_grad")
-        free, arrays = self.free(params), self.arrays(model)
-        rows = [
-            self.spec.from_free(fn(free, arrays, np.asarray(x), np.uint32(0), row)[1])
-            for row in np.asarray(eps)
-        ]
-        return {k: np.mean([r[k] for r in rows], axis=0) for k in rows[0]}
-
-
 def _common(
     loss: Any,
     guide: Any,
@@ -312,7 +262,7 @@ def _common(
     rank: Any,
     dtype: Any,
     options: dict[str, Any],
-) -> tuple[_Calls, bool, dict[str, Any]]:
+) -> tuple[_h.Calls, bool, dict[str, Any]]:
     """The checked loss and guide, the precision, and the verifier's options."""
     _check_loss(loss)
     max_k = int(options.get("max_latent_dim", _h.DEFAULT_MAX_LATENT_DIM))
@@ -338,7 +288,7 @@ def _common(
     chosen.setdefault("form", "analytic_kl" if found.analytic_kl else "joint")
     if not x64:
         chosen["dtype"] = np.float32
-    return _Calls(loss, spec), x64, chosen
+    return _h.Calls(loss, spec), x64, chosen
 
 
 def _restricted_kinds(spec: _h.GuideSpec, q_kinds: Sequence[str] | None) -> tuple[str, ...]:
@@ -407,8 +357,9 @@ def verify_elbo_estimator(
     rank : int, optional
         ``AutoLowRankMultivariateNormal``'s rank (``ScaledLowRank(rank, "softplus")``);
         default: the largest latent dimension of the problems, so every q is a member.
-    dtype : {"float64", "float32"}
-        The precision the loss runs in (see the module's Precision).
+    dtype : {"float64", "float32"}, optional
+        The precision the loss runs in (default ``"float64"``; see the module's
+        Precision).
     **options
         Every other option of :func:`elbo_check.testing.verify_elbo_estimator`
         (``mode``, ``calls``, ``n_problems``, ``q_kinds``, ``seed``, ``max_examples``,
@@ -422,10 +373,22 @@ def verify_elbo_estimator(
     Raises
     ------
     AssertionError
-        When the estimate is wrong, with the verifier's diagnosis.
-    InvalidTypeError, InvalidInputError
-        For a loss that is not a NumPyro ELBO, an unknown guide name, a guide function
-        without a parametrisation or whose params do not match it, ``mode="exact"``.
+        When the estimate is biased (statistical mode, at the stated false-alarm rate)
+        or wrong at the pinned noise (pathwise mode), with the verifier's diagnosis;
+        also when the loss or the guide raises while the check runs.
+    InvalidTypeError
+        If ``loss`` is not a NumPyro ELBO, ``guide`` is neither a name nor a callable,
+        ``parametrisation`` is not a :class:`~elbo_check.testing.Parametrisation`, or
+        ``dtype`` is not float64 or float32.
+    InvalidInputError
+        For an unknown autoguide name; a parametrisation given with an autoguide;
+        ``rank`` given with another guide, or not an integer >= 1; a guide function
+        without a parametrisation, with ``numpyro.param`` names that are not its keys,
+        or without a sample site ``"z"``; a ``mode`` other than ``"statistical"`` and
+        ``"pathwise"`` (no ``"exact"`` mode for a Monte-Carlo loss); ``n_samples`` or
+        ``batch_size`` given; or ``q_kinds`` the guide does not represent.
+    InvalidTypeError, InvalidInputError, TypeError
+        For another option :func:`elbo_check.testing.verify_elbo_estimator` refuses.
 
     Examples
     --------
@@ -504,10 +467,24 @@ def verify_elbo_gradient(
 
     Parameters
     ----------
-    loss, guide, parametrisation, rank, dtype
-        As in :func:`verify_elbo_estimator`.
+    loss : numpyro.infer.elbo.ELBO
+        The loss SVI would use (as in :func:`verify_elbo_estimator`).
+    guide : str or callable
+        One of :data:`AUTOGUIDES`, or your guide function ``guide(x)`` (then
+        ``parametrisation`` is required).
+    parametrisation : Parametrisation, optional
+        For a guide function: the gradient is checked in its ``numpyro.param`` values,
+        by these keys (table above).
+    rank : int, optional
+        ``AutoLowRankMultivariateNormal``'s rank (default: the largest latent dimension
+        of the problems).
+    dtype : {"float64", "float32"}, optional
+        The precision the loss and its gradient run in (default ``"float64"``).
     **options
-        Every other option of :func:`elbo_check.testing.verify_elbo_gradient`.
+        The keyword options of :func:`elbo_check.testing.verify_elbo_gradient` (see
+        there): ``mode``, ``calls``, ``n_problems``, ``q_kinds`` (q outside the
+        guide's family is projected onto it), ``seed``, ``max_examples``, ...; not
+        ``n_samples`` (the loss's ``num_particles``) or ``batch_size``.
 
     Returns
     -------
@@ -517,9 +494,21 @@ def verify_elbo_gradient(
     Raises
     ------
     AssertionError
-        When the gradient is wrong, with the verifier's diagnosis.
-    InvalidTypeError, InvalidInputError
-        As in :func:`verify_elbo_estimator`.
+        When the gradient is wrong, with the verifier's diagnosis; also when the loss
+        or the guide raises while the check runs.
+    InvalidTypeError
+        If ``loss`` is not a NumPyro ELBO, ``guide`` is neither a name nor a callable,
+        ``parametrisation`` is not a :class:`~elbo_check.testing.Parametrisation`, or
+        ``dtype`` is not float64 or float32.
+    InvalidInputError
+        For an unknown autoguide name; a parametrisation given with an autoguide;
+        ``rank`` given with another guide, or not an integer >= 1; a guide function
+        without a parametrisation, with ``numpyro.param`` names that are not its keys,
+        or without a sample site ``"z"``; a ``mode`` other than ``"statistical"`` and
+        ``"pathwise"`` (no ``"exact"`` mode for a Monte-Carlo loss); ``n_samples`` or
+        ``batch_size`` given.
+    InvalidTypeError, InvalidInputError, TypeError
+        For another option :func:`elbo_check.testing.verify_elbo_gradient` refuses.
 
     Examples
     --------

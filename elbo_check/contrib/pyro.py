@@ -43,32 +43,27 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from .._errors import InvalidInputError, InvalidTypeError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..testing import (
-    DiagonalSoftplusScale,
-    FullUnitCholeskyScale,
     Parametrisation,
-    ScaledLowRank,
     VerificationReport,
 )
 from ..testing import verify_elbo_estimator as _verify_elbo_estimator
 from ..testing import verify_elbo_gradient as _verify_elbo_gradient
 from ..testing import verify_kl as _verify_kl
 from ..testing import verify_log_evidence as _verify_log_evidence
+from . import _pyro_checks as _k
 from . import _pyro_handlers as _h
 from ._pyro_handlers import ScopedGuide
 
 try:
     import pyro
     import torch
-    from pyro import poutine
 except ImportError as err:  # pragma: no cover - _pyro_handlers raised already
     raise ImportError("elbo_check.contrib.pyro needs Pyro: pip install pyro-ppl") from err
 
@@ -83,97 +78,7 @@ __all__ = [
 ]
 
 #: The autoguides a guide may be named by.
-AUTOGUIDES: tuple[str, ...] = tuple(_h.AUTOGUIDES)
-
-#: The modes of the Monte-Carlo checks here ("exact" is meaningless for a sampled loss).
-_MODES = ("statistical", "pathwise")
-
-#: Parameter kinds whose entries are not all free, and the mask of the free ones.
-_MASKS: dict[str, Callable[[Any], Any]] = {
-    "lower": np.tril,
-    "strict_lower": lambda g: np.tril(g, -1),
-}
-
-
-# ---------------------------------------------------------------------- guides
-class _Spec:
-    """A guide as the checks build it: an autoguide's name or the user's callable, and
-    the parametrisation its parameters follow."""
-
-    def __init__(
-        self, guide: Any, parametrisation: Any, rank: int | None, default_rank: int
-    ) -> None:
-        if parametrisation is not None and not isinstance(parametrisation, Parametrisation):
-            raise InvalidTypeError(
-                "parametrisation must be None or an elbo_check.testing.Parametrisation "
-                f"(FullCholesky(), DiagonalSoftplusScale(), ...); got "
-                f"{type(parametrisation).__name__}"
-            )
-        if rank is not None and guide != "AutoLowRankMultivariateNormal":
-            raise InvalidInputError(
-                f"rank= is an option of 'AutoLowRankMultivariateNormal' only; got rank={rank!r} "
-                f"with guide={guide!r}"
-            )
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-            raise InvalidInputError(f"rank must be a positive integer; got rank={rank!r}")
-        self.rank = default_rank if rank is None else rank
-        #: the q kinds whose every member the guide holds (the estimator's q must be one)
-        self.member_kinds: tuple[str, ...] = ()
-        if isinstance(guide, str):
-            if guide not in AUTOGUIDES:
-                raise InvalidInputError(
-                    f"guide must be one of {', '.join(map(repr, AUTOGUIDES))} or your guide "
-                    f"(a callable); got guide={guide!r}"
-                )
-            own = _autoguide_parametrisation(guide, self.rank)
-            if parametrisation is not None and repr(parametrisation) != repr(own):
-                raise InvalidInputError(
-                    f"{guide} holds its q as {own!r}; leave parametrisation out (got "
-                    f"{parametrisation!r})"
-                )
-            self.name: str | None = guide
-            self.guide: Callable[..., Any] | None = None
-            self.parametrisation: Parametrisation = own
-            self.probe_dim: int | None = None
-            self.member_kinds = own.cov_kinds if self.rank >= default_rank else ("isotropic",)
-            return
-        if not callable(guide):
-            raise InvalidTypeError(
-                f"guide must be one of {', '.join(map(repr, AUTOGUIDES))} or a callable "
-                f"guide(x); got {type(guide).__name__} {guide!r:.60}"
-            )
-        if parametrisation is None:
-            raise InvalidInputError(
-                f"a guide callable needs parametrisation=: an elbo_check.testing."
-                "Parametrisation whose keys are the guide's pyro.param names (e.g. "
-                "FullCholesky() for pyro.param('loc') and pyro.param('scale_tril')); got "
-                f"guide={getattr(guide, '__name__', guide)!r} without one"
-            )
-        self.name, self.guide, self.parametrisation = None, guide, parametrisation
-        self.member_kinds = parametrisation.cov_kinds
-        self.probe_dim = _h.check_user_guide(guide, parametrisation)
-
-    def build(self, model: LinearGaussianModel, params: Mapping[str, Any]) -> _h.Built:
-        if self.name is not None:
-            return _h.build_autoguide(self.name, model, params, self.rank)
-        assert self.guide is not None
-        return _h.build_user_guide(self.guide, model, params)
-
-    def params_of(self, q: Gaussian) -> dict[str, Any]:
-        try:
-            return self.parametrisation.from_gaussian(q)
-        except InvalidInputError as err:
-            raise InvalidInputError(
-                f"q is not in the family of {self.parametrisation!r} (the guide's): {err}"
-            ) from err
-
-
-def _autoguide_parametrisation(name: str, rank: int) -> Parametrisation:
-    if name in ("AutoNormal", "AutoDiagonalNormal"):
-        return DiagonalSoftplusScale()
-    if name == "AutoMultivariateNormal":
-        return FullUnitCholeskyScale(scale_transform="softplus")
-    return ScaledLowRank(rank, scale_transform="softplus")
+AUTOGUIDES: tuple[str, ...] = _k.AUTOGUIDES
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -194,11 +99,13 @@ def model_and_guide(
     q : Gaussian
         One Gaussian over the K latent dimensions, in the guide's family (diagonal for
         ``AutoNormal`` and ``AutoDiagonalNormal``).
-    guide : str or callable
-        One of :data:`AUTOGUIDES`, or your guide ``guide(x)`` (then ``parametrisation`` is
-        required).
+    guide : str or callable, optional
+        One of :data:`AUTOGUIDES` (default ``"AutoNormal"``), or your guide
+        ``guide(x)`` (then ``parametrisation`` is required).
     parametrisation : Parametrisation, optional
-        For your guide: keys its ``pyro.param`` names, values what it sees.
+        For your guide: its keys are the guide's ``pyro.param`` names, its values what
+        the guide sees (constrained values). Left out for an autoguide, which has its
+        own (see :func:`verify_elbo_gradient`).
     rank : int, optional
         ``AutoLowRankMultivariateNormal``'s rank (default K: every q is a member).
 
@@ -212,6 +119,20 @@ def model_and_guide(
         Calls the guide in its own parameter store (your store is untouched); its
         ``params`` are the tensors that define q (for an autoguide its unconstrained
         parameters, leaf tensors that ``loss_and_grads`` fills the ``.grad`` of).
+
+    Raises
+    ------
+    InvalidTypeError
+        If ``model`` is not a :class:`~elbo_check.LinearGaussianModel`, ``guide`` is
+        neither a name nor a callable, or ``parametrisation`` is not a
+        :class:`~elbo_check.testing.Parametrisation`.
+    InvalidInputError
+        If ``q`` is not one Gaussian of dimension K (a batch, another dimension, or not
+        a Gaussian at all) or is not in the guide's family (a full covariance for
+        ``AutoNormal``); for an unknown autoguide name, a parametrisation given with
+        an autoguide (other than its own), ``rank`` given with another guide or < 1,
+        or your guide without a parametrisation or with ``pyro.param`` names that are
+        not its keys.
 
     Examples
     --------
@@ -240,99 +161,9 @@ def model_and_guide(
             f"q must be one Gaussian of the model's latent dimension K={model.latent_dim}; "
             f"got {q!r:.80}"
         )
-    spec = _Spec(guide, parametrisation, rank, model.latent_dim)
+    spec = _k.Spec(guide, parametrisation, rank, model.latent_dim)
     built = spec.build(model, spec.params_of(q))
     return built.model, ScopedGuide(built, spec.parametrisation)
-
-
-# ---------------------------------------------------------------------- shared checks
-def _check_loss(loss: Any) -> None:
-    if not isinstance(loss, pyro.infer.ELBO):
-        raise InvalidTypeError(
-            "loss must be a pyro.infer.ELBO instance (pyro.infer.Trace_ELBO(), "
-            "TraceMeanField_ELBO(), TraceGraph_ELBO(), JitTrace_ELBO(), RenyiELBO(), ...); "
-            f"got {type(loss).__name__} {loss!r:.60}"
-        )
-
-
-def _check_mode(options: dict[str, Any]) -> str:
-    mode = options.setdefault("mode", "statistical")
-    if mode not in _MODES:
-        raise InvalidInputError(
-            f"mode must be 'statistical' or 'pathwise' for a Pyro loss (its value is a "
-            f"Monte-Carlo estimate: there is no exact mode); got mode={mode!r}"
-        )
-    return str(mode)
-
-
-def _form(loss: Any, spec: _Spec) -> str:
-    """``"analytic_kl"`` when ``loss`` is a TraceMeanField_ELBO and Pyro has the KL of
-    the guide's site ``"z"`` against the prior (an autoguide's ``"z"`` is a Delta: its
-    "KL" is ``-log p(z)``, the joint form); ``"joint"`` otherwise. Found by running the
-    guide once on a small problem, which also warms up Pyro (the first guide built in a
-    process takes about a second)."""
-    k = spec.probe_dim or 2
-    model = LinearGaussianModel(
-        weights=np.ones((1, k)), bias=np.zeros(1), prior=Gaussian.standard(k), noise_cov=[1.0]
-    )
-    built = spec.build(model, spec.params_of(Gaussian.standard(k)))
-    x = torch.zeros(1, dtype=torch.float64)
-    with _h.seeded_torch(0), _h.private_store(built.state), poutine.block():
-        guide_trace = poutine.trace(built.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(built.model, guide_trace)).get_trace(x)
-    if "z" not in guide_trace.nodes:
-        raise InvalidInputError(
-            "the guide must sample the model's latent site 'z' (pyro.sample('z', ...)); "
-            f"it samples {[n for n, s in guide_trace.nodes.items() if s['type'] == 'sample']}"
-        )
-    if not isinstance(loss, pyro.infer.TraceMeanField_ELBO):
-        return "joint"
-    q_site: Any = guide_trace.nodes["z"]["fn"]
-    p_site: Any = model_trace.nodes["z"]["fn"]
-    if isinstance(q_site, pyro.distributions.Delta):
-        return "joint"
-    try:
-        torch.distributions.kl_divergence(q_site, p_site)
-    except NotImplementedError:
-        return "joint"
-    return "analytic_kl"
-
-
-def _max_latent_dim(options: Mapping[str, Any]) -> int:
-    """The largest K of the problems (the default rank of a low-rank guide: all q fit)."""
-    return int(options.get("max_latent_dim", 6))
-
-
-def _checked_options(
-    loss: Any, spec: _Spec, options: dict[str, Any], *, estimator: bool
-) -> dict[str, Any]:
-    """The verifier's options: form, n_samples, q_kinds and dimensions for the guide
-    (the estimator's q must be in the guide's family; the gradient's is projected)."""
-    mode = _check_mode(options)
-    particles = int(getattr(loss, "num_particles", 1))
-    if options.setdefault("n_samples", particles) != particles:
-        raise InvalidInputError(
-            f"n_samples is the loss's num_particles ({particles}); got "
-            f"n_samples={options['n_samples']!r}"
-        )
-    options.setdefault("form", _form(loss, spec))
-    kinds = spec.member_kinds if estimator else spec.parametrisation.cov_kinds
-    if options.get("q_kinds") is not None:
-        unsupported = [k for k in options["q_kinds"] if k not in kinds]
-        if unsupported:
-            raise InvalidInputError(
-                f"the guide holds q as {spec.parametrisation!r}, which does not hold every q "
-                f"of kinds {unsupported}; q_kinds must be among {kinds}"
-            )
-    elif mode == "pathwise" or "full" not in kinds:
-        options["q_kinds"] = kinds
-    return options
-
-
-def _masked(par: Parametrisation, grads: dict[str, Any]) -> dict[str, Any]:
-    """The gradient with entries that are not parameters zeroed (autograd fills them)."""
-    kinds = dict(zip(par.keys, getattr(par, "_key_kinds", ()), strict=False))
-    return {k: _MASKS[kinds[k]](g) if kinds.get(k) in _MASKS else g for k, g in grads.items()}
 
 
 # ---------------------------------------------------------------------- estimator
@@ -344,8 +175,10 @@ def verify_elbo_estimator(
     rank: int | None = None,
     **options: Any,
 ) -> VerificationReport:
-    """:func:`elbo_check.testing.verify_elbo_estimator` for a Pyro loss: the estimate is
-    ``-loss.loss(model_fn, guide_fn, x)``.
+    """:func:`elbo_check.testing.verify_elbo_estimator` for a Pyro loss and guide.
+
+    The estimate is ``-loss.loss(model_fn, guide_fn, x)`` for the model of each
+    problem and the guide set to its q (:func:`model_and_guide`).
 
     ``mode="statistical"`` (default): each call runs with torch's global generator
     seeded from the verifier's generator (in :func:`torch.random.fork_rng`, restored
@@ -371,20 +204,52 @@ def verify_elbo_estimator(
         ``Trace_ELBO()``, ``TraceMeanField_ELBO()``, ``TraceGraph_ELBO()``,
         ``JitTrace_ELBO()``, ``RenyiELBO()``, your subclass, ...
     guide : str or callable
-        One of :data:`AUTOGUIDES`, or your ``guide(x)``.
+        One of :data:`AUTOGUIDES`, or your ``guide(x)`` with ``pyro.param`` sites and
+        one Gaussian sample site ``"z"`` over the K latent dimensions.
     parametrisation : Parametrisation, optional
-        Required with your guide (see :func:`model_and_guide`).
+        Required with your guide (its ``pyro.param`` names and the values the guide
+        sees, see :func:`model_and_guide`); left out with an autoguide.
     rank : int, optional
         ``AutoLowRankMultivariateNormal``'s rank (``ScaledLowRank(rank, "softplus")``).
         Default: the largest K of the problems (``max_latent_dim``, 6), so that every q
         is a member; with a smaller rank the estimator is checked on isotropic q (the
         members of every rank) and the gradient at q's projection onto the family.
     **options
-        Every other option of :func:`elbo_check.testing.verify_elbo_estimator`.
+        The keyword options of :func:`elbo_check.testing.verify_elbo_estimator` (see
+        there): ``mode``, ``calls``, ``n_problems``, ``false_alarm_rate``,
+        ``max_examples``, ``q_kinds``, ``form`` (to override the one found),
+        ``batch_size``, ``problems``, ``seed``, ``profile``, ``rtol``, ``atol``,
+        ``time_budget`` and the model options; ``n_samples``, if given, must be the
+        loss's ``num_particles``.
 
     Returns
     -------
-    VerificationReport
+    report : VerificationReport
+        The verifier's report, returned when the check passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1; ``report.details["form"]``
+        the form checked).
+
+    Raises
+    ------
+    AssertionError
+        If the estimate is biased (statistical mode, at the stated false-alarm rate) or
+        wrong at the pinned noise (pathwise mode), with the verifier's diagnosis; also
+        when the loss or the guide raises while the check runs (e.g. a guide with more
+        than one Gaussian sample site in pathwise mode).
+    InvalidTypeError
+        If ``loss`` is not a ``pyro.infer.ELBO``, ``guide`` is neither a name nor a
+        callable, or ``parametrisation`` is not a
+        :class:`~elbo_check.testing.Parametrisation`.
+    InvalidInputError
+        For an unknown autoguide name; a parametrisation given with an autoguide
+        (other than its own); ``rank`` given with another guide, or not an integer
+        >= 1; your guide without a parametrisation, with ``pyro.param`` names (or
+        initial shapes) that are not the parametrisation's, or without a sample site
+        ``"z"``; a ``mode`` other than ``"statistical"`` and ``"pathwise"`` (no
+        ``"exact"`` mode for a Monte-Carlo loss); ``n_samples`` other than the loss's
+        ``num_particles``; or ``q_kinds`` the guide cannot hold.
+    InvalidTypeError, InvalidInputError, TypeError
+        For another option :func:`elbo_check.testing.verify_elbo_estimator` refuses.
 
     Examples
     --------
@@ -402,9 +267,9 @@ def verify_elbo_estimator(
     "verify_elbo_estimator(mode='pathwise')"
     """
     __tracebackhide__ = True
-    _check_loss(loss)
-    spec = _Spec(guide, parametrisation, rank, _max_latent_dim(options))
-    options = _checked_options(loss, spec, dict(options), estimator=True)
+    _k.check_loss(loss)
+    spec = _k.Spec(guide, parametrisation, rank, _k.max_latent_dim(options))
+    options = _k.checked_options(loss, spec, dict(options), estimator=True)
     problems = _h.Problems(spec, loss)
 
     def statistical(model: LinearGaussianModel, q: Gaussian, x: Any, rng: Any, n: int) -> float:
@@ -433,9 +298,10 @@ def verify_elbo_gradient(
     rank: int | None = None,
     **options: Any,
 ) -> VerificationReport:
-    """:func:`elbo_check.testing.verify_elbo_gradient` for the gradient Pyro's SVI takes:
-    ``loss.loss_and_grads(model_fn, guide_fn, x)``, then the ``.grad`` of the guide's
-    parameters (negated: the loss is -ELBO).
+    """:func:`elbo_check.testing.verify_elbo_gradient` for the gradient Pyro's SVI takes.
+
+    That is ``loss.loss_and_grads(model_fn, guide_fn, x)``, then the ``.grad`` of the
+    guide's parameters (negated: the loss is -ELBO).
 
     The parameters are the guide's real ones: for an autoguide its unconstrained
     tensors (``AutoNormal`` and ``AutoDiagonalNormal``: ``DiagonalSoftplusScale()``,
@@ -454,28 +320,48 @@ def verify_elbo_gradient(
     loss : pyro.infer.ELBO
         The loss SVI would use.
     guide : str or callable
-        One of :data:`AUTOGUIDES`, or your ``guide(x)``.
+        One of :data:`AUTOGUIDES`, or your ``guide(x)`` (as in
+        :func:`verify_elbo_estimator`).
     parametrisation : Parametrisation, optional
-        Required with your guide.
+        Required with your guide: the gradient is checked in its parameters.
     rank : int, optional
         ``AutoLowRankMultivariateNormal``'s rank (``ScaledLowRank(rank, "softplus")``).
         Default: the largest K of the problems (``max_latent_dim``, 6), so that every q
         is a member; with a smaller rank the estimator is checked on isotropic q (the
         members of every rank) and the gradient at q's projection onto the family.
     **options
-        Every other option of :func:`elbo_check.testing.verify_elbo_gradient`.
+        The keyword options of :func:`elbo_check.testing.verify_elbo_gradient` (see
+        there): ``mode``, ``calls``, ``n_problems``, ``false_alarm_rate``,
+        ``max_examples``, ``q_kinds``, ``form``, ``batch_size``, ``problems``,
+        ``seed``, ``profile``, ``rtol``, ``atol``, ``time_budget`` and the model
+        options; ``n_samples``, if given, must be the loss's ``num_particles``.
 
     Returns
     -------
-    VerificationReport
+    report : VerificationReport
+        The verifier's report, returned when the check passes (``report.check``
+        names the parametrisation checked, ``report.cases``, ``report.worst_error`` at
+        most 1).
 
     Raises
     ------
     AssertionError
-        When the gradient is wrong, with the verifier's diagnosis.
-    InvalidTypeError, InvalidInputError
-        For a loss that is not a ``pyro.infer.ELBO``, an unknown guide, a guide without
-        parametrisation or with one that does not fit it, or ``mode="exact"``.
+        When the gradient is wrong, with the verifier's diagnosis; also when the loss
+        or the guide raises while the check runs.
+    InvalidTypeError
+        If ``loss`` is not a ``pyro.infer.ELBO``, ``guide`` is neither a name nor a
+        callable, or ``parametrisation`` is not a
+        :class:`~elbo_check.testing.Parametrisation`.
+    InvalidInputError
+        For an unknown autoguide name; a parametrisation given with an autoguide
+        (other than its own); ``rank`` given with another guide, or not an integer
+        >= 1; your guide without a parametrisation, with ``pyro.param`` names (or
+        initial shapes) that are not the parametrisation's, or without a sample site
+        ``"z"``; a ``mode`` other than ``"statistical"`` and ``"pathwise"`` (no
+        ``"exact"`` mode for a Monte-Carlo loss); ``n_samples`` other than the loss's
+        ``num_particles``; or ``q_kinds`` the guide cannot hold.
+    InvalidTypeError, InvalidInputError, TypeError
+        For another option :func:`elbo_check.testing.verify_elbo_gradient` refuses.
 
     Examples
     --------
@@ -486,9 +372,9 @@ def verify_elbo_gradient(
     "verify_elbo_gradient(parametrisation=DiagonalSoftplusScale(), mode='pathwise')"
     """
     __tracebackhide__ = True
-    _check_loss(loss)
-    spec = _Spec(guide, parametrisation, rank, _max_latent_dim(options))
-    options = _checked_options(loss, spec, dict(options), estimator=False)
+    _k.check_loss(loss)
+    spec = _k.Spec(guide, parametrisation, rank, _k.max_latent_dim(options))
+    options = _k.checked_options(loss, spec, dict(options), estimator=False)
     par = spec.parametrisation
     problems = _h.Problems(spec, loss)
 
@@ -499,7 +385,7 @@ def verify_elbo_gradient(
         built.zero_grad()
         with _h.private_store(built.state), _h.seeded_torch(int(rng.integers(2**63))):
             fresh.loss_and_grads(built.model, built.guide, _h.tensor(x))
-        return _masked(par, built.gradient(-1.0))
+        return _k.masked(par, built.gradient(-1.0))
 
     def pathwise(
         model: LinearGaussianModel, params: dict[str, Any], x: Any, eps: Any
@@ -511,7 +397,7 @@ def verify_elbo_gradient(
         with _h.private_store(built.state), _h.seeded_torch(0):
             for row in rows:
                 fresh.loss_and_grads(pinned_model, pinned_guide, xs, row)
-        return _masked(par, built.gradient(-1.0 / len(rows)))
+        return _k.masked(par, built.gradient(-1.0 / len(rows)))
 
     fn = pathwise if options["mode"] == "pathwise" else statistical
     return _verify_elbo_gradient(fn, parametrisation=par, **options)
@@ -534,8 +420,67 @@ def _value(value: Any) -> Any:
 
 
 def verify_log_evidence(fn: Callable[..., Any], **options: Any) -> VerificationReport:
-    """:func:`elbo_check.testing.verify_log_evidence` for ``fn(model_fn, x)``, the log
-    marginal likelihood of a Pyro model function (see :func:`model_and_guide`)."""
+    """:func:`elbo_check.testing.verify_log_evidence` for ``fn(model_fn, x)``.
+
+    ``fn`` computes the log marginal likelihood ``log p(x)`` of a Pyro model function:
+    ``model_fn(x)`` samples ``"z"`` from its ``MultivariateNormal`` prior and observes
+    ``"x"`` from ``MultivariateNormal(W z + b, Psi)`` (as in :func:`model_and_guide`);
+    ``x`` is a float64 tensor of shape ``(D,)`` (with ``batch_size=B``, ``(B, D)``, and
+    ``fn`` returns the ``B`` values ``log p(x_b)``). A returned tensor is read with
+    ``.detach().numpy()``.
+
+    Parameters
+    ----------
+    fn : callable
+        The exact log-evidence code under test, ``fn(model_fn, x)``, returning
+        ``log p(x)`` in nats (a scalar tensor or a float).
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_log_evidence` (see
+        there): ``seed``, ``max_examples``, ``profile``, ``rtol``, ``atol``,
+        ``batch_size``, ``problems``, ``time_budget``, ``dtype`` and the model
+        options.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when every case passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If ``fn`` is wrong on a case (or raises, or returns no real number of the
+        expected shape), with the minimal counterexample and the diagnosis.
+    InvalidTypeError
+        If ``fn`` is a ``pyro.infer.ELBO`` (a Monte-Carlo estimate: check it with
+        :func:`verify_elbo_estimator`) or not callable.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_log_evidence` refuses.
+
+    Examples
+    --------
+    The marginal ``x ~ N(W mu0 + b, W S0 W^T + Psi)`` from the model's sites: the
+    likelihood's mean at ``z = 0`` is ``b``, at ``z = e_k`` it is ``b + W e_k``:
+
+    >>> import pytest; pyro = pytest.importorskip("pyro")
+    >>> import torch
+    >>> from pyro import poutine
+    >>> from elbo_check.contrib.pyro import verify_log_evidence
+    >>> def log_evidence(model_fn, x):
+    ...     def likelihood(z):  # the distribution of site "x" given z
+    ...         conditioned = poutine.condition(model_fn, data={"z": z})
+    ...         return poutine.trace(conditioned).get_trace(x).nodes["x"]["fn"]
+    ...     with torch.random.fork_rng():  # tracing model_fn samples z
+    ...         prior = poutine.trace(model_fn).get_trace(x).nodes["z"]["fn"]
+    ...     eye = torch.eye(prior.loc.shape[-1], dtype=x.dtype)
+    ...     base = likelihood(0 * eye[0])
+    ...     weights = torch.stack([likelihood(e).loc - base.loc for e in eye], -1)
+    ...     cov = weights @ prior.covariance_matrix @ weights.mT + base.covariance_matrix
+    ...     marginal = pyro.distributions.MultivariateNormal(weights @ prior.loc + base.loc, cov)
+    ...     return marginal.log_prob(x)
+    >>> verify_log_evidence(log_evidence, max_examples=10).check
+    'verify_log_evidence'
+    """
     __tracebackhide__ = True
     _check_fn(fn)
 
@@ -546,12 +491,45 @@ def verify_log_evidence(fn: Callable[..., Any], **options: Any) -> VerificationR
 
 
 def verify_kl(fn: Callable[..., Any], **options: Any) -> VerificationReport:
-    """:func:`elbo_check.testing.verify_kl` for ``fn(p, q)`` on two
-    ``pyro.distributions.MultivariateNormal`` (float64), e.g. Pyro's own registry.
+    """:func:`elbo_check.testing.verify_kl` for ``fn(p, q)`` on Pyro distributions.
+
+    ``p`` and ``q`` are two ``pyro.distributions.MultivariateNormal`` in float64 (with
+    ``batch_size=B``, batches of ``B``, and ``fn`` returns the ``B`` divergences); a
+    returned tensor is read with ``.detach().numpy()``.
+
+    Parameters
+    ----------
+    fn : callable
+        The KL code under test, ``fn(p, q)``, returning ``KL(p || q)`` in nats (a
+        scalar tensor or a float), e.g. ``torch.distributions.kl_divergence``, the
+        registry Pyro's losses use.
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_kl` (see there):
+        ``seed``, ``max_examples``, ``profile``, ``rtol``, ``atol``, ``max_dim``,
+        ``max_condition_number``, ``batch_size``, ``problems``, ``q_kinds``,
+        ``time_budget``, ``dtype``.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when every case passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If ``fn`` is wrong on a case (or raises, or returns no real number of the
+        expected shape), with the minimal counterexample and the diagnosis.
+    InvalidTypeError
+        If ``fn`` is a ``pyro.infer.ELBO`` or not callable.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_kl` refuses.
 
     Examples
     --------
     >>> import pytest; pyro = pytest.importorskip("pyro")
+    >>> import torch
+    >>> from elbo_check.contrib.pyro import verify_kl
     >>> verify_kl(torch.distributions.kl_divergence, max_examples=20).check
     'verify_kl'
     """

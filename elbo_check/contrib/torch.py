@@ -38,14 +38,9 @@ verify_elbo_gradient(mode='pathwise')
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, overload
 
-import numpy as np
-
-from .._errors import InvalidInputError, InvalidTypeError
 from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..testing import Parametrisation, VerificationReport
@@ -54,10 +49,12 @@ from ..testing import verify_elbo_estimator as _verify_elbo_estimator
 from ..testing import verify_elbo_gradient as _verify_elbo_gradient
 from ..testing import verify_kl as _verify_kl
 from ..testing import verify_log_evidence as _verify_log_evidence
+from . import _torch_calls as _c
+from ._torch_calls import TorchGaussian, TorchModel
 
 try:
     import torch
-except ImportError as err:  # pragma: no cover - exercised without torch
+except ImportError as err:  # pragma: no cover - _torch_calls raised already
     raise ImportError(
         "elbo_check.contrib.torch needs PyTorch, which is not installed; install the CPU "
         "wheel with: pip install torch --index-url https://download.pytorch.org/whl/cpu"
@@ -74,85 +71,8 @@ __all__ = [
     "verify_log_evidence",
 ]
 
-Tensor = torch.Tensor
-
 
 # ---------------------------------------------------------------------- tensor views
-@dataclass(frozen=True)
-class TorchModel:
-    """A :class:`~elbo_check.LinearGaussianModel` as tensors (copies).
-
-    ``z ~ N(prior_mean, prior_cov)``, ``x | z ~ N(weights @ z + bias, noise_cov)``.
-
-    Attributes
-    ----------
-    weights : torch.Tensor
-        ``W``, shape ``(D, K)``.
-    bias : torch.Tensor
-        ``b``, shape ``(D,)``.
-    prior_mean, prior_cov, prior_scale_tril : torch.Tensor
-        The prior's mean ``(K,)``, covariance and lower Cholesky factor ``(K, K)``.
-    noise_cov : torch.Tensor
-        The noise covariance as a dense ``(D, D)`` matrix, whatever its kind.
-    numpy : LinearGaussianModel
-        The model these tensors were copied from (its exact oracle methods).
-    """
-
-    weights: Tensor
-    bias: Tensor
-    prior_mean: Tensor
-    prior_cov: Tensor
-    prior_scale_tril: Tensor
-    noise_cov: Tensor
-    numpy: LinearGaussianModel
-
-
-@dataclass(frozen=True)
-class TorchGaussian:
-    """A :class:`~elbo_check.Gaussian` as tensors; batch shapes are kept.
-
-    Attributes
-    ----------
-    mean : torch.Tensor
-        Shape ``(..., K)``.
-    scale_tril : torch.Tensor
-        Lower Cholesky factor of the covariance, ``(K, K)`` or ``(..., K, K)``.
-    cov : torch.Tensor
-        The covariance, of the shape of ``scale_tril``. In
-        :func:`verify_elbo_gradient` it is ``scale_tril @ scale_tril.mT``, so that
-        gradients flow through it to ``scale_tril``.
-    """
-
-    mean: Tensor
-    scale_tril: Tensor
-    cov: Tensor
-
-
-def _tensor(value: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A copy of ``value`` (numpy arrays may be read-only) as a tensor."""
-    return torch.tensor(np.array(value, dtype=np.float64), dtype=dtype, device=device)
-
-
-def _check_dtype(dtype: Any) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InvalidTypeError(
-            "dtype must be a torch floating dtype (torch.float64, torch.float32, ...); "
-            f"got dtype={dtype!r}"
-        )
-    return dtype
-
-
-def _check_device(device: Any) -> torch.device:
-    try:
-        chosen = torch.device(device)
-        torch.empty(0, device=chosen)
-    except (RuntimeError, TypeError, AssertionError) as err:
-        raise InvalidInputError(
-            f"device must be a device torch can use (e.g. 'cpu'); got device={device!r}: {err}"
-        ) from err
-    return chosen
-
-
 @overload
 def as_torch(
     value: LinearGaussianModel, dtype: torch.dtype = ..., device: Any = ...
@@ -170,14 +90,26 @@ def as_torch(
     ----------
     value : LinearGaussianModel or Gaussian
         What to copy.
-    dtype : torch.dtype
+    dtype : torch.dtype, optional
         A floating dtype (default ``torch.float64``).
-    device : str or torch.device
-        Where the tensors live (default ``"cpu"``).
+    device : str or torch.device, optional
+        Where the tensors live (default ``"cpu"``); any device torch can allocate on.
 
     Returns
     -------
     TorchModel or TorchGaussian
+        The tensor view (fresh copies, not sharing memory with ``value``): a
+        :class:`TorchModel` for a model (with ``numpy`` the model itself), a
+        :class:`TorchGaussian` for a Gaussian (batch shapes kept).
+
+    Raises
+    ------
+    InvalidTypeError
+        If ``value`` is neither a :class:`~elbo_check.LinearGaussianModel` nor a
+        :class:`~elbo_check.Gaussian`, or ``dtype`` is not a torch floating dtype (a
+        string such as ``"float32"`` is refused).
+    InvalidInputError
+        If torch cannot allocate on ``device`` (e.g. ``"cuda"`` without CUDA).
 
     Examples
     --------
@@ -189,81 +121,14 @@ def as_torch(
     >>> q.scale_tril
     tensor([[2., 0.],
             [0., 1.]])
+    >>> as_torch(q)  # doctest: +NORMALIZE_WHITESPACE
+    Traceback (most recent call last):
+        ...
+    elbo_check._errors.InvalidTypeError: as_torch takes a LinearGaussianModel or a Gaussian;
+    got TorchGaussian
     """
-    chosen, where = _check_dtype(dtype), _check_device(device)
-    if isinstance(value, LinearGaussianModel):
-        return TorchModel(
-            weights=_tensor(value.weights, chosen, where),
-            bias=_tensor(value.bias, chosen, where),
-            prior_mean=_tensor(value.prior.mean, chosen, where),
-            prior_cov=_tensor(value.prior.cov, chosen, where),
-            prior_scale_tril=_tensor(value.prior.scale_tril, chosen, where),
-            noise_cov=_tensor(value.dense_noise_cov(), chosen, where),
-            numpy=value,
-        )
-    if isinstance(value, Gaussian):
-        return TorchGaussian(
-            mean=_tensor(value.mean, chosen, where),
-            scale_tril=_tensor(value.scale_tril, chosen, where),
-            cov=_tensor(value.cov, chosen, where),
-        )
-    raise InvalidTypeError(
-        f"as_torch takes a LinearGaussianModel or a Gaussian; got {type(value).__name__}"
-    )
-
-
-# ---------------------------------------------------------------------- plumbing
-@dataclass(frozen=True)
-class _Setting:
-    """The dtype and device the user's code runs in."""
-
-    dtype: torch.dtype
-    device: torch.device
-
-    def convert(self, value: Any) -> Any:
-        """Models and Gaussians as tensor views, arrays as tensors; anything else as is."""
-        if isinstance(value, (LinearGaussianModel, Gaussian)):
-            return as_torch(value, self.dtype, self.device)
-        if isinstance(value, np.ndarray):
-            return _tensor(value, self.dtype, self.device)
-        if isinstance(value, np.random.Generator):
-            generator = torch.Generator(device=self.device)
-            return generator.manual_seed(int(value.integers(2**63)))
-        return value
-
-
-def _setting(fn: Any, dtype: Any, device: Any) -> _Setting:
-    if not callable(fn):
-        raise InvalidTypeError(f"fn must be callable; got {type(fn).__name__} {fn!r:.60}")
-    return _Setting(_check_dtype(dtype), _check_device(device))
-
-
-def _numpy(value: Any) -> Any:
-    """A returned tensor (or a tuple or dict of them) as numpy; float32 stays float32."""
-    if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_numpy(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _numpy(v) for k, v in value.items()}
-    return value
-
-
-def _options(setting: _Setting, options: dict[str, Any]) -> dict[str, Any]:
-    """The verifier's options: the user's, plus ``dtype=`` below float64 (its tolerances)."""
-    if setting.dtype != torch.float64:
-        return {**options, "dtype": setting.dtype}
-    return options
-
-
-def _wrapped(fn: Callable[..., Any], setting: _Setting) -> Callable[..., Any]:
-    """``fn`` called on tensor views of the verifier's arguments, its return as numpy."""
-
-    @functools.wraps(fn)
-    def call(*args: Any) -> Any:
-        return _numpy(fn(*(setting.convert(a) for a in args)))
-
-    return call
+    chosen, where = _c.check_dtype(dtype), _c.check_device(device)
+    return _c.views(value, chosen, where)
 
 
 # ---------------------------------------------------------------------- value verifiers
@@ -272,31 +137,214 @@ def verify_elbo(
 ) -> VerificationReport:
     """:func:`elbo_check.testing.verify_elbo` for ``fn(model, q, x) -> Tensor``.
 
-    ``model`` is a :class:`TorchModel`, ``q`` a :class:`TorchGaussian`, ``x`` a tensor,
-    all in ``dtype`` on ``device``; every other keyword is the verifier's.
+    Your function receives tensors, all copies in ``dtype`` on ``device``: ``model``
+    a :class:`TorchModel`, ``q`` a :class:`TorchGaussian` and ``x`` of shape ``(D,)``
+    (with ``batch_size=B``: ``q`` a batch of ``B`` with a covariance each and ``x`` of
+    shape ``(B, D)``, and ``fn`` returns the ``B`` ELBOs). What it returns is read
+    with ``.detach().cpu().numpy()`` and compared with the exact ELBO.
+
+    Parameters
+    ----------
+    fn : callable
+        The ELBO code under test, ``fn(model, q, x)``, returning a scalar tensor (or a
+        float; shape ``(B,)`` with ``batch_size=B``).
+    dtype : torch.dtype, optional
+        The floating dtype of every tensor ``fn`` receives (default ``torch.float64``).
+        Below float64 the verifier is told (its ``dtype=``), so it compares at that
+        precision's tolerances.
+    device : str or torch.device, optional
+        Where those tensors live (default ``"cpu"``).
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_elbo` (see there):
+        ``seed``, ``max_examples``, ``profile``, ``rtol``, ``atol``,
+        ``up_to_constant``, ``batch_size``, ``problems``, ``q_kinds``,
+        ``time_budget`` and the model options.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when every case passes: ``report.check``
+        names the check, ``report.cases`` counts the cases, ``report.worst_error`` is
+        the largest error relative to the tolerance (at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If ``fn`` is wrong on a case (or raises, or returns no real number of the
+        expected shape): the message shows the minimal counterexample and the
+        verifier's diagnosis.
+    InvalidTypeError
+        If ``fn`` is not callable or ``dtype`` is not a torch floating dtype.
+    InvalidInputError
+        If torch cannot allocate on ``device``.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_elbo` refuses (a bad value, or
+        a keyword it does not take: TypeError).
+
+    Examples
+    --------
+    >>> import pytest; torch = pytest.importorskip("torch")
+    >>> from torch.distributions import MultivariateNormal, kl_divergence
+    >>> from elbo_check.contrib.torch import verify_elbo
+    >>> def elbo(model, q, x):  # closed form: E_q log p(x | z) - KL(q || p(z))
+    ...     lik = MultivariateNormal(model.weights @ q.mean + model.bias, model.noise_cov)
+    ...     spread = torch.trace(torch.linalg.solve(
+    ...         model.noise_cov, model.weights @ q.cov @ model.weights.mT))
+    ...     prior = MultivariateNormal(model.prior_mean, scale_tril=model.prior_scale_tril)
+    ...     guide = MultivariateNormal(q.mean, scale_tril=q.scale_tril)
+    ...     return lik.log_prob(x) - 0.5 * spread - kl_divergence(guide, prior)
+    >>> report = verify_elbo(elbo, max_examples=10)
+    >>> report.check, report.cases, report.worst_error <= 1
+    ('verify_elbo', 10, True)
+    >>> verify_elbo(elbo, dtype=torch.float32, max_examples=10).details["precision"]
+    'float32'
+
+    Without the trace term the check fails and names it:
+
+    >>> def no_spread(model, q, x):
+    ...     lik = MultivariateNormal(model.weights @ q.mean + model.bias, model.noise_cov)
+    ...     prior = MultivariateNormal(model.prior_mean, scale_tril=model.prior_scale_tril)
+    ...     guide = MultivariateNormal(q.mean, scale_tril=q.scale_tril)
+    ...     return lik.log_prob(x) - kl_divergence(guide, prior)
+    >>> try:  # doctest: +NORMALIZE_WHITESPACE
+    ...     verify_elbo(no_spread, max_examples=10)
+    ... except AssertionError as failure:
+    ...     print(next(s for s in str(failure).splitlines() if s.startswith("Diagnosis")))
+    Diagnosis: the trace term -1/2 tr(Psi^-1 W S W^T) of the reconstruction is missing
+    (the likelihood is evaluated at q's mean only).
     """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, device)
-    return _verify_elbo(_wrapped(fn, setting), **_options(setting, options))
+    chosen = _c.setting(fn, dtype, device)
+    return _verify_elbo(_c.wrapped(fn, chosen), **_c.options(chosen, options))
 
 
 def verify_kl(
     fn: Callable[..., Any], *, dtype: Any = torch.float64, device: Any = "cpu", **options: Any
 ) -> VerificationReport:
-    """:func:`elbo_check.testing.verify_kl` for ``fn(p, q) -> Tensor``, KL(p || q) of two
-    :class:`TorchGaussian` objects."""
+    """:func:`elbo_check.testing.verify_kl` for ``fn(p, q) -> Tensor``, KL(p || q).
+
+    ``p`` and ``q`` are :class:`TorchGaussian` objects (copies in ``dtype`` on
+    ``device``; with ``batch_size=B``, batches of ``B`` with a covariance each, and
+    ``fn`` returns the ``B`` divergences). What ``fn`` returns is read with
+    ``.detach().cpu().numpy()`` and compared with the exact divergence.
+
+    Parameters
+    ----------
+    fn : callable
+        The KL code under test, ``fn(p, q)``, returning ``KL(p || q)`` in nats as a
+        scalar tensor (or a float; shape ``(B,)`` with ``batch_size=B``).
+    dtype : torch.dtype, optional
+        The floating dtype of the tensors ``fn`` receives (default ``torch.float64``);
+        below float64 the verifier compares at that precision's tolerances.
+    device : str or torch.device, optional
+        Where those tensors live (default ``"cpu"``).
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_kl` (see there):
+        ``seed``, ``max_examples``, ``profile``, ``rtol``, ``atol``, ``max_dim``,
+        ``max_condition_number``, ``batch_size``, ``problems``, ``q_kinds``,
+        ``time_budget``.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when every case passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If ``fn`` is wrong on a case (or raises, or returns no real number of the
+        expected shape), with the minimal counterexample and the diagnosis.
+    InvalidTypeError
+        If ``fn`` is not callable or ``dtype`` is not a torch floating dtype.
+    InvalidInputError
+        If torch cannot allocate on ``device``.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_kl` refuses.
+
+    Examples
+    --------
+    torch's own KL registry:
+
+    >>> import pytest; torch = pytest.importorskip("torch")
+    >>> from torch.distributions import MultivariateNormal, kl_divergence
+    >>> from elbo_check.contrib.torch import verify_kl
+    >>> def kl(p, q):
+    ...     return kl_divergence(MultivariateNormal(p.mean, scale_tril=p.scale_tril),
+    ...                          MultivariateNormal(q.mean, scale_tril=q.scale_tril))
+    >>> verify_kl(kl, max_examples=20).check
+    'verify_kl'
+    >>> try:
+    ...     verify_kl(lambda p, q: kl(q, p), max_examples=20)
+    ... except AssertionError as failure:
+    ...     print(next(s for s in str(failure).splitlines() if s.startswith("Diagnosis")))
+    Diagnosis: the arguments are reversed (KL(q || p) returned for KL(p || q)).
+    """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, device)
-    return _verify_kl(_wrapped(fn, setting), **_options(setting, options))
+    chosen = _c.setting(fn, dtype, device)
+    return _verify_kl(_c.wrapped(fn, chosen), **_c.options(chosen, options))
 
 
 def verify_log_evidence(
     fn: Callable[..., Any], *, dtype: Any = torch.float64, device: Any = "cpu", **options: Any
 ) -> VerificationReport:
-    """:func:`elbo_check.testing.verify_log_evidence` for ``fn(model, x) -> Tensor``."""
+    """:func:`elbo_check.testing.verify_log_evidence` for ``fn(model, x) -> Tensor``.
+
+    ``model`` is a :class:`TorchModel` and ``x`` a tensor of shape ``(D,)`` (``(B, D)``
+    with ``batch_size=B``, and ``fn`` returns the ``B`` values), copies in ``dtype`` on
+    ``device``. What ``fn`` returns is read with ``.detach().cpu().numpy()`` and
+    compared with the exact ``log p(x)``.
+
+    Parameters
+    ----------
+    fn : callable
+        The log-evidence code under test, ``fn(model, x)``, returning ``log p(x)`` in
+        nats as a scalar tensor (or a float; shape ``(B,)`` with ``batch_size=B``).
+    dtype : torch.dtype, optional
+        The floating dtype of the tensors ``fn`` receives (default ``torch.float64``);
+        below float64 the verifier compares at that precision's tolerances.
+    device : str or torch.device, optional
+        Where those tensors live (default ``"cpu"``).
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_log_evidence` (see
+        there): ``seed``, ``max_examples``, ``profile``, ``rtol``, ``atol``,
+        ``batch_size``, ``problems``, ``time_budget`` and the model options.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when every case passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If ``fn`` is wrong on a case (or raises, or returns no real number of the
+        expected shape), with the minimal counterexample and the diagnosis.
+    InvalidTypeError
+        If ``fn`` is not callable or ``dtype`` is not a torch floating dtype.
+    InvalidInputError
+        If torch cannot allocate on ``device``.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_log_evidence` refuses.
+
+    Examples
+    --------
+    The marginal ``x ~ N(W mu0 + b, W S0 W^T + Psi)``:
+
+    >>> import pytest; torch = pytest.importorskip("torch")
+    >>> from torch.distributions import MultivariateNormal
+    >>> from elbo_check.contrib.torch import verify_log_evidence
+    >>> def log_evidence(model, x):
+    ...     mean = model.weights @ model.prior_mean + model.bias
+    ...     cov = model.weights @ model.prior_cov @ model.weights.mT + model.noise_cov
+    ...     return MultivariateNormal(mean, cov).log_prob(x)
+    >>> verify_log_evidence(log_evidence, max_examples=20).check
+    'verify_log_evidence'
+    """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, device)
-    return _verify_log_evidence(_wrapped(fn, setting), **_options(setting, options))
+    chosen = _c.setting(fn, dtype, device)
+    return _verify_log_evidence(_c.wrapped(fn, chosen), **_c.options(chosen, options))
 
 
 def verify_elbo_estimator(
@@ -305,87 +353,75 @@ def verify_elbo_estimator(
     """:func:`elbo_check.testing.verify_elbo_estimator` for torch estimators.
 
     ``mode="statistical"`` (default): ``fn(model, q, x, generator, n_samples)`` with a
-    :class:`torch.Generator` seeded from the verifier's generator for that call.
-    ``mode="pathwise"``: ``fn(model, q, x, eps)`` with the noise ``eps`` a tensor.
+    :class:`torch.Generator` seeded from the verifier's generator for that call (no
+    global seed is touched), tested for unbiasedness. ``mode="pathwise"``: ``fn(model,
+    q, x, eps)`` with the noise ``eps`` a tensor of shape ``(n, K)``, compared with the
+    exact value of the estimate at that noise. ``model`` is a :class:`TorchModel`,
+    ``q`` a :class:`TorchGaussian`, all tensors copies in ``dtype`` on ``device``.
+
+    Parameters
+    ----------
+    fn : callable
+        The estimator under test, with the signature of its mode (above), returning
+        the estimate as a scalar tensor (or a float).
+    dtype : torch.dtype, optional
+        The floating dtype of the tensors ``fn`` receives (default ``torch.float64``);
+        below float64 the verifier compares at that precision's tolerances.
+    device : str or torch.device, optional
+        Where those tensors and the generator live (default ``"cpu"``).
+    **options
+        The keyword options of :func:`elbo_check.testing.verify_elbo_estimator` (see
+        there): ``mode``, ``form``, ``n_samples``, ``calls``, ``n_problems``,
+        ``false_alarm_rate``, ``max_examples``, ``q_kinds``, ``batch_size``,
+        ``problems``, ``seed``, ``profile``, ``rtol``, ``atol``, ``time_budget`` and
+        the model options.
+
+    Returns
+    -------
+    report : VerificationReport
+        The verifier's report, returned when the check passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
+
+    Raises
+    ------
+    AssertionError
+        If the estimator is biased (statistical mode, at the stated false-alarm rate)
+        or wrong at the given noise (pathwise mode), or raises: with the problem and
+        the diagnosis.
+    InvalidTypeError
+        If ``fn`` is not callable or ``dtype`` is not a torch floating dtype.
+    InvalidInputError
+        If torch cannot allocate on ``device``.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_elbo_estimator` refuses (e.g.
+        an unknown ``mode``).
+
+    Examples
+    --------
+    A reparameterised Monte-Carlo ELBO, joint form, drawing from the generator it is
+    given (a small budget: one problem, 100 calls):
+
+    >>> import pytest; torch = pytest.importorskip("torch")
+    >>> from torch.distributions import MultivariateNormal
+    >>> from elbo_check.contrib.torch import verify_elbo_estimator
+    >>> def mc_elbo(model, q, x, generator, n_samples):
+    ...     eps = torch.randn(n_samples, q.mean.shape[-1], generator=generator,
+    ...                       dtype=q.mean.dtype)
+    ...     z = q.mean + eps @ q.scale_tril.mT
+    ...     lik = MultivariateNormal(z @ model.weights.mT + model.bias, model.noise_cov)
+    ...     prior = MultivariateNormal(model.prior_mean, scale_tril=model.prior_scale_tril)
+    ...     guide = MultivariateNormal(q.mean, scale_tril=q.scale_tril)
+    ...     return (lik.log_prob(x) + prior.log_prob(z) - guide.log_prob(z)).mean()
+    >>> report = verify_elbo_estimator(mc_elbo, n_problems=1, calls=100)
+    >>> report.check, report.details["calls"]
+    ('verify_elbo_estimator', 100)
     """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, device)
-    return _verify_elbo_estimator(_wrapped(fn, setting), **_options(setting, options))
+    chosen = _c.setting(fn, dtype, device)
+    return _verify_elbo_estimator(_c.wrapped(fn, chosen), **_c.options(chosen, options))
 
 
 # ---------------------------------------------------------------------- gradients
-#: Entries of a parameter that are not free, by kind (their gradient must be 0).
-_MASKS: dict[str, Callable[[Tensor], Tensor]] = {
-    "lower": torch.tril,
-    "strict_lower": lambda g: torch.tril(g, diagonal=-1),
-}
-
-
-def _scalar(value: Any, batched: bool) -> Tensor:
-    """The value to differentiate: a scalar, or the sum of a batch's ``(B,)`` values."""
-    if not isinstance(value, Tensor):
-        raise InvalidTypeError(
-            "fn must return a torch.Tensor that autograd can differentiate (the ELBO or its "
-            f"estimate); got {type(value).__name__} {value!r:.60}"
-        )
-    if value.numel() == 1:
-        return value.reshape(())
-    if batched and value.dim() == 1:
-        return value.sum()  # member b's gradient in its own parameters: d(sum)/d(q_b)
-    raise InvalidInputError(
-        "fn must return a scalar tensor"
-        + (" or one value per member, shape (B,)" if batched else "")
-        + f"; got shape {tuple(value.shape)}"
-    )
-
-
-def _gradients(value: Tensor, leaves: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    if not value.requires_grad:
-        raise InvalidInputError(
-            "fn's return does not depend on q's parameters through autograd (computed "
-            "under torch.no_grad(), detached, or through numpy?); return the ELBO as a "
-            "tensor built from q's tensors"
-        )
-    grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
-    return {
-        key: torch.zeros_like(leaf) if grad is None else grad
-        for (key, leaf), grad in zip(leaves.items(), grads, strict=True)
-    }
-
-
-def _gradient_of(
-    fn: Callable[..., Any],
-    setting: _Setting,
-    parametrisation: Parametrisation | None,
-    batched: bool,
-) -> Callable[..., Any]:
-    """A gradient function for the verifier: autograd of ``fn``'s value."""
-
-    def leaf(array: Any) -> Tensor:
-        return _tensor(array, setting.dtype, setting.device).requires_grad_()
-
-    @functools.wraps(fn)
-    def gradient(model: Any, q: Any, *rest: Any) -> Any:
-        converted = [setting.convert(a) for a in rest]
-        if parametrisation is None:
-            mean, scale_tril = leaf(q.mean), leaf(q.scale_tril)
-            view = TorchGaussian(mean, scale_tril, scale_tril @ scale_tril.mT)
-            value = fn(setting.convert(model), view, *converted)
-            grads = _gradients(_scalar(value, batched), {"mean": mean, "scale_tril": scale_tril})
-            return _numpy((grads["mean"], torch.tril(grads["scale_tril"])))
-        params = {key: leaf(q[key]) for key in parametrisation.keys}
-        value = fn(setting.convert(model), params, *converted)
-        grads = _gradients(_scalar(value, batched), params)
-        kinds = getattr(parametrisation, "_key_kinds", ())
-        kinds = kinds if len(kinds) == len(parametrisation.keys) else ("",) * len(grads)
-        return {
-            key: _numpy(_MASKS[kind](grad) if kind in _MASKS else grad)
-            for (key, grad), kind in zip(grads.items(), kinds, strict=True)
-        }
-
-    return gradient
-
-
 def verify_elbo_gradient(
     fn: Callable[..., Any],
     *,
@@ -413,29 +449,42 @@ def verify_elbo_gradient(
     Parameters
     ----------
     fn : callable
-        The ELBO code under test, with the signature of its mode (above).
-    dtype : torch.dtype
+        The ELBO code under test, with the signature of its mode (above), returning the
+        value as a tensor in autograd's graph.
+    dtype : torch.dtype, optional
         The dtype of every tensor ``fn`` receives (default ``torch.float64``). Below
         float64 the verifier is told (its ``dtype=``), so its tolerances follow.
-    device : str or torch.device
+    device : str or torch.device, optional
         Where those tensors live (default ``"cpu"``).
     parametrisation : Parametrisation, optional
-        Differentiate in these parameters instead of q's ``(mean, scale_tril)``.
+        Differentiate in these parameters instead of q's ``(mean, scale_tril)``
+        (default None); ``fn`` then receives their dict as leaf tensors in q's place.
     **options
-        Every other option of :func:`elbo_check.testing.verify_elbo_gradient`
-        (``mode``, ``form``, ``batch_size``, ``max_examples``, ``calls``, ...).
+        The keyword options of :func:`elbo_check.testing.verify_elbo_gradient` (see
+        there): ``mode``, ``form``, ``n_samples``, ``calls``, ``n_problems``,
+        ``batch_size``, ``max_examples``, ``q_kinds``, ``problems``, ``seed``,
+        ``profile``, ``rtol``, ``atol``, ``time_budget`` and the model options.
 
     Returns
     -------
-    VerificationReport
+    report : VerificationReport
+        The verifier's report, returned when the check passes (``report.check``,
+        ``report.cases``, ``report.worst_error`` at most 1).
 
     Raises
     ------
     AssertionError
-        When autograd's gradient of ``fn`` is wrong, with the verifier's diagnosis.
-    InvalidTypeError, InvalidInputError
-        For a ``fn`` that is not callable, a ``dtype`` that is not a torch floating dtype,
-        a ``device`` torch cannot use, or a return autograd cannot differentiate.
+        When autograd's gradient of ``fn`` is wrong, with the verifier's diagnosis; also
+        when ``fn`` raises or returns what autograd cannot differentiate (not a
+        tensor, detached from q's tensors, or not of shape ``()`` or ``(B,)``): the
+        failure names it.
+    InvalidTypeError
+        If ``fn`` is not callable or ``dtype`` is not a torch floating dtype.
+    InvalidInputError
+        If torch cannot allocate on ``device``.
+    InvalidTypeError, InvalidInputError, TypeError
+        For an option :func:`elbo_check.testing.verify_elbo_gradient` refuses (a
+        ``parametrisation`` that is not a Parametrisation included).
 
     Examples
     --------
@@ -455,9 +504,9 @@ def verify_elbo_gradient(
     'verify_elbo_gradient'
     """
     __tracebackhide__ = True
-    setting = _setting(fn, dtype, device)
+    chosen = _c.setting(fn, dtype, device)
     batched = options.get("batch_size") is not None
-    gradient = _gradient_of(fn, setting, parametrisation, batched)
+    gradient = _c.gradient_of(fn, chosen, parametrisation, batched)
     return _verify_elbo_gradient(
-        gradient, parametrisation=parametrisation, **_options(setting, options)
+        gradient, parametrisation=parametrisation, **_c.options(chosen, options)
     )
