@@ -182,6 +182,29 @@ def test_the_family_is_one_closed_form(problem, alpha, beta):
 
 
 @given(
+    problem=elbo_problems(max_data_dim=4, max_latent_dim=3, extreme_scales=True, batch_shape=(2,)),
+    fraction=st.floats(0.0, 1.0),
+)
+def test_extreme_scales_keep_identities_and_finite_values(problem, fraction):
+    """Variance scales from 1e-160 to 1e160: the closed form only sees ratios of
+    factors, so the identities hold bit for bit, values and gradients stay finite and the
+    error bound stays small."""
+    model, q, x = problem.model, problem.q, problem.x
+    assert np.array_equal(renyi_bound(model, q, x, 1.0), model.elbo(q, x))
+    assert np.array_equal(renyi_bound(model, q, x, 0.0), model.log_evidence(x))
+    low, high = renyi_alpha_interval(model, q)
+    lo, hi = max(float(np.max(low)), -4.0), min(float(np.min(high)), 4.0)
+    alpha = lo + (hi - lo) * (0.01 + 0.98 * fraction)
+    value, bound = renyi_bound(model, q, x, alpha, return_error_bound=True)
+    assert np.all(np.isfinite(value))
+    assert np.all(bound <= 1e-8 * (1.0 + np.abs(value)))
+    grads = renyi_bound_grad_variational(model, q, x, alpha)
+    assert np.all(np.isfinite(grads.mean))
+    assert np.all(np.isfinite(grads.scale_tril))
+    assert not np.any(np.isnan(importance_weight_stats(model, q, x).relative_variance))
+
+
+@given(
     problem=elbo_problems(
         max_data_dim=3, max_latent_dim=3, batch_shape=(2, 3), shared_covariance=False
     ),
