@@ -216,8 +216,9 @@ def importance_weight_stats(
     posterior = whiten(pair, "posterior")
     kappa = 1.0 - posterior.eigenvalues
     eps = posterior.offsets
-    spread = 0.5 * np.sum(kappa * kappa, axis=-1)
-    log_variance = spread + np.sum(posterior.eigenvalues * eps * eps, axis=-1)
+    with np.errstate(over="ignore"):  # inf: the exact variance is beyond float64
+        spread = 0.5 * np.sum(kappa * kappa, axis=-1)
+        log_variance = spread + np.sum(posterior.eigenvalues * eps * eps, axis=-1)
 
     def shaped(values: Any) -> Any:
         return _scalar_or_array(np.array(np.broadcast_to(values, pair.batch), dtype=np.float64))

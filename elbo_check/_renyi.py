@@ -241,7 +241,7 @@ def renyi_divergence_to_posterior(
     found = divergence(pair, order, "alpha", order.alpha, False)
     value = found.value
     if found.whitened.orientation == "posterior":
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN: refused by finished()
             value = np.asarray(model.kl_to_posterior(q, data)) + value
     return finished(value, pair.batch, "alpha", order.alpha)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._errors import InvalidInputError
 from ._gaussian import Gaussian
 from ._gradients import VariationalGradients
 from ._linalg import solve_tril
@@ -111,9 +112,10 @@ def renyi_bound_grad_variational(
     order = Order.from_alpha(value)
     pair, _ = pair_with(model, q, x)
     found = divergence(pair, order, "alpha", value, False)
+    k, batch = model.latent_dim, pair.batch
+    if value == 0.0:  # L_0 = log p(x) does not depend on q
+        return VariationalGradients(mean=np.zeros((*batch, k)), scale_tril=np.zeros((*batch, k, k)))
     w = found.whitened
-    k = model.latent_dim
-    batch = pair.batch
     inverse_d = 1.0 / found.denominators  # cov_batch + (K,)
     factor = q.scale_tril
     if w.orientation == "posterior":
@@ -132,14 +134,20 @@ def renyi_bound_grad_variational(
         weights = order.alpha * (w.eigenvalues - 1.0) * inverse_d  # (D_i - 1) / D_i
         inner = (w.vectors * weights[..., None, :]) @ np.swapaxes(w.vectors, -1, -2)
         spread = solve_tril(np.asarray(factor), inner, trans=True)  # L^-T V diag(.) V^T
-    rank_one = (
-        a_vector[..., :, None]
-        * np.einsum("...ji,...j->...i", np.broadcast_to(factor, (*batch, k, k)), a_vector)[
-            ..., None, :
-        ]
-    )
-    mean_grad = -order.alpha * a_vector
-    factor_grad = np.tril(spread + order.alpha * order.beta * rank_one)
+    with np.errstate(over="ignore", invalid="ignore"):  # a NaN is reported below
+        rank_one = (
+            a_vector[..., :, None]
+            * np.einsum("...ji,...j->...i", np.broadcast_to(factor, (*batch, k, k)), a_vector)[
+                ..., None, :
+            ]
+        )
+        mean_grad = -order.alpha * a_vector
+        factor_grad = np.tril(spread + order.alpha * order.beta * rank_one)
+    if np.any(np.isnan(mean_grad)) or np.any(np.isnan(factor_grad)):
+        raise InvalidInputError(
+            f"alpha = {value!r} gives gradients that float64 cannot represent (their terms "
+            "overflow: q's and the posterior's scales are too far apart)"
+        )
     return VariationalGradients(
         mean=np.array(np.broadcast_to(mean_grad, (*batch, k))),
         scale_tril=np.array(np.broadcast_to(factor_grad, (*batch, k, k))),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import scipy.linalg
@@ -30,6 +31,7 @@ from elbo_check._renyi import (
     renyi_bound_grad_variational,
     renyi_divergence_to_posterior,
 )
+from elbo_check._renyi_core import log1p_excess_ratio, log1p_ratio
 from elbo_check.strategies import elbo_problems
 
 pytestmark = pytest.mark.filterwarnings(
@@ -286,6 +288,25 @@ def test_continuous_at_alpha_one_with_the_known_slope(seed):
                 assert abs(value - elbo) <= h * variance + bound
 
 
+def test_the_log1p_ratios_against_mpmath():
+    """(log1p(y) - y) / y (series below |y| = 0.1) within 16 units of 2**-53, and
+    log1p(y) / y within 4, for |y| from 1e-300 to 0.999 of either sign and up to 1e300;
+    each exactly its limit at y = 0."""
+    magnitudes = np.geomspace(1e-300, 0.999, 400)
+    points = np.concatenate([magnitudes, -magnitudes, np.geomspace(1.0, 1e300, 60)])
+    points = np.concatenate([points, 0.1 * (1 + np.linspace(-1e-3, 1e-3, 21)), [-0.1, 0.1]])
+    excess, ratio = log1p_excess_ratio(points), log1p_ratio(points)
+    unit = 2.0**-53
+    for y, got_excess, got_ratio in zip(points, excess, ratio, strict=True):
+        digits = 30 + 2 * max(0, int(-math.log10(abs(y))))
+        with mpmath.workdps(digits):
+            exact = mpmath.log1p(mpmath.mpf(y)) / y
+            assert abs(got_ratio / exact - 1) <= 4 * unit
+            assert abs(got_excess / (exact - 1) - 1) <= 16 * unit
+    assert log1p_excess_ratio(np.array(0.0)) == 0.0
+    assert log1p_ratio(np.array(0.0)) == 1.0
+
+
 def test_the_textbook_form_is_unstable_where_this_one_is_not():
     """The naive 1 / (alpha - 1) * log-det combination in float64 loses ~ eps / h; this
     function's value differs from the ELBO by the slope term only."""
@@ -479,3 +500,32 @@ def test_argument_errors_name_the_argument_requirement_and_value():
         with pytest.raises(InvalidInputError, match=r"^num_samples must be a positive integer"):
             stats.iwae_bias(bad)
     assert isinstance(stats, ImportanceWeightStats)
+
+
+@pytest.mark.parametrize("variance", [1e-300, 1e-100, 1e100, 1e300])
+@pytest.mark.parametrize("mean", [0.2, 1e150, -1e300])
+def test_absurd_q_never_gives_nan_or_a_warning(variance, mean):
+    """q's scale 1e300 away from the posterior's (under the suite's warnings-as-errors):
+    every function returns a value that is not NaN or raises InvalidInputError; L_0 and
+    L_1 are still log p(x) and the ELBO whenever those are finite."""
+    model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
+    x = np.array([0.3, 0.2])
+    q = Gaussian.from_diagonal(mean=[mean], variances=[variance])
+    calls = [
+        lambda a: renyi_bound(model, q, x, a, return_error_bound=True),
+        lambda a: renyi_divergence_to_posterior(model, q, x, a),
+        lambda a: importance_weight_moment(model, q, x, 1.0 - a),
+        lambda a: renyi_bound_grad_variational(model, q, x, a).scale_tril,
+        lambda a: importance_weight_stats(model, q, x).relative_variance,
+    ]
+    for alpha in (-1e-3, 0.0, 1e-300, 0.3, 0.7, 1.0, 1.0001):
+        for call in calls:
+            try:
+                result = call(alpha)
+            except InvalidInputError:
+                continue
+            assert not np.any(np.isnan(np.asarray(result, dtype=float)))
+    assert renyi_bound(model, q, x, 0.0) == model.log_evidence(x)
+    elbo = model.elbo(q, x)
+    if math.isfinite(elbo):
+        assert renyi_bound(model, q, x, 1.0) == elbo
