@@ -3,7 +3,8 @@ r"""Exact statistics of the importance weight :math:`w = p(x, z)/q(z)` under a G
 How well q serves as an importance-sampling proposal (and how biased the IWAE bound of
 ``num_samples`` weights is) is governed by the second moment of the weight, a closed
 form here: :math:`\mathbb E_q[w^2] = p(x)^2\exp(-2D_{-1}(q\,\|\,p(z\mid x)))`
-(:mod:`elbo_check._renyi_core`).
+(:mod:`elbo_check._renyi_core`). :func:`importance_weight_stats` is a method of
+:class:`~elbo_check.LinearGaussianModel`, bound in its class body.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ __all__ = ["ImportanceWeightStats", "importance_weight_stats"]
 class ImportanceWeightStats:
     r"""Exact second-order statistics of the importance weight, per observation.
 
-    Returned by :func:`importance_weight_stats`, which has the formulas; the parameters
-    are stored as read-only attributes of the same names, each a float or an array over
-    the broadcast batch of ``q`` and ``x``.
+    Returned by :meth:`LinearGaussianModel.importance_weight_stats`, which has the
+    formulas; the parameters are stored as read-only attributes of the same names, each a
+    float or an array over the broadcast batch of ``q`` and ``x``.
 
     Parameters
     ----------
@@ -59,10 +60,9 @@ class ImportanceWeightStats:
     --------
     >>> import numpy as np
     >>> from elbo_check import Gaussian, ppca
-    >>> from elbo_check._importance_weights import importance_weight_stats
     >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
     >>> q = Gaussian.from_diagonal(mean=[0.3], variances=[0.2])
-    >>> stats = importance_weight_stats(model, q, np.array([0.3, 0.2]))
+    >>> stats = model.importance_weight_stats(q, np.array([0.3, 0.2]))
     >>> bool(np.isclose(stats.ess_per_sample, 1 / (1 + stats.relative_variance)))
     True
     >>> round(stats.iwae_bias(num_samples=10), 6)
@@ -131,14 +131,12 @@ class ImportanceWeightStats:
 
 
 def importance_weight_stats(
-    model: LinearGaussianModel, q: Gaussian, x: ArrayLike
+    self: LinearGaussianModel, q: Gaussian, x: ArrayLike
 ) -> ImportanceWeightStats:
     r"""Exact relative variance, effective sample size and log-weight variance of q.
 
     Parameters
     ----------
-    model : LinearGaussianModel
-        The model.
     q : Gaussian
         The proposal / variational distribution; its batch broadcasts against the rows
         of ``x``.
@@ -155,7 +153,7 @@ def importance_weight_stats(
     Raises
     ------
     InvalidTypeError
-        If ``model`` or ``q`` has the wrong type.
+        If ``q`` is not a :class:`~elbo_check.Gaussian`.
     InvalidInputError
         If ``q``'s dimension or the shapes of ``q`` and ``x`` do not match, or ``x`` has
         a non-finite entry.
@@ -191,21 +189,20 @@ def importance_weight_stats(
     --------
     >>> import numpy as np
     >>> from elbo_check import ppca
-    >>> from elbo_check._importance_weights import importance_weight_stats
     >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
     >>> x = np.array([0.3, 0.2])
-    >>> exact = importance_weight_stats(model, model.posterior(x), x)
+    >>> exact = model.importance_weight_stats(model.posterior(x), x)
     >>> exact.relative_variance, exact.ess_per_sample, exact.iwae_bias(10)
     (0.0, 1.0, -0.0)
     >>> from elbo_check import Gaussian
-    >>> wide = importance_weight_stats(model, Gaussian.from_diagonal(mean=[0.3],
-    ...                                variances=[0.2]), x)
+    >>> wide = model.importance_weight_stats(Gaussian.from_diagonal(mean=[0.3],
+    ...                                      variances=[0.2]), x)
     >>> round(wide.ess_per_sample, 6), round(wide.relative_variance, 6)
     (0.776863, 0.287229)
     """
-    model = check_model(model)
-    q = check_q(model, q)
-    pair, _ = pair_with(model, q, x)
+    check_model(self)
+    q = check_q(self, q)
+    pair, _ = pair_with(self, q, x)
     second = evaluate(whiten(pair, "q"), Order(-1.0, 2.0), partial=True)
     if second is None:  # pragma: no cover - partial evaluation always returns
         raise AssertionError("unreachable")

@@ -8,10 +8,11 @@
 over :class:`~elbo_check._marginal.MarginalFactorization` (the whitened QR factorisation
 and the Mahalanobis routes). The marginal and the posterior are here; the joint density
 and the ELBO are in :mod:`~elbo_check._model_elbo`, the closed-form gradients in
-:mod:`~elbo_check._gradients` and amortised inference in :mod:`~elbo_check._encoder`,
-bound into the class as its methods. Every per-row operation
-costs O(D K) for isotropic or diagonal noise, and no ``(D, D)`` matrix is built unless
-the noise itself is a full matrix.
+:mod:`~elbo_check._gradients`, amortised inference in :mod:`~elbo_check._encoder` and
+the Rényi bounds, the CUBO and the importance weights in :mod:`~elbo_check._renyi`, bound
+into the class as its methods. Every per-row operation costs O(D K) for isotropic or
+diagonal noise, and no ``(D, D)`` matrix is built unless the noise itself is a full
+matrix.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _encoder, _gradients, _model_elbo
+from . import _encoder, _gradients, _model_elbo, _renyi
 from ._elbo_terms import ElboTerms
 from ._error_bounds import LogEvidenceErrorBound
 from ._errors import InvalidInputError, InvalidTypeError
@@ -51,7 +52,9 @@ class LinearGaussianModel:
     with ``K`` latent and ``D`` observed dimensions. Every quantity is exact: the
     evidence :math:`\log p(x)`, the posterior :math:`p(z\mid x)`, the ELBO of any
     Gaussian :math:`q(z) = \mathcal N(m, S)` and its
-    :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`, and their gradients.
+    :math:`\mathrm{KL}(q\,\|\,p(z\mid x))`, and their gradients; and beyond the ELBO,
+    the Rényi bounds (:meth:`renyi_bound`), the CUBO (:meth:`cubo`) and the moments of
+    the importance weight :math:`p(x, z)/q(z)` (:meth:`importance_weight_stats`).
 
     The methods take one observation ``x`` of shape ``(D,)`` or a batch ``(..., D)``;
     those that pair ``x`` with a Gaussian ``q`` broadcast the batch shapes of the two
@@ -550,8 +553,9 @@ class LinearGaussianModel:
     # These methods are defined, with their documentation, in the modules of their
     # concept and bound here (each takes the model as ``self``): the joint density and
     # the ELBO in ._model_elbo, the gradients in ._gradients, amortised inference in
-    # ._encoder. They are the class's own attributes, so help(), autodoc and pickling
-    # treat them as methods defined here.
+    # ._encoder, the Rényi bounds, the CUBO and the importance-weight moments in ._renyi.
+    # They are the class's own attributes, so help(), autodoc and pickling treat them as
+    # methods defined here.
     log_likelihood = _model_elbo.log_likelihood
     log_joint = _model_elbo.log_joint
     sample = _model_elbo.sample
@@ -563,3 +567,10 @@ class LinearGaussianModel:
     dataset_elbo = _encoder.dataset_elbo
     dataset_elbo_grad = _encoder.dataset_elbo_grad
     optimal_encoder = _encoder.optimal_encoder
+    renyi_bound = _renyi.renyi_bound
+    renyi_divergence_to_posterior = _renyi.renyi_divergence_to_posterior
+    renyi_alpha_interval = _renyi.renyi_alpha_interval
+    cubo = _renyi.cubo
+    importance_weight_moment = _renyi.importance_weight_moment
+    importance_weight_stats = _renyi.importance_weight_stats
+    renyi_bound_grad_variational = _renyi.renyi_bound_grad_variational

@@ -11,8 +11,8 @@ the Rényi bound of Li & Turner (2016): the ELBO at :math:`\alpha = 1` (a limit)
 :math:`\log p(x)` at :math:`\alpha = 0`, non-increasing in :math:`\alpha`, and for
 :math:`\alpha = 1 - n \le 0` the :math:`\chi` upper bound :math:`\mathrm{CUBO}_n` of Dieng
 et al. (2017). :mod:`elbo_check._renyi_core` holds the derivation and its stable
-evaluation. The functions take the model first, so they can be bound as
-:class:`~elbo_check.LinearGaussianModel` methods; they use only its public API.
+evaluation. Each function here is a method of :class:`~elbo_check.LinearGaussianModel`,
+bound in its class body (``model.renyi_bound`` and so on); they use only its public API.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ FloatArray = NDArray[np.float64]
 
 # ---------------------------------------------------------------------- the bound
 def renyi_bound(
-    model: LinearGaussianModel,
+    self: LinearGaussianModel,
     q: Gaussian,
     x: ArrayLike,
     alpha: float,
@@ -59,8 +59,6 @@ def renyi_bound(
 
     Parameters
     ----------
-    model : LinearGaussianModel
-        The model.
     q : Gaussian
         The variational distribution over the ``K`` latent dimensions; its batch
         broadcasts against the rows of ``x``, as in ``model.elbo``.
@@ -68,7 +66,7 @@ def renyi_bound(
         One observation or a batch of them.
     alpha : float
         The order, any real number in the open interval where the expectation is
-        finite (:func:`renyi_alpha_interval`, which always contains ``[0, 1]``).
+        finite (:meth:`renyi_alpha_interval`, which always contains ``[0, 1]``).
     return_error_bound : bool, optional
         Also return a bound on each value's distance from the exact value at the
         float64 inputs (default False).
@@ -84,8 +82,7 @@ def renyi_bound(
     Raises
     ------
     InvalidTypeError
-        If ``model`` is not a :class:`~elbo_check.LinearGaussianModel`, ``q`` not a
-        :class:`~elbo_check.Gaussian`, or ``alpha`` not a real number.
+        If ``q`` is not a :class:`~elbo_check.Gaussian` or ``alpha`` not a real number.
     InvalidInputError
         If ``alpha`` is not finite or lies outside the interval where
         :math:`\alpha S^{-1} + (1-\alpha)\Sigma^{-1}` is positive definite (the message
@@ -156,24 +153,23 @@ def renyi_bound(
     --------
     >>> import numpy as np
     >>> from elbo_check import Gaussian, ppca
-    >>> from elbo_check._renyi import renyi_bound
     >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
     >>> x = np.array([0.3, 0.2])
     >>> q = Gaussian.from_covariance(mean=[0.2], cov=[[0.2]])
-    >>> renyi_bound(model, q, x, 1.0) == model.elbo(q, x)
+    >>> model.renyi_bound(q, x, 1.0) == model.elbo(q, x)
     True
-    >>> renyi_bound(model, q, x, 0.0) == model.log_evidence(x)
+    >>> model.renyi_bound(q, x, 0.0) == model.log_evidence(x)
     True
-    >>> bool(abs(renyi_bound(model, q, x, 1.0 + 1e-12) - model.elbo(q, x)) < 1e-12)
+    >>> bool(abs(model.renyi_bound(q, x, 1.0 + 1e-12) - model.elbo(q, x)) < 1e-12)
     True
-    >>> [round(renyi_bound(model, q, x, a), 6) for a in (-1.0, 0.0, 0.5, 1.0, 1.5)]
+    >>> [round(model.renyi_bound(q, x, a), 6) for a in (-1.0, 0.0, 0.5, 1.0, 1.5)]
     [-0.753594, -0.894044, -1.029521, -1.310011, -2.920464]
     """
-    model = check_model(model)
-    q = check_q(model, q)
+    check_model(self)
+    q = check_q(self, q)
     order = real("alpha", alpha)
     value, bound, batch = bound_at(
-        model, q, x, Order.from_alpha(order), ("alpha", order, False), return_error_bound
+        self, q, x, Order.from_alpha(order), ("alpha", order, False), return_error_bound
     )
     result = finished(value, batch, "alpha", order)
     if bound is None:
@@ -182,20 +178,18 @@ def renyi_bound(
 
 
 def renyi_divergence_to_posterior(
-    model: LinearGaussianModel, q: Gaussian, x: ArrayLike, alpha: float
+    self: LinearGaussianModel, q: Gaussian, x: ArrayLike, alpha: float
 ) -> Any:
     r"""Exact Rényi divergence :math:`D_\alpha(q\,\|\,p(z\mid x))` of order ``alpha``.
 
     Parameters
     ----------
-    model : LinearGaussianModel
-        The model.
     q : Gaussian
         The variational distribution; its batch broadcasts against the rows of ``x``.
     x : array_like, shape (..., D)
         One observation or a batch of them.
     alpha : float
-        The order, in :func:`renyi_alpha_interval` (negative orders allowed: the
+        The order, in :meth:`renyi_alpha_interval` (negative orders allowed: the
         divergence is then :math:`\le 0`).
 
     Returns
@@ -207,9 +201,9 @@ def renyi_divergence_to_posterior(
     Raises
     ------
     InvalidTypeError
-        If ``model``, ``q`` or ``alpha`` has the wrong type.
+        If ``q`` or ``alpha`` has the wrong type.
     InvalidInputError
-        As :func:`renyi_bound` (``alpha`` outside its interval, mismatched shapes, a
+        As :meth:`renyi_bound` (``alpha`` outside its interval, mismatched shapes, a
         non-finite ``x``).
 
     Notes
@@ -220,7 +214,7 @@ def renyi_divergence_to_posterior(
             \log\frac{\det A_\alpha}{\det S^{1-\alpha}\det\Sigma^\alpha},
 
     :math:`A_\alpha = \alpha\Sigma + (1-\alpha)S`, :math:`d = m - \mu` [1]_, evaluated
-    as in :func:`renyi_bound` (for :math:`\alpha \ge 1/2` as
+    as in :meth:`renyi_bound` (for :math:`\alpha \ge 1/2` as
     ``model.kl_to_posterior`` plus :math:`\Delta_\alpha`), without :math:`\log p(x)`.
 
     References
@@ -233,36 +227,34 @@ def renyi_divergence_to_posterior(
     --------
     >>> import numpy as np
     >>> from elbo_check import Gaussian, ppca
-    >>> from elbo_check._renyi import renyi_divergence_to_posterior
     >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
     >>> x = np.array([0.3, 0.2])
     >>> q = Gaussian.from_covariance(mean=[0.2], cov=[[0.05]])
-    >>> renyi_divergence_to_posterior(model, q, x, 1.0) == model.kl_to_posterior(q, x)
+    >>> model.renyi_divergence_to_posterior(q, x, 1.0) == model.kl_to_posterior(q, x)
     True
-    >>> round(renyi_divergence_to_posterior(model, q, x, 2.0), 6)
+    >>> round(model.renyi_divergence_to_posterior(q, x, 2.0), 6)
     0.150294
     """
-    model = check_model(model)
-    q = check_q(model, q)
+    check_model(self)
+    q = check_q(self, q)
     order = Order.from_alpha(real("alpha", alpha))
-    pair, data = pair_with(model, q, x)
+    pair, data = pair_with(self, q, x)
     found = divergence(pair, order, "alpha", order.alpha, False)
     value = found.value
     if found.whitened.orientation == "posterior":
         with np.errstate(over="ignore", invalid="ignore"):  # NaN: refused by finished()
-            value = np.asarray(model.kl_to_posterior(q, data)) + value
+            value = np.asarray(self.kl_to_posterior(q, data)) + value
     return finished(value, pair.batch, "alpha", order.alpha)
 
 
-def renyi_alpha_interval(model: LinearGaussianModel, q: Gaussian) -> tuple[Any, Any]:
+def renyi_alpha_interval(self: LinearGaussianModel, q: Gaussian) -> tuple[Any, Any]:
     r"""The open interval of orders :math:`\alpha` where the Rényi bound of ``q`` is finite.
 
     Parameters
     ----------
-    model : LinearGaussianModel
-        The model (its posterior covariance does not depend on ``x``).
     q : Gaussian
-        The variational distribution; only its covariance matters.
+        The variational distribution; only its covariance matters (the model's
+        posterior covariance does not depend on ``x``).
 
     Returns
     -------
@@ -273,7 +265,7 @@ def renyi_alpha_interval(model: LinearGaussianModel, q: Gaussian) -> tuple[Any, 
     Raises
     ------
     InvalidTypeError
-        If ``model`` or ``q`` has the wrong type.
+        If ``q`` is not a :class:`~elbo_check.Gaussian`.
     InvalidInputError
         If ``q`` is not over the model's ``K`` latent dimensions.
 
@@ -303,31 +295,28 @@ def renyi_alpha_interval(model: LinearGaussianModel, q: Gaussian) -> tuple[Any, 
     Examples
     --------
     >>> from elbo_check import Gaussian, ppca
-    >>> from elbo_check._renyi import renyi_alpha_interval
     >>> model = ppca(weights=[[1.0]], mean=[0.0], noise_variance=1.0)  # posterior var 1/2
-    >>> low, high = renyi_alpha_interval(model, Gaussian.from_covariance(mean=[0.0], cov=[[1.0]]))
+    >>> low, high = model.renyi_alpha_interval(Gaussian.from_covariance(mean=[0.0], cov=[[1.0]]))
     >>> low, round(high, 12)  # gamma = 2: alpha_max = 2
     (-inf, 2.0)
-    >>> low, high = renyi_alpha_interval(model, Gaussian.from_covariance(mean=[0.0], cov=[[0.25]]))
+    >>> low, high = model.renyi_alpha_interval(Gaussian.from_covariance(mean=[0.0], cov=[[0.25]]))
     >>> round(low, 12), high  # gamma = 1/2: alpha_min = -1, so CUBO_2 is infinite
     (-1.0, inf)
     """
-    model = check_model(model)
-    q = check_q(model, q)
-    posterior = model.posterior(model.marginal_mean)
-    zeros = np.zeros(model.latent_dim)
+    check_model(self)
+    q = check_q(self, q)
+    posterior = self.posterior(self.marginal_mean)
+    zeros = np.zeros(self.latent_dim)
     pair = Pair((), q.scale_tril, posterior.scale_tril, zeros, zeros, zeros)
     low, high = alpha_interval(pair)
     return _scalar_or_array(low), _scalar_or_array(high)
 
 
-def cubo(model: LinearGaussianModel, q: Gaussian, x: ArrayLike, n: float = 2.0) -> Any:
+def cubo(self: LinearGaussianModel, q: Gaussian, x: ArrayLike, n: float = 2.0) -> Any:
     r"""Exact :math:`\chi` upper bound :math:`\mathrm{CUBO}_n` of Dieng et al. (2017).
 
     Parameters
     ----------
-    model : LinearGaussianModel
-        The model.
     q : Gaussian
         The variational distribution; its batch broadcasts against the rows of ``x``.
     x : array_like, shape (..., D)
@@ -346,11 +335,11 @@ def cubo(model: LinearGaussianModel, q: Gaussian, x: ArrayLike, n: float = 2.0) 
     Raises
     ------
     InvalidTypeError
-        If ``model``, ``q`` or ``n`` has the wrong type.
+        If ``q`` or ``n`` has the wrong type.
     InvalidInputError
         If ``n < 1`` (not an upper bound), or :math:`\mathbb E_q[w^n]` is infinite
         (the message gives the interval of ``n`` where it is finite), or as
-        :func:`renyi_bound`.
+        :meth:`renyi_bound`.
 
     Notes
     -----
@@ -375,43 +364,40 @@ def cubo(model: LinearGaussianModel, q: Gaussian, x: ArrayLike, n: float = 2.0) 
     --------
     >>> import numpy as np
     >>> from elbo_check import Gaussian, ppca
-    >>> from elbo_check._renyi import cubo, renyi_bound
     >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
     >>> x = np.array([0.3, 0.2])
     >>> q = Gaussian.from_covariance(mean=[0.2], cov=[[0.2]])
-    >>> bool(cubo(model, q, x) >= model.log_evidence(x) >= model.elbo(q, x))
+    >>> bool(model.cubo(q, x) >= model.log_evidence(x) >= model.elbo(q, x))
     True
-    >>> cubo(model, q, x, n=2) == renyi_bound(model, q, x, -1.0)
+    >>> model.cubo(q, x, n=2) == model.renyi_bound(q, x, -1.0)
     True
     """
-    model = check_model(model)
-    q = check_q(model, q)
+    check_model(self)
+    q = check_q(self, q)
     order = real("n", n)
     if order < 1.0:
         raise InvalidInputError(
             f"n must be >= 1 (CUBO_n is an upper bound on log p(x) only for n >= 1); "
             f"got n = {order!r}"
         )
-    value, _, batch = bound_at(model, q, x, Order.from_beta(order), ("n", order, True))
+    value, _, batch = bound_at(self, q, x, Order.from_beta(order), ("n", order, True))
     return finished(value, batch, "n", order)
 
 
 def importance_weight_moment(
-    model: LinearGaussianModel, q: Gaussian, x: ArrayLike, beta: float
+    self: LinearGaussianModel, q: Gaussian, x: ArrayLike, beta: float
 ) -> Any:
     r"""Exact :math:`\log\mathbb E_q[w^\beta]` of the importance weight :math:`w = p(x,z)/q(z)`.
 
     Parameters
     ----------
-    model : LinearGaussianModel
-        The model.
     q : Gaussian
         The variational distribution; its batch broadcasts against the rows of ``x``.
     x : array_like, shape (..., D)
         One observation or a batch of them.
     beta : float
         The exponent, any real number where the moment is finite (the interval
-        ``1 - renyi_alpha_interval(model, q)[::-1]``, which contains ``[0, 1]``).
+        ``1 - model.renyi_alpha_interval(q)[::-1]``, which contains ``[0, 1]``).
 
     Returns
     -------
@@ -422,11 +408,11 @@ def importance_weight_moment(
     Raises
     ------
     InvalidTypeError
-        If ``model``, ``q`` or ``beta`` has the wrong type.
+        If ``q`` or ``beta`` has the wrong type.
     InvalidInputError
         If the moment is infinite (the message gives the interval of ``beta`` where it
         is finite: :math:`\beta\Sigma^{-1} + (1-\beta)S^{-1} \succ 0`), or as
-        :func:`renyi_bound`.
+        :meth:`renyi_bound`.
 
     Notes
     -----
@@ -447,20 +433,19 @@ def importance_weight_moment(
     --------
     >>> import numpy as np
     >>> from elbo_check import Gaussian, ppca
-    >>> from elbo_check._renyi import importance_weight_moment
     >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
     >>> x = np.array([0.3, 0.2])
     >>> q = Gaussian.from_covariance(mean=[0.2], cov=[[0.2]])
-    >>> importance_weight_moment(model, q, x, 1.0) == model.log_evidence(x)
+    >>> model.importance_weight_moment(q, x, 1.0) == model.log_evidence(x)
     True
-    >>> importance_weight_moment(model, q, x, 0.0)
+    >>> model.importance_weight_moment(q, x, 0.0)
     0.0
     """
-    model = check_model(model)
-    q = check_q(model, q)
+    check_model(self)
+    q = check_q(self, q)
     exponent = real("beta", beta)
     order = Order.from_beta(exponent)
-    value, _, batch = bound_at(model, q, x, order, ("beta", exponent, True))
+    value, _, batch = bound_at(self, q, x, order, ("beta", exponent, True))
     with np.errstate(over="ignore", invalid="ignore"):
         moment = np.where(exponent == 0.0, 0.0, exponent * np.asarray(value))
     return finished(moment, batch, "beta", exponent)

@@ -30,8 +30,12 @@ FloatArray = NDArray[np.float64]
 
 
 def check_model(model: Any) -> LinearGaussianModel:
-    """``model`` if it is a :class:`~elbo_check.LinearGaussianModel`, else raise."""
-    from ._model import LinearGaussianModel  # here, not above: _model may bind our functions
+    """``model`` if it is a :class:`~elbo_check.LinearGaussianModel`, else raise.
+
+    The public functions are bound as the model's methods, where ``self`` is always a
+    model; this catches the unbound function called with something else.
+    """
+    from ._model import LinearGaussianModel  # here, not above: _model binds our functions
 
     if not isinstance(model, LinearGaussianModel):
         raise InvalidTypeError(f"model must be a LinearGaussianModel; got {type(model).__name__}")

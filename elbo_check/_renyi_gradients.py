@@ -1,9 +1,11 @@
 r"""Exact gradients of the Rényi bound with respect to q's mean and Cholesky factor.
 
-The gradients follow from the Gaussian closed form of :func:`elbo_check._renyi.renyi_bound`
-and are evaluated in the same whitened eigenbasis (:mod:`elbo_check._renyi_core`), so
-they have no :math:`0/0` at :math:`\alpha = 1` (where they are the ELBO's) and vanish
-exactly at :math:`\alpha = 0` (where the bound is :math:`\log p(x)`, free of q).
+The gradients follow from the Gaussian closed form of
+:meth:`elbo_check.LinearGaussianModel.renyi_bound` and are evaluated in the same whitened
+eigenbasis (:mod:`elbo_check._renyi_core`), so they have no :math:`0/0` at
+:math:`\alpha = 1` (where they are the ELBO's) and vanish exactly at :math:`\alpha = 0`
+(where the bound is :math:`\log p(x)`, free of q). The function is a method of
+:class:`~elbo_check.LinearGaussianModel`, bound in its class body.
 """
 
 from __future__ import annotations
@@ -29,25 +31,23 @@ FloatArray = NDArray[np.float64]
 
 
 def renyi_bound_grad_variational(
-    model: LinearGaussianModel, q: Gaussian, x: ArrayLike, alpha: float
+    self: LinearGaussianModel, q: Gaussian, x: ArrayLike, alpha: float
 ) -> VariationalGradients:
     r"""Gradient of each row's Rényi bound with respect to q's mean and Cholesky factor.
 
-    The bound is :math:`\mathcal L_\alpha` of :func:`~elbo_check._renyi.renyi_bound`; the
+    The bound is :math:`\mathcal L_\alpha` of :meth:`renyi_bound`; the
     factor is q's lower-triangular :math:`L` (the convention of
     ``model.elbo_grad_variational``).
 
     Parameters
     ----------
-    model : LinearGaussianModel
-        The model.
     q : Gaussian
         The variational distribution :math:`\mathcal N(m, LL^\top)`; its batch broadcasts
         against the rows of ``x``.
     x : array_like, shape (..., D)
         One observation or a batch of them.
     alpha : float
-        The order, in :func:`~elbo_check._renyi.renyi_alpha_interval`.
+        The order, in :meth:`renyi_alpha_interval`.
 
     Returns
     -------
@@ -60,10 +60,10 @@ def renyi_bound_grad_variational(
     Raises
     ------
     InvalidTypeError
-        If ``model``, ``q`` or ``alpha`` has the wrong type.
+        If ``q`` or ``alpha`` has the wrong type.
     InvalidInputError
         If ``alpha`` is outside the interval where the bound is finite, or as
-        :func:`~elbo_check._renyi.renyi_bound`.
+        :meth:`renyi_bound`.
 
     Notes
     -----
@@ -93,26 +93,25 @@ def renyi_bound_grad_variational(
     --------
     >>> import numpy as np
     >>> from elbo_check import Gaussian, ppca
-    >>> from elbo_check._renyi_gradients import renyi_bound_grad_variational
     >>> model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
     >>> x = np.array([0.3, 0.2])
     >>> q = Gaussian.from_covariance(mean=[0.2], cov=[[0.05]])
-    >>> at_one = renyi_bound_grad_variational(model, q, x, 1.0)
+    >>> at_one = model.renyi_bound_grad_variational(q, x, 1.0)
     >>> elbo = model.elbo_grad_variational(q, x)
     >>> bool(np.allclose(at_one.mean, elbo.mean) and np.allclose(at_one.scale_tril,
     ...                                                          elbo.scale_tril))
     True
-    >>> at_zero = renyi_bound_grad_variational(model, q, x, 0.0)
+    >>> at_zero = model.renyi_bound_grad_variational(q, x, 0.0)
     >>> float(np.max(np.abs(at_zero.mean))), float(np.max(np.abs(at_zero.scale_tril)))
     (0.0, 0.0)
     """
-    model = check_model(model)
-    q = check_q(model, q)
+    check_model(self)
+    q = check_q(self, q)
     value = real("alpha", alpha)
     order = Order.from_alpha(value)
-    pair, _ = pair_with(model, q, x)
+    pair, _ = pair_with(self, q, x)
     found = divergence(pair, order, "alpha", value, False)
-    k, batch = model.latent_dim, pair.batch
+    k, batch = self.latent_dim, pair.batch
     if value == 0.0:  # L_0 = log p(x) does not depend on q
         return VariationalGradients(mean=np.zeros((*batch, k)), scale_tril=np.zeros((*batch, k, k)))
     w = found.whitened

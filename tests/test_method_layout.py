@@ -34,6 +34,13 @@ MODEL_METHODS = [
     "dataset_elbo",
     "dataset_elbo_grad",
     "optimal_encoder",
+    "renyi_bound",
+    "renyi_divergence_to_posterior",
+    "renyi_alpha_interval",
+    "cubo",
+    "importance_weight_moment",
+    "importance_weight_stats",
+    "renyi_bound_grad_variational",
 ]
 GAUSSIAN_CONSTRUCTORS = [
     "from_cholesky",
@@ -70,9 +77,10 @@ def test_gaussian_constructors_are_classmethods_of_the_class() -> None:
 def test_bound_methods_pickle_and_copy_with_their_model() -> None:
     model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
     x = np.array([0.3, 0.2])
-    for method in (model.log_evidence, model.elbo, model.optimal_encoder):
+    for method in (model.log_evidence, model.elbo, model.optimal_encoder, model.renyi_bound):
         restored = pickle.loads(pickle.dumps(method))
         assert restored.__name__ == method.__name__
     q = model.posterior(x)
     assert pickle.loads(pickle.dumps(model.elbo))(q, x) == model.elbo(q, x)
     assert copy.deepcopy(model).elbo(q, x) == model.elbo(q, x)
+    assert pickle.loads(pickle.dumps(model.cubo))(q, x) == model.cubo(q, x)

@@ -529,3 +529,27 @@ def test_absurd_q_never_gives_nan_or_a_warning(variance, mean):
     elbo = model.elbo(q, x)
     if math.isfinite(elbo):
         assert renyi_bound(model, q, x, 1.0) == elbo
+
+
+def test_the_functions_are_the_models_own_methods():
+    """Bound in LinearGaussianModel's class body: ``model.renyi_bound(q, x, a)`` is
+    ``renyi_bound(model, q, x, a)``, and every one is the class's own attribute."""
+    from elbo_check import LinearGaussianModel, _renyi
+
+    model = ppca(weights=[[1.0], [0.5]], mean=[0.0, 0.0], noise_variance=0.1)
+    x = np.array([[0.3, 0.2], [-1.0, 0.4]])
+    q = Gaussian.from_diagonal(mean=[0.3], variances=[0.2])
+    for alpha in (-0.5, 0.0, 0.5, 1.0, 1.5):
+        np.testing.assert_array_equal(
+            model.renyi_bound(q, x, alpha), renyi_bound(model, q, x, alpha)
+        )
+    np.testing.assert_array_equal(model.cubo(q, x, n=3.0), cubo(model, q, x, 3.0))
+    method, function = model.importance_weight_stats(q, x), importance_weight_stats(model, q, x)
+    for field in ("relative_variance", "ess_per_sample", "log_weight_variance"):
+        np.testing.assert_array_equal(getattr(method, field), getattr(function, field))
+    own = vars(LinearGaussianModel)
+    for name in _renyi.__all__:
+        if name == "ImportanceWeightStats":
+            continue
+        assert own[name] is getattr(_renyi, name), name
+        assert getattr(model, name).__self__ is model, name
