@@ -13,6 +13,7 @@ from ._errors import ElboCheckError, InvalidInputError, InvalidTypeError
 from ._families import bayesian_linear_regression, factor_analysis, ppca
 from ._gaussian import Gaussian, cross_entropy, kl_divergence
 from ._gradients import ModelGradients, VariationalGradients
+from ._importance_weights import ImportanceWeightStats
 from ._model import LinearGaussianModel
 from ._version import __version__
 
@@ -21,6 +22,7 @@ __all__ = [
     "ElboTerms",
     "EncoderGradients",
     "Gaussian",
+    "ImportanceWeightStats",
     "InvalidInputError",
     "InvalidTypeError",
     "LinearEncoder",
