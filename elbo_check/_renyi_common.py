@@ -43,15 +43,9 @@ def check_model(model: Any) -> LinearGaussianModel:
 
 
 def check_q(model: LinearGaussianModel, q: Any) -> Gaussian:
-    """``q`` if it is a Gaussian over the model's latent space, else raise."""
-    if not isinstance(q, Gaussian):
-        raise InvalidTypeError(f"q must be a Gaussian; got {type(q).__name__}")
-    if q.dim != model.latent_dim:
-        raise InvalidInputError(
-            f"q must be a Gaussian over the latent space with K = {model.latent_dim} "
-            f"dimensions; got q.dim = {q.dim}"
-        )
-    return q
+    """``q`` if it is a Gaussian over the model's latent space, else raise (the model's
+    own check, so the Rényi methods refuse a ``q`` exactly as ``elbo`` does)."""
+    return model._check_q(q)
 
 
 def real(name: str, value: Any) -> float:

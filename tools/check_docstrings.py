@@ -166,7 +166,7 @@ def _sections(value: object) -> dict[str, object]:
     from numpydoc.docscrape import ClassDoc, FunctionDoc
 
     doc = ClassDoc(value) if inspect.isclass(value) else FunctionDoc(value)
-    return {"Raises": doc["Raises"], "References": doc["References"], "doc": str(doc)}
+    return {"Raises": doc["Raises"], "References": doc["References"]}
 
 
 def check(path: str, value: object) -> list[Finding]:
