@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from inspect import isfunction as _isfunction
 
+from ._check_bound_estimator import verify_iwae_estimator, verify_renyi_estimator
+from ._check_bound_gradient import verify_iwae_gradient, verify_renyi_gradient
 from ._check_elbo import verify_elbo
 from ._check_estimator import verify_elbo_estimator
 from ._check_gradient import verify_elbo_gradient
@@ -72,8 +74,12 @@ __all__ = [
     "verify_elbo",
     "verify_elbo_estimator",
     "verify_elbo_gradient",
+    "verify_iwae_estimator",
+    "verify_iwae_gradient",
     "verify_kl",
     "verify_log_evidence",
+    "verify_renyi_estimator",
+    "verify_renyi_gradient",
 ]
 
 # Public objects say they live here, where the docs and users import them from. Their
