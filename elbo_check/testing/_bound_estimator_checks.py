@@ -390,4 +390,38 @@ def _pathwise_diagnosis(
             ok = ok and abs(predicted - value) <= max(tolerance, 1e-6 * (size + 1.0))
         if ok:
             found.append(suspect)
-    return _bound_diagnosis(found)
+    if found:
+        return _bound_diagnosis(found)
+    exact = [
+        float(renyi_estimates(log_weights(model, q, x, samples(q, noise)), alpha))
+        for noise in (eps, other)
+    ]
+    return (
+        _bound_diagnosis([])
+        + "\n  "
+        + describe_gap(got - exact[0], second - exact[1], exact, tolerance, n)
+    )
+
+
+def describe_gap(first: float, second: float, exact: list[float], tolerance: float, n: int) -> str:
+    """What the gap at two noises says: a constant (a multiple of log k?), a factor on
+    the estimate, or something that depends on the draws."""
+    if not (math.isfinite(first) and math.isfinite(second)):
+        return "The returns are not finite."
+    if abs(first - second) <= 2.0 * tolerance:
+        text = f"The gap is the same constant {first:.6g} at two noises"
+        if n > 1:
+            ratio = first / math.log(n)
+            simple = round(ratio * 2.0) / 2.0
+            if simple != 0.0 and abs(ratio - simple) <= 1e-6 * max(1.0, abs(ratio)):
+                return text + f": {simple:g} * log(k), so the log(k) normalisation is wrong."
+        return text + ": a normalising constant is wrong or missing."
+    values = [first + exact[0], second + exact[1]]
+    if all(abs(e) > tolerance for e in exact):
+        factors = [v / e for v, e in zip(values, exact, strict=True)]
+        if abs(factors[0] - factors[1]) <= 1e-6 * max(1.0, abs(factors[0])):
+            return f"The estimate is the correct one times {factors[0]:.6g} at two noises."
+    return (
+        "The gap changes with the draws: check the samples (z = m + L eps) and the log "
+        "weights (log p(x, z) - log q(z)) before the reduction."
+    )

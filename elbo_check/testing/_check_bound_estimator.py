@@ -137,6 +137,12 @@ def verify_renyi_estimator(
     rtol, atol : float, optional
         Tolerances of the deterministic comparisons (defaults 1e-6 and 1e-8); in
         statistical mode also a slack on the mean. Finite numbers >= 0.
+    time_budget : float, optional
+        Seconds the call may take, positive and finite (default None: no limit), as in
+        :func:`verify_elbo_estimator`.
+    dtype : str or dtype, optional
+        The floating precision ``fn`` computes in (default: that of its returns), as in
+        :func:`verify_elbo_estimator`; it widens only the deterministic comparisons.
     **model_options
         Restrict the models, as in :func:`verify_elbo_estimator`.
 
@@ -256,6 +262,12 @@ def verify_iwae_estimator(
         Pathwise mode: cases the search tries.
     rtol, atol : float, optional
         Tolerances of the deterministic comparisons.
+    time_budget : float, optional
+        Seconds the call may take, positive and finite (default None: no limit), as in
+        :func:`verify_elbo_estimator`.
+    dtype : str or dtype, optional
+        The floating precision ``fn`` computes in (default: that of its returns), as in
+        :func:`verify_elbo_estimator`; it widens only the deterministic comparisons.
     **model_options
         Restrict the models.
 
