@@ -7,6 +7,7 @@ their options with one vocabulary (``elbo_check.testing._options``).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -20,8 +21,12 @@ from elbo_check.testing import (
     verify_elbo,
     verify_elbo_estimator,
     verify_elbo_gradient,
+    verify_iwae_estimator,
+    verify_iwae_gradient,
     verify_kl,
     verify_log_evidence,
+    verify_renyi_estimator,
+    verify_renyi_gradient,
 )
 
 FEW = {"max_examples": 10}
@@ -109,6 +114,18 @@ VERIFIERS: list[tuple[str, Callable[..., Any], Callable[..., Any]]] = [
     ("verify_log_evidence", verify_log_evidence, lambda m, x: float(m.log_evidence(x))),
     ("verify_elbo_gradient", verify_elbo_gradient, lambda m, q, x: (0, 0)),
     ("verify_elbo_estimator(pathwise)", verify_elbo_estimator, lambda m, q, x, e: 0.0),
+    ("verify_iwae_estimator(pathwise)", verify_iwae_estimator, lambda m, q, x, e: 0.0),
+    (
+        "verify_renyi_estimator(pathwise)",
+        functools.partial(verify_renyi_estimator, alpha=0.5),
+        lambda m, q, x, e: 0.0,
+    ),
+    ("verify_iwae_gradient(pathwise)", verify_iwae_gradient, lambda m, q, x, e: (0, 0)),
+    (
+        "verify_renyi_gradient(pathwise)",
+        functools.partial(verify_renyi_gradient, alpha=2.0),
+        lambda m, q, x, e: (0, 0),
+    ),
 ]
 
 
@@ -149,7 +166,17 @@ def test_bad_options_are_refused_before_anything_runs(
         ("calls", 79),
     ],
 )
-@pytest.mark.parametrize("verifier", [verify_elbo_estimator, verify_elbo_gradient])
+@pytest.mark.parametrize(
+    "verifier",
+    [
+        verify_elbo_estimator,
+        verify_elbo_gradient,
+        verify_iwae_estimator,
+        verify_iwae_gradient,
+        functools.partial(verify_renyi_estimator, alpha=-1.0),
+        functools.partial(verify_renyi_gradient, alpha=0.5),
+    ],
+)
 def test_bad_budgets_of_statistical_checks_are_refused(
     verifier: Callable[..., Any], option: str, value: Any
 ) -> None:
