@@ -97,7 +97,13 @@ def _speed(result: Result) -> str:
     if not result.caught:
         return "-"
     kind = result.implementation.kind
-    if kind == "estimator":
+    if kind in ("iwae_gradient", "dreg_gradient", "vimco_gradient"):
+        problem = re.search(r"problem (\d+) of (\d+)", message)
+        what = re.search(r"failed: ([^(]+) \(", message)
+        if problem and what:
+            return f"problem {problem.group(1)} of {problem.group(2)}: {what.group(1)}"
+        return "exact check at q = p(z|x)" if "p(z|x)" in message else "?"
+    if kind in ("estimator", "iwae_estimator", "renyi_estimator"):
         problem = re.search(r"problem (\d+) of (\d+)", message)
         t = re.search(r"t = (\S+); critical \|t\| = ([\d.e+-]+)", message)
         if problem and t:

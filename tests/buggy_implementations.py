@@ -1181,6 +1181,20 @@ BUGS = (
 
 
 # =========================================================================== helpers for tests
+def _bound_suspect_catalogues() -> dict[str, Any]:
+    from elbo_check.testing._bound_suspects import bound_suspects, gradient_suspects
+
+    return {
+        "iwae_estimator": bound_suspects(0.0, 5),
+        "iwae_pathwise": bound_suspects(0.0, 5),
+        "renyi_estimator": bound_suspects(0.5, 5),
+        "iwae_gradient": gradient_suspects("reparameterised", 0.0, 5),
+        "dreg_gradient": gradient_suspects("dreg", 0.0, 5),
+        "dreg_pathwise": gradient_suspects("dreg", 0.0, 5),
+        "vimco_gradient": gradient_suspects("vimco", 0.0, 5),
+    }
+
+
 def suspect_names(kind: str) -> tuple[str, ...]:
     """Names of the suspects the verifier of ``kind`` can put on its diagnosis line."""
     from elbo_check.testing import FORMS, _suspects
@@ -1208,6 +1222,7 @@ def suspect_names(kind: str) -> tuple[str, ...]:
         ),
         "batched_evidence": _suspects.EVIDENCE_SUSPECTS,
         "batched_gradient": _suspects._gradient_suspects(),
+        **_bound_suspect_catalogues(),
     }
     if kind == "estimator":
         catalogues[kind] += extra_estimator_suspects(8)
@@ -1395,5 +1410,185 @@ BUGS = (
         "log_scale_gradient",
         "d ELBO / d scale returned for d ELBO / d log scale",
         log_scale_gradient_missing_jacobian,
+    ),
+)
+
+
+# =========================================================================== multi-sample
+# IWAE and Rényi estimates and their gradient estimators (code in buggy_bounds.py). Two
+# problems of 400 calls each: a statistical gradient check per seed stays near a second.
+import buggy_bounds as _bounds  # noqa: E402
+
+_FEWER = {"n_problems": 2, "calls": 400}
+KINDS.update(
+    {
+        "iwae_estimator": (testing.verify_iwae_estimator, {"k": 5, **_FEWER}),
+        "iwae_pathwise": (testing.verify_iwae_estimator, {"k": 5, "mode": "pathwise"}),
+        "renyi_estimator": (testing.verify_renyi_estimator, {"alpha": 0.5, "k": 5, **_FEWER}),
+        "iwae_gradient": (testing.verify_iwae_gradient, {"k": 5, **_FEWER}),
+        "dreg_gradient": (testing.verify_iwae_gradient, {"k": 5, "estimator": "dreg", **_FEWER}),
+        "dreg_pathwise": (
+            testing.verify_iwae_gradient,
+            {"k": 5, "estimator": "dreg", "mode": "pathwise"},
+        ),
+        "vimco_gradient": (
+            testing.verify_iwae_gradient,
+            {"k": 5, "estimator": "vimco", **_FEWER},
+        ),
+    }
+)
+SIGNATURES.update(
+    {
+        "iwae_estimator": "fn(model, q, x, rng, k)",
+        "iwae_pathwise": "fn(model, q, x, eps), eps (k, K)",
+        "renyi_estimator": "fn(model, q, x, rng, k)",
+        "iwae_gradient": "fn(model, q, x, rng, k) -> (grad_mean, grad_scale_tril)",
+        "dreg_gradient": "fn(model, q, x, rng, k) -> (grad_mean, grad_scale_tril)",
+        "dreg_pathwise": "fn(model, q, x, eps) -> (grad_mean, grad_scale_tril)",
+        "vimco_gradient": "fn(model, q, x, rng, k) -> (grad_mean, grad_scale_tril)",
+    }
+)
+
+CORRECT = (
+    *CORRECT,
+    Implementation("iwae_correct", "iwae_estimator", "log-mean-exp of k log weights", _bounds.iwae),
+    Implementation(
+        "iwae_pathwise_correct", "iwae_pathwise", "IWAE estimate at given noise", _bounds.iwae_at
+    ),
+    Implementation(
+        "renyi_correct", "renyi_estimator", "(1/(1-a)) log mean w^(1-a), a = 0.5", _bounds.renyi
+    ),
+    Implementation(
+        "iwae_gradient_correct",
+        "iwae_gradient",
+        "sum_k w_k (path_k - score_k)",
+        _bounds.iwae_gradient,
+    ),
+    Implementation(
+        "dreg_gradient_correct", "dreg_gradient", "sum_k w_k^2 path_k", _bounds.dreg_gradient
+    ),
+    Implementation(
+        "dreg_pathwise_correct", "dreg_pathwise", "DReG at given noise", _bounds.dreg_at
+    ),
+    Implementation(
+        "vimco_gradient_correct",
+        "vimco_gradient",
+        "leave-one-out (geometric mean) baselines",
+        _bounds.vimco_gradient,
+    ),
+)
+
+BUGS = (
+    *BUGS,
+    Implementation(
+        "iwae_missing_log_k",
+        "iwae_estimator",
+        "logsumexp(log_w) without - log k",
+        _batched(_bounds.iwae, "missing_log_k"),
+        diagnosis="the -log n of the log-mean-exp is missing",
+    ),
+    Implementation(
+        "iwae_logsumexp_of_losses",
+        "iwae_estimator",
+        "-(logsumexp(-log_w) - log k): the log-mean-exp of the losses",
+        _batched(_bounds.iwae, "losses"),
+        diagnosis="the log-mean-exp is applied to the losses",
+    ),
+    Implementation(
+        "iwae_mean_of_log_weights",
+        "iwae_estimator",
+        "mean(log_w): the ELBO estimate for every k",
+        _batched(_bounds.iwae, "mean_log_w"),
+        diagnosis="the mean of the log weights",
+    ),
+    Implementation(
+        "iwae_returns_loss",
+        "iwae_estimator",
+        "the loss -IWAE returned",
+        _batched(_bounds.iwae, "loss"),
+        diagnosis="the negated estimate",
+    ),
+    Implementation(
+        "iwae_cov_as_scale",
+        "iwae_estimator",
+        "samples z = m + S eps with the covariance as the scale",
+        _batched(_bounds.iwae, "cov_as_scale"),
+    ),
+    Implementation(
+        "iwae_max_log_weight",
+        "iwae_pathwise",
+        "max(log_w) in place of the log-mean-exp",
+        _batched(_bounds.iwae_at, "max"),
+        diagnosis="the largest log weight",
+    ),
+    Implementation(
+        "iwae_first_sample_only",
+        "iwae_pathwise",
+        "log_w[0]: one sample of k",
+        _batched(_bounds.iwae_at, "first_sample"),
+        diagnosis="only one of the n samples is used",
+    ),
+    Implementation(
+        "renyi_missing_factor",
+        "renyi_estimator",
+        "logsumexp((1-a) log_w) - log k without the 1/(1-a)",
+        _batched(_bounds.renyi, "missing_factor"),
+        diagnosis="the 1/(1 - alpha) factor is missing",
+    ),
+    Implementation(
+        "renyi_alpha_sign",
+        "renyi_estimator",
+        "(1+a) where (1-a) belongs",
+        _batched(_bounds.renyi, "alpha_sign"),
+        diagnosis="alpha has the wrong sign",
+    ),
+    Implementation(
+        "renyi_factor_sign",
+        "renyi_estimator",
+        "1/(a-1) in place of 1/(1-a)",
+        _batched(_bounds.renyi, "factor_sign"),
+        diagnosis="the negated estimate",
+    ),
+    Implementation(
+        "iwae_gradient_weights_not_detached",
+        "iwae_gradient",
+        "gradient of sum_k w_k log w_k with the normalised weights not detached",
+        _batched(_bounds.iwae_gradient, "weights_not_detached"),
+        diagnosis="the importance weights are not detached",
+    ),
+    Implementation(
+        "iwae_gradient_uniform_weights",
+        "iwae_gradient",
+        "every sample weighted 1/k: the ELBO's gradient",
+        _batched(_bounds.iwae_gradient, "uniform_weights"),
+        diagnosis="the gradient of the mean log weight",
+    ),
+    Implementation(
+        "dreg_weights_not_squared",
+        "dreg_gradient",
+        "sum_k w_k path_k (STL) for DReG",
+        _batched(_bounds.dreg_gradient, "not_squared"),
+        diagnosis="the DReG weights are not squared",
+    ),
+    Implementation(
+        "dreg_score_kept",
+        "dreg_gradient",
+        "q's parameters not detached in log q(z): the score term kept",
+        _batched(_bounds.dreg_gradient, "score_kept"),
+        diagnosis="q's parameters are not detached in log q(z)",
+    ),
+    Implementation(
+        "dreg_weights_not_detached",
+        "dreg_pathwise",
+        "the squared weights differentiated along the path",
+        _batched(_bounds.dreg_at, "not_detached"),
+        diagnosis="the squared DReG weights are not detached",
+    ),
+    Implementation(
+        "vimco_no_baseline",
+        "vimco_gradient",
+        "learning signal L for every sample (no leave-one-out baseline)",
+        _batched(_bounds.vimco_gradient, "no_baseline"),
+        diagnosis="VIMCO without its leave-one-out baseline",
     ),
 )

@@ -297,9 +297,14 @@ def test_gradient_suspects_named_in_statistical_mode():
     statistical, _ = _from_coefficients(undetached.coefficients, 0.0)
     with pytest.raises(AssertionError, match="not detached in the surrogate"):
         verify_iwae_gradient(statistical, k=4, **FAST)
-    # same mean as DReG, wrong distribution and not zero at the posterior
-    statistical, _ = _from_coefficients(COEFFICIENTS["reparameterised"], 0.0)
+    # q's parameters live in log q(z) under DReG's squared weights
+    kept = gradient_suspects("dreg", 0.0, 4)[0]
+    statistical, _ = _from_coefficients(kept.coefficients, 0.0)
     with pytest.raises(AssertionError, match="score term is kept"):
+        verify_iwae_gradient(statistical, k=4, estimator="dreg", **FAST)
+    # the plain reparameterised gradient declared as DReG: same mean, other distribution
+    statistical, _ = _from_coefficients(COEFFICIENTS["reparameterised"], 0.0)
+    with pytest.raises(AssertionError, match="distribution differs"):
         verify_iwae_gradient(statistical, k=4, estimator="dreg", **FAST)
 
 

@@ -20,6 +20,7 @@ from ..strategies import ElboProblem
 from ._bound_reference import (
     log_weight_sizes,
     log_weights,
+    noise_entries,
     reference_estimates,
     renyi_estimates,
     samples,
@@ -308,7 +309,7 @@ def _pathwise(
     def cases(draw: st.DrawFn) -> tuple[ElboProblem, FloatArray, bool]:
         problem = draw(problems)
         dim = problem.model.latent_dim
-        eps = np.array(draw(st.lists(st.floats(-3.0, 3.0), min_size=n * dim, max_size=n * dim)))
+        eps = np.array(draw(noise_entries(n * dim)))
         at_posterior = draw(st.booleans()) and problem.x.ndim == 1
         return problem, eps.reshape(n, dim), at_posterior
 
@@ -375,15 +376,17 @@ def _pathwise_diagnosis(
     got: float,
     tolerance: float,
 ) -> str:
-    other = np.random.default_rng([n, q.dim, 7]).standard_normal((n, q.dim))
+    # two generic noises besides the (often shrunk, degenerate) failing one
+    others = np.random.default_rng([n, q.dim, 7]).standard_normal((2, n, q.dim))
     try:
-        second = _call(fn, model, q, x, other)
+        second, third = (_call(fn, model, q, x, noise) for noise in others)
     except Exception:
         return _bound_diagnosis([])
+    other = others[0]
     found = []
     for suspect in bound_suspects(alpha, n):
         ok = True
-        for noise, value in ((eps, got), (other, second)):
+        for noise, value in ((eps, got), (other, second), (others[1], third)):
             z = samples(q, noise)
             predicted = float(suspect.estimate(log_weights(model, q, x, z)))
             size = float(np.max(log_weight_sizes(model, q, x, z)))

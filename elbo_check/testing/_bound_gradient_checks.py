@@ -31,6 +31,7 @@ from ._bound_reference import (
     combine,
     gradient_pieces,
     gradient_sizes,
+    noise_entries,
 )
 from ._bound_suspects import GradientSuspect, gradient_suspects
 from ._estimator_diagnosis import DIAGNOSIS_CRITICAL, diagnosis_calls, second_problem
@@ -368,7 +369,9 @@ def _check_zero_at_posterior(
             + "\n"
             + "\n".join(rows)
             + "\n"
-            + _gradient_diagnosis([g for g in gradient_suspects("stl", s.alpha, 2)][:1])
+            + _gradient_diagnosis(
+                [g for g in gradient_suspects(s.estimator, s.alpha, max(s.n, 2))][:1]
+            )
         )
 
 
@@ -385,7 +388,7 @@ def _pathwise(
     def cases(draw: st.DrawFn) -> tuple[ElboProblem, FloatArray, bool]:
         problem = draw(problems)
         dim = problem.model.latent_dim
-        eps = np.array(draw(st.lists(st.floats(-3.0, 3.0), min_size=s.n * dim, max_size=s.n * dim)))
+        eps = np.array(draw(noise_entries(s.n * dim)))
         at_posterior = (
             draw(st.booleans())
             and problem.x.ndim == 1
@@ -452,15 +455,16 @@ def _pathwise_diagnosis(
     got: FloatArray,
     tolerance: FloatArray,
 ) -> str:
-    other = np.random.default_rng([s.n, point.q.dim, 7]).standard_normal((s.n, point.q.dim))
+    # two generic noises besides the (often shrunk, degenerate) failing one
+    others = np.random.default_rng([s.n, point.q.dim, 7]).standard_normal((2, s.n, point.q.dim))
     try:
-        second = point.call(fn, other)
+        probes = [(eps, got)] + [(noise, point.call(fn, noise)) for noise in others]
     except Exception:
         return _gradient_diagnosis([])
     found = []
     for suspect in s.suspects:
         ok = True
-        for noise, value in ((eps, got), (other, second)):
+        for noise, value in probes:
             pieces = gradient_pieces(point.model, point.q, point.x, noise)
             predicted = point.pull(combine(pieces, suspect.coefficients(pieces[0], s.alpha)))
             size = point.pull_size(gradient_sizes(point.model, point.q, point.x, noise))

@@ -31,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg
 import scipy.special
+from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from .._gaussian import Gaussian
@@ -52,6 +53,36 @@ ZERO_AT_POSTERIOR = frozenset({"stl", "dreg"})
 
 #: Reference draws are made in chunks of at most this many log weights.
 _CHUNK = 2**18
+
+
+#: The values pathwise searches draw noise entries from, in the order they shrink to: a
+#: grid on [-3, 3] with a few generic values. One choice per entry keeps the search of
+#: k x K entries cheap (a float per entry costs hypothesis ten times as much to shrink)
+#: without losing anything an exact comparison needs.
+NOISE_VALUES = (
+    0.0,
+    1.0,
+    -1.0,
+    0.5,
+    -0.5,
+    2.0,
+    -2.0,
+    1.5,
+    -1.5,
+    3.0,
+    -3.0,
+    2.5,
+    -2.5,
+    0.37,
+    -1.23,
+    2.71,
+    -0.83,
+)
+
+
+def noise_entries(count: int) -> st.SearchStrategy[list[float]]:
+    """``count`` noise entries for a pathwise search (see :data:`NOISE_VALUES`)."""
+    return st.lists(st.sampled_from(NOISE_VALUES), min_size=count, max_size=count)
 
 
 def samples(q: Gaussian, eps: FloatArray) -> FloatArray:

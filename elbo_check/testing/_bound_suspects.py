@@ -155,6 +155,12 @@ def _dreg_not_detached(log_w: FloatArray, alpha: float) -> tuple[FloatArray, Flo
     return coef, np.zeros_like(coef)
 
 
+def _dreg_score_kept(log_w: FloatArray, alpha: float) -> tuple[FloatArray, FloatArray]:
+    # sum_k w_k^2 log w_k differentiated with q's parameters live in log q(z_k)
+    squared = normalised_weights(log_w, alpha) ** 2
+    return squared, -squared
+
+
 def _uniform(log_w: FloatArray, alpha: float) -> tuple[FloatArray, FloatArray]:
     weights = np.full_like(log_w, 1.0 / log_w.shape[-1])
     return weights, -weights
@@ -203,11 +209,11 @@ def gradient_suspects(estimator: str, alpha: float, n: int) -> list[GradientSusp
     if estimator in ("stl", "dreg"):
         out.append(
             GradientSuspect(
-                "q's parameters are not detached in log q(z) (the score term is kept: the "
-                "plain reparameterised gradient)",
+                "q's parameters are not detached in log q(z) (the score term is kept"
+                + (": the plain reparameterised gradient)" if estimator == "stl" else ")"),
                 "evaluate log q(z_k) with detached copies of q's parameters; only the path "
                 "through z_k = m + L eps_k is differentiated",
-                COEFFICIENTS["reparameterised"],
+                COEFFICIENTS["reparameterised"] if estimator == "stl" else _dreg_score_kept,
             )
         )
     if estimator == "dreg":
