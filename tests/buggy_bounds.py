@@ -144,3 +144,15 @@ def vimco_gradient(model: Any, q: Any, x: FloatArray, rng: Any, k: int, bug: str
     if bug == "no_baseline":
         signal = np.full(k, estimate)
     return _combine(np.zeros(k), path, signal - w, score)
+
+
+# --------------------------------------------------------------------------- batches
+def batched_iwae(model: Any, q: Any, x: FloatArray, rng: Any, k: int, bug: str = "") -> Any:
+    """A minibatch: x (B, D), q with a covariance per member, log weights (k, B)."""
+    eps = rng.standard_normal((k, *q.mean.shape))
+    z = q.mean + np.einsum("bij,kbj->kbi", q.scale_tril, eps)
+    log_w = model.log_joint(x, z) - q.log_prob(z)
+    axis = 1 if bug == "batch_axis" else 0
+    top = np.max(log_w, axis=axis, keepdims=True)
+    total = np.log(np.sum(np.exp(log_w - top), axis=axis)) + np.squeeze(top, axis=axis)
+    return total - math.log(log_w.shape[axis])

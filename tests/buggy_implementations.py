@@ -1182,6 +1182,7 @@ BUGS = (
 
 # =========================================================================== helpers for tests
 def _bound_suspect_catalogues() -> dict[str, Any]:
+    from elbo_check.testing._bound_batches import _AXIS as BATCH_AXIS
     from elbo_check.testing._bound_suspects import bound_suspects, gradient_suspects
 
     return {
@@ -1192,6 +1193,10 @@ def _bound_suspect_catalogues() -> dict[str, Any]:
         "dreg_gradient": gradient_suspects("dreg", 0.0, 5),
         "dreg_pathwise": gradient_suspects("dreg", 0.0, 5),
         "vimco_gradient": gradient_suspects("vimco", 0.0, 5),
+        "iwae_batched": (
+            *bound_suspects(0.0, 4),
+            BATCH_AXIS,
+        ),
     }
 
 
@@ -1435,6 +1440,7 @@ KINDS.update(
             testing.verify_iwae_gradient,
             {"k": 5, "estimator": "vimco", **_FEWER},
         ),
+        "iwae_batched": (testing.verify_iwae_estimator, {"k": 4, "batch_size": 4, **_FEWER}),
     }
 )
 SIGNATURES.update(
@@ -1446,6 +1452,7 @@ SIGNATURES.update(
         "dreg_gradient": "fn(model, q, x, rng, k) -> (grad_mean, grad_scale_tril)",
         "dreg_pathwise": "fn(model, q, x, eps) -> (grad_mean, grad_scale_tril)",
         "vimco_gradient": "fn(model, q, x, rng, k) -> (grad_mean, grad_scale_tril)",
+        "iwae_batched": "fn(model, q, x, rng, k) -> (B,): x (B, D), q.scale_tril (B, K, K)",
     }
 )
 
@@ -1475,6 +1482,12 @@ CORRECT = (
         "vimco_gradient",
         "leave-one-out (geometric mean) baselines",
         _bounds.vimco_gradient,
+    ),
+    Implementation(
+        "iwae_batched_correct",
+        "iwae_batched",
+        "minibatch IWAE, log weights (k, B) reduced over axis 0",
+        _bounds.batched_iwae,
     ),
 )
 
@@ -1590,5 +1603,12 @@ BUGS = (
         "learning signal L for every sample (no leave-one-out baseline)",
         _batched(_bounds.vimco_gradient, "no_baseline"),
         diagnosis="VIMCO without its leave-one-out baseline",
+    ),
+    Implementation(
+        "iwae_batched_batch_axis",
+        "iwae_batched",
+        "log weights (k, B) reduced over axis 1, the batch (k == B, so the shape is right)",
+        _batched(_bounds.batched_iwae, "batch_axis"),
+        diagnosis="the log-mean-exp is taken over the batch axis",
     ),
 )

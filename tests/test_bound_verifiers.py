@@ -4,6 +4,7 @@ estimators pass, every catalogued bug is caught and named, held-out bugs are cau
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -383,3 +384,47 @@ def test_bad_options_are_refused(call, match):
 def test_bad_parametrisation_type():
     with pytest.raises(ec.InvalidTypeError, match="parametrisation"):
         verify_iwae_gradient(iwae, parametrisation="diagonal")
+
+
+# ---------------------------------------------------------------------- batches
+def _batched_log_w(model, q, x, eps):
+    z = q.mean + np.einsum("bij,kbj->kbi", q.scale_tril, eps)
+    return model.log_joint(x, z) - q.log_prob(z)  # (k, B)
+
+
+def batched_iwae_at(model, q, x, eps, axis=0):
+    log_w = _batched_log_w(model, q, x, eps)
+    return logsumexp(log_w, axis=axis) - math.log(log_w.shape[axis])
+
+
+def batched_iwae(model, q, x, rng, k, axis=0):
+    return batched_iwae_at(model, q, x, rng.standard_normal((k, *q.mean.shape)), axis)
+
+
+def test_batched_iwae_passes():
+    report = verify_iwae_estimator(batched_iwae, k=3, batch_size=4, **FAST)
+    assert report.details["members"] == 4
+    verify_iwae_estimator(
+        batched_iwae_at, k=3, batch_size=2, mode="pathwise", max_examples=20, seed=0
+    )
+
+
+@pytest.mark.parametrize(("k", "size"), [(3, 4), (4, 4)])
+@pytest.mark.parametrize("mode", ["statistical", "pathwise"])
+def test_log_mean_exp_over_the_batch_axis_is_named(k, size, mode):
+    fn = (
+        functools.partial(batched_iwae, axis=1)
+        if mode == "statistical"
+        else functools.partial(batched_iwae_at, axis=1)
+    )
+    options = FAST if mode == "statistical" else {"max_examples": 20, "seed": 0}
+    with pytest.raises(AssertionError, match="batch axis instead of the sample axis"):
+        verify_iwae_estimator(fn, k=k, batch_size=size, mode=mode, **options)
+
+
+def test_batched_members_are_checked_at_their_posteriors():
+    def noisy(model, q, x, rng, k):
+        return batched_iwae(model, q, x, rng, k) + 1e-4 * rng.standard_normal(len(x))
+
+    with pytest.raises(AssertionError, match="q_b = p\\(z\\|x_b\\)"):
+        verify_iwae_estimator(noisy, k=3, batch_size=3, **FAST)

@@ -17,6 +17,9 @@ from numpy.typing import NDArray
 
 from .._errors import InvalidInputError
 from ..strategies import COV_KINDS, elbo_problems
+from ._batch_problems import batched_statistical_cases
+from ._batching import check_batch_size
+from ._bound_batches import batched_pathwise, batched_statistical
 from ._bound_estimator_checks import (
     _pathwise,
     _statistical,
@@ -24,6 +27,7 @@ from ._bound_estimator_checks import (
     check_k,
 )
 from ._cases import as_elbo_cases, check_q_kinds, statistical_cases
+from ._estimator_batches import pathwise_batches
 from ._limits import _single_blas_thread
 from ._options import (
     DEFAULT_FALSE_ALARM_RATE,
@@ -58,6 +62,7 @@ def verify_renyi_estimator(
     max_examples: int | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    batch_size: int | None = None,
     **model_options: Any,
 ) -> VerificationReport:
     r"""Check a Monte-Carlo estimator of the variational Rényi bound.
@@ -137,6 +142,14 @@ def verify_renyi_estimator(
     rtol, atol : float, optional
         Tolerances of the deterministic comparisons (defaults 1e-6 and 1e-8); in
         statistical mode also a slack on the mean. Finite numbers >= 0.
+    batch_size : int, optional
+        Check batched code on minibatches of this many members, >= 1 (default None):
+        ``fn`` receives ``x`` of shape ``(B, D)`` and a ``q`` of batch shape ``(B,)``
+        (a covariance per member) and returns the ``B`` estimates, shape ``(B,)``; in
+        pathwise mode ``eps`` has shape ``(k, B, K)`` (samples, batch, event). Every
+        member is tested (Bonferroni over members) and checked at its own posterior;
+        a log-mean-exp over the batch axis is named (``k`` values returned, or with
+        ``k == B`` the values it gives).
     time_budget : float, optional
         Seconds the call may take, positive and finite (default None: no limit), as in
         :func:`verify_elbo_estimator`.
@@ -206,6 +219,7 @@ def verify_renyi_estimator(
         max_examples=max_examples,
         rtol=rtol,
         atol=atol,
+        batch_size=batch_size,
         model_options=model_options,
     )
 
@@ -226,6 +240,7 @@ def verify_iwae_estimator(
     max_examples: int | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    batch_size: int | None = None,
     **model_options: Any,
 ) -> VerificationReport:
     r"""Check a Monte-Carlo estimator of the importance-weighted bound (IWAE).
@@ -262,6 +277,8 @@ def verify_iwae_estimator(
         Pathwise mode: cases the search tries.
     rtol, atol : float, optional
         Tolerances of the deterministic comparisons.
+    batch_size : int, optional
+        Check batched code: ``B`` estimates per call (see :func:`verify_renyi_estimator`).
     time_budget : float, optional
         Seconds the call may take, positive and finite (default None: no limit), as in
         :func:`verify_elbo_estimator`.
@@ -321,6 +338,7 @@ def verify_iwae_estimator(
         max_examples=max_examples,
         rtol=rtol,
         atol=atol,
+        batch_size=batch_size,
         model_options=model_options,
     )
 
@@ -351,6 +369,7 @@ def _verify(
     max_examples: Any,
     rtol: Any,
     atol: Any,
+    batch_size: Any,
     model_options: dict[str, Any],
 ) -> VerificationReport:
     __tracebackhide__ = True
@@ -360,9 +379,27 @@ def _verify(
     chosen = _profile(profile)
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     seed_value = _seed(seed)
-    label = _label(name, alpha, n, mode)
+    size = check_batch_size(batch_size)
+    label = (
+        _label(name, alpha, n, mode)
+        if size is None
+        else (_label(name, alpha, n, mode)[:-1] + f", batch_size={size})")
+    )
     if mode == "pathwise":
         kinds = check_q_kinds(COV_KINDS if q_kinds is None else q_kinds)
+        if size is not None:
+            return batched_pathwise(
+                fn,
+                label,
+                alpha,
+                n,
+                size,
+                pathwise_batches(problems, size, kinds, model_options),
+                seed=seed_value,
+                max_examples=check_count("max_examples", max_examples, chosen["max_examples"]),
+                rtol=rtol,
+                atol=atol,
+            )
         user = as_elbo_cases(problems, lambda: elbo_problems(q_kinds=kinds, **model_options))
         strategy = user if isinstance(user, st.SearchStrategy) else st.sampled_from(user)
         return _pathwise(
@@ -380,6 +417,31 @@ def _verify(
         raise InvalidInputError(f"mode must be 'statistical' or 'pathwise'; got mode={mode!r}")
     total = _statistical_calls(chosen, calls, n)
     kinds = check_q_kinds(("full",) if q_kinds is None else q_kinds)
+    if size is not None:
+        batches = batched_statistical_cases(
+            problems,
+            n_problems,
+            size,
+            default_count=chosen["problems"],
+            seed=seed_value,
+            q_kinds=kinds,
+            model_options=model_options,
+            calls=total,
+        )
+        return batched_statistical(
+            fn,
+            label,
+            alpha,
+            n,
+            batches,
+            size,
+            seed=seed_value,
+            calls=total,
+            false_alarm_rate=false_alarm_rate,
+            rtol=rtol,
+            atol=atol,
+            posterior="full" in kinds,
+        )
     cases = statistical_cases(
         problems,
         n_problems,
