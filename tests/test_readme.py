@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import buggy_bounds
 import numpy as np
 import pytest
 
@@ -103,6 +104,9 @@ def test_readme_listed_call_runs_with_a_correct_function(call: str) -> None:
         "my_autodiff_grad": _analytic_kl_pathwise_grad,
         "my_kl": kl_divergence,
         "my_log_evidence": lambda model, x: model.log_evidence(x),
+        "my_iwae": buggy_bounds.iwae,
+        "my_renyi": buggy_bounds.renyi,
+        "my_dreg_grad": buggy_bounds.dreg_gradient,
     }
     report = eval(call, namespace)
     assert "passed" in str(report)
