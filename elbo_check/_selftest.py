@@ -258,6 +258,59 @@ def _checks_for_draw(
     attained = abs(model.dataset_elbo(encoder, x) - float(np.sum(log_evidence))) / encoder_scale
     yield "optimal encoder ELBO = sum log p(x)", attained, IDENTITY_RTOL
 
+    # 7. The Rényi bound (IWAE as K grows, the chi^2 bound at alpha = -1).
+    yield from _renyi_checks(model, qs[0], x, log_evidence)
+
+
+def _renyi_checks(
+    model: LinearGaussianModel, q: Gaussian, x: Any, log_evidence: Any
+) -> Iterator[tuple[str, float, float]]:
+    """The Rényi bound's identities: its ends, E_q[w] = p(x), its order in alpha, and
+    exactness at the posterior."""
+    terms = model.elbo_terms(q, x)
+    scale = (
+        np.abs(terms.expected_log_likelihood)
+        + np.abs(terms.kl_to_prior)
+        + np.abs(log_evidence)
+        + 1.0
+    )
+    ends = max(
+        float(np.max(np.abs(model.renyi_bound(q, x, 0.0) - log_evidence) / scale)),
+        float(np.max(np.abs(model.renyi_bound(q, x, 1.0) - terms.elbo) / scale)),
+    )
+    yield "L_0 = log p(x), L_1 = ELBO", ends, IDENTITY_RTOL
+    # alpha = 1/2 by another route: log p(x) - 2 D_B(q, p(z|x)), the textbook
+    # Bhattacharyya distance of two Gaussians from dense covariances.
+    posterior = model.posterior(x)
+    bhattacharyya = []
+    for b in range(len(terms.elbo)):
+        m1, m2 = q.mean[b], posterior.mean[b]
+        s1, s2 = (g.cov if g.cov.ndim == 2 else g.cov[b] for g in (q, posterior))
+        average = 0.5 * (s1 + s2)
+        delta = m1 - m2
+        logdets = [np.linalg.slogdet(c)[1] for c in (average, s1, s2)]
+        bhattacharyya.append(
+            0.125 * delta @ np.linalg.solve(average, delta)
+            + 0.5 * (logdets[0] - 0.5 * (logdets[1] + logdets[2]))
+        )
+    half = np.asarray(model.renyi_bound(q, x, 0.5))
+    other_route = log_evidence - 2.0 * np.array(bhattacharyya)
+    yield (
+        "L_1/2 = log p(x) - 2 D_Bhattacharyya",
+        float(np.max(np.abs(half - other_route) / scale)),
+        1e4 * IDENTITY_RTOL,
+    )
+    low, high = model.renyi_alpha_interval(q)
+    alphas = np.linspace(max(low, -1.0) + 1e-3, min(high, 2.0) - 1e-3, 7)
+    bounds = np.stack([np.asarray(model.renyi_bound(q, x, float(a))) for a in alphas])
+    rises = np.maximum(np.diff(bounds, axis=0), 0.0) / scale
+    yield "L_alpha decreasing in alpha", float(np.max(rises)), IDENTITY_RTOL
+    exact = max(
+        float(np.max(np.abs(model.renyi_bound(posterior, x, a) - log_evidence) / scale))
+        for a in (-1.0, 0.5, 2.0)
+    )
+    yield "L_alpha(posterior) = log p(x)", exact, IDENTITY_RTOL
+
 
 def run_selftest(seed: int = 0, draws: int = 3) -> SelftestReport:
     """Check every identity on ``draws`` random models per (family, size class)."""
