@@ -350,8 +350,10 @@ def cubo(self: LinearGaussianModel, q: Gaussian, x: ArrayLike, n: float = 2.0) -
 
     the Rényi bound of order :math:`1 - n \le 0` [1]_ [2]_; it is non-decreasing in
     ``n``, with the :math:`\chi^n` divergence :math:`D_{\chi^n}(p\|q) = \mathbb E_q[(p/q)^n]
-    - 1`. Sign convention: the paper minimises :math:`\mathrm{CUBO}_n`; this is that
-    quantity, not its exponentiated surrogate :math:`\exp(n\,\mathrm{CUBO}_n)`.
+    - 1`. This is :math:`\mathrm{CUBO}_n` itself, in nats. To optimise it Dieng et al.
+    minimise the surrogate :math:`\exp(n\,\mathrm{CUBO}_n) = \mathbb E_q[w^n]`, which
+    has the same minimiser and an unbiased Monte-Carlo estimate (the estimate
+    :math:`\frac1n\log\frac1M\sum_m w_m^n` of ``CUBO_n`` itself is biased low).
 
     References
     ----------

@@ -334,8 +334,14 @@ def raise_outside(pair: Pair, name: str, value: float, alpha: float, flip: bool)
         combination = f"{name} inv(S) + (1 - {name}) inv(Sigma)"
     member = f" of member {list(index)}" if cov_batch else ""
     boundary = " (on the boundary, to rounding)" if lo < value < hi else ""
+    # CUBO's n is also >= 1 (an upper bound): its allowed range is [1, hi)
+    interval = (
+        f"[1, {_number(hi)})"
+        if name == "n"
+        else f"the open interval ({_number(lo)}, {_number(hi)})"
+    )
     raise InvalidInputError(
-        f"{name} must lie in the open interval ({_number(lo)}, {_number(hi)}), where "
+        f"{name} must lie in {interval}, where "
         f"{combination} is positive definite (S: q's covariance{member}, Sigma: the "
         f"posterior's; the ends follow from their generalised eigenvalues) and the "
         f"expectation is finite; got {name} = {value!r}{boundary}"
