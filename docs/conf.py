@@ -173,11 +173,14 @@ PENDING_PAGES = (
     "tutorials/monte-carlo",
 )
 
-#: Figures produced by the package itself (``*.png`` is git-ignored): path under docs/
-#: and the command that writes it. Generated when missing, or always when
-#: ELBO_CHECK_DOCS_REGENERATE=1.
+#: Generated figures (``*.png`` is git-ignored): path under docs/ and the arguments to
+#: ``python`` that write it, given that path as one more argument: a command of the
+#: package itself, or a script under docs/_scripts/ (which takes the output path as its
+#: one positional argument and answers ``--help``, the availability probe below).
+#: Generated when missing, or always when ELBO_CHECK_DOCS_REGENERATE=1.
 GENERATED_FIGURES = {
     "_static/elbo-trace.png": ["-m", "elbo_check", "demo", "--plot"],
+    "_static/renyi-bounds.png": [str(DOCS / "_scripts" / "bounds_figure.py")],
 }
 
 
@@ -227,6 +230,7 @@ def _generate_figures(app):
         target = DOCS / relative
         if target.is_file() and not force:
             continue
+        # Does the command exist here? "-m elbo_check demo --help", "script.py --help".
         probe = subprocess.run(
             [sys.executable, *command[:3], "--help"], capture_output=True, env=env, check=False
         )
