@@ -103,8 +103,8 @@ def _speed(result: Result) -> str:
         if problem and what:
             return f"problem {problem.group(1)} of {problem.group(2)}: {what.group(1)}"
         return "exact check at q = p(z|x)" if "p(z|x)" in message else "?"
-    if kind in ("estimator", "iwae_estimator", "renyi_estimator"):
-        problem = re.search(r"problem (\d+) of (\d+)", message)
+    if kind in ("estimator", "iwae_estimator", "renyi_estimator", "iwae_batched"):
+        problem = re.search(r"(?:problem|batch) (\d+) of (\d+)", message)
         t = re.search(r"t = (\S+); critical \|t\| = ([\d.e+-]+)", message)
         if problem and t:
             return (
