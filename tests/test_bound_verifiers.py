@@ -471,3 +471,15 @@ def test_held_out_gradient_bugs_are_caught(capsys):
         named += "no known bug matches" not in str(info.value)
     with capsys.disabled():
         print(f"\nheld-out DReG gradient bugs: {len(variants)} caught, {named} named")
+
+
+def test_means_only_when_the_sampler_differs():
+    """distribution_test=False (for a sampler other than z = m + L eps): only the means
+    are tested, and the report says so."""
+    statistical, _ = user_gradient("dreg")
+    options = {"k": 4, "estimator": "dreg", "n_problems": 1, "calls": 160, "seed": 0}
+    report = verify_iwae_gradient(statistical, distribution_test=False, **options)
+    assert report.details["ks_level"] is None
+    assert "Kolmogorov" not in report.tolerance
+    with pytest.raises(ec.InvalidTypeError, match="distribution_test"):
+        verify_iwae_gradient(statistical, distribution_test="no", **options)

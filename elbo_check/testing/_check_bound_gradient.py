@@ -51,6 +51,7 @@ def verify_renyi_gradient(
     k: int = 8,
     estimator: str = "reparameterised",
     parametrisation: Parametrisation | None = None,
+    distribution_test: bool = True,
     mode: str = "statistical",
     seed: int | np.random.Generator | None = None,
     calls: int | None = None,
@@ -121,6 +122,14 @@ def verify_renyi_gradient(
         Which estimator ``fn`` implements (default ``"reparameterised"``).
     parametrisation : Parametrisation, optional
         The parameters ``fn`` differentiates in (default: q's mean and Cholesky factor).
+    distribution_test : bool, optional
+        Statistical mode: also compare each coordinate's whole distribution with the
+        reference draws (two-sample Kolmogorov-Smirnov; default True). This assumes
+        ``fn`` draws :math:`z = m + L\varepsilon` with :math:`L` q's lower Cholesky
+        factor, as torch's and NumPyro's ``Normal`` and ``MultivariateNormal`` do: the
+        gradient's distribution (not its mean) depends on the map from noise to
+        :math:`z`. Pass False for another sampler (a low-rank guide's, a symmetric
+        square root): then the means alone are tested.
     mode : {"statistical", "pathwise"}, optional
         The check to run (default ``"statistical"``).
     seed : int or numpy.random.Generator, optional
@@ -216,6 +225,7 @@ def verify_iwae_gradient(
     k: int = 8,
     estimator: str = "reparameterised",
     parametrisation: Parametrisation | None = None,
+    distribution_test: bool = True,
     mode: str = "statistical",
     seed: int | np.random.Generator | None = None,
     calls: int | None = None,
@@ -248,6 +258,9 @@ def verify_iwae_gradient(
         Which estimator ``fn`` implements.
     parametrisation : Parametrisation, optional
         The parameters ``fn`` differentiates in.
+    distribution_test : bool, optional
+        Also compare each coordinate's distribution (default True; see
+        :func:`verify_renyi_gradient`).
     mode : {"statistical", "pathwise"}, optional
         The check to run.
     seed : int or numpy.random.Generator, optional
@@ -341,7 +354,12 @@ def _verify(
     if mode != "statistical":
         parts.append(f"mode={mode!r}")
     label = f"{name}({', '.join(parts)})"
-    settings = _Settings(label, alpha, n, estimator, par, seed, rtol, atol)
+    distribution = o["distribution_test"]
+    if not isinstance(distribution, bool):
+        raise InvalidTypeError(
+            f"distribution_test must be True or False; got distribution_test={distribution!r}"
+        )
+    settings = _Settings(label, alpha, n, estimator, par, seed, rtol, atol, distribution)
     options = o["model_options"]
     default_kinds = par.cov_kinds if par is not None else None
     if mode == "pathwise":
