@@ -16,7 +16,10 @@ estimate; with ``num_particles`` samples, passed to the verifier as ``n_samples`
 its gradient by :func:`jax.grad`, in the parameters SVI optimises: for an autoguide
 the unconstrained ones (see :func:`verify_elbo_gradient` for the map), for your guide
 the values of its ``numpyro.param`` sites, named by the keys of a
-:class:`~elbo_check.testing.Parametrisation`.
+:class:`~elbo_check.testing.Parametrisation`. A ``RenyiELBO`` (the Rényi bounds, IWAE at
+``alpha = 0``) is checked by :func:`verify_renyi_estimator` and
+:func:`verify_renyi_gradient` against the exact distribution of its
+``num_particles``-sample estimate.
 
 **Speed.** The loss is compiled with :func:`jax.jit` once per (loss, guide, shape): the
 model's arrays, the guide's parameters, ``x`` and the random key are arguments of the
@@ -74,12 +77,15 @@ except ImportError as err:  # pragma: no cover - exercised without numpyro
 
 from . import _numpyro_checks as _k
 from . import _numpyro_handlers as _h
+from ._numpyro_renyi import verify_renyi_estimator, verify_renyi_gradient
 
 __all__ = [
     "AUTOGUIDES",
     "model_and_guide",
     "verify_elbo_estimator",
     "verify_elbo_gradient",
+    "verify_renyi_estimator",
+    "verify_renyi_gradient",
 ]
 
 #: The autoguides checked by name (``guide="AutoNormal"``, ...).
