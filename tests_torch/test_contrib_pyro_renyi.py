@@ -156,7 +156,7 @@ def test_a_detached_log_q_is_the_stl_gradient_caught_and_named() -> None:
     options = {"guide": detached_guide, "parametrisation": DiagonalSoftplusScale()}
     ec_pyro.verify_renyi_estimator(loss, **options, **STATISTICAL)  # its value is right
     # its gradient is sum_j w_j grad_z log w_j dz_j: sticking the landing, biased for k > 1
-    with pytest.raises(AssertionError, match=r"biased coordinates(.|\n)*\(STL\) gradient"):
+    with pytest.raises(AssertionError, match=r"failed(.|\n)*\(STL\) gradient"):
         ec_pyro.verify_renyi_gradient(loss, **options, n_problems=1, calls=160)
     ec_pyro.verify_renyi_gradient(loss, **options, estimator="stl", n_problems=1, calls=160)
 
