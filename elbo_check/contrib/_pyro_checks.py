@@ -196,6 +196,14 @@ def checked_options(
             f"n_samples={options['n_samples']!r}"
         )
     options.setdefault("form", form(loss, spec))
+    return guide_kinds(spec, options, mode, estimator=estimator)
+
+
+def guide_kinds(
+    spec: Spec, options: dict[str, Any], mode: str, *, estimator: bool
+) -> dict[str, Any]:
+    """``options`` with ``q_kinds`` checked against the guide's family, or set to it
+    where the verifier's default (``("full",)`` in statistical mode) is not in it."""
     kinds = spec.member_kinds if estimator else spec.parametrisation.cov_kinds
     if options.get("q_kinds") is not None:
         unsupported = [k for k in options["q_kinds"] if k not in kinds]

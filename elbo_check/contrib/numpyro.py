@@ -16,7 +16,10 @@ estimate; with ``num_particles`` samples, passed to the verifier as ``n_samples`
 its gradient by :func:`jax.grad`, in the parameters SVI optimises: for an autoguide
 the unconstrained ones (see :func:`verify_elbo_gradient` for the map), for your guide
 the values of its ``numpyro.param`` sites, named by the keys of a
-:class:`~elbo_check.testing.Parametrisation`.
+:class:`~elbo_check.testing.Parametrisation`. A ``RenyiELBO`` (the Rényi bounds, IWAE at
+``alpha = 0``) is checked by :func:`verify_renyi_estimator` and
+:func:`verify_renyi_gradient` against the exact distribution of its
+``num_particles``-sample estimate.
 
 **Speed.** The loss is compiled with :func:`jax.jit` once per (loss, guide, shape): the
 model's arrays, the guide's parameters, ``x`` and the random key are arguments of the
@@ -51,9 +54,7 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -66,9 +67,7 @@ from ..testing import verify_elbo_estimator as _verify_elbo_estimator
 from ..testing import verify_elbo_gradient as _verify_elbo_gradient
 
 try:
-    import jax
     import jax.numpy as jnp
-    import numpyro
     from numpyro import handlers
 except ImportError as err:  # pragma: no cover - exercised without numpyro
     raise ImportError(
@@ -76,91 +75,23 @@ except ImportError as err:  # pragma: no cover - exercised without numpyro
         "install them with: pip install numpyro jax"
     ) from err
 
+from . import _numpyro_checks as _k
 from . import _numpyro_handlers as _h
+from ._numpyro_renyi import verify_renyi_estimator, verify_renyi_gradient
 
 __all__ = [
     "AUTOGUIDES",
     "model_and_guide",
     "verify_elbo_estimator",
     "verify_elbo_gradient",
+    "verify_renyi_estimator",
+    "verify_renyi_gradient",
 ]
 
 #: The autoguides checked by name (``guide="AutoNormal"``, ...).
 AUTOGUIDES = _h.AUTOGUIDE_NAMES
 
 FloatArray = _h.FloatArray
-
-
-# ---------------------------------------------------------------------- checks
-def _check_loss(loss: Any) -> Any:
-    if not isinstance(loss, numpyro.infer.elbo.ELBO):
-        raise InvalidTypeError(
-            "loss must be a NumPyro ELBO instance (numpyro.infer.Trace_ELBO(), "
-            "TraceMeanField_ELBO(), TraceGraph_ELBO(), RenyiELBO(), ...); got "
-            f"{type(loss).__name__} {loss!r:.60}"
-        )
-    return loss
-
-
-def _spec(
-    guide: Any, parametrisation: Any, rank: Any = None, max_latent_dim: int | None = None
-) -> _h.GuideSpec:
-    if rank is not None and guide != "AutoLowRankMultivariateNormal":
-        raise InvalidInputError(
-            "rank= is an option of guide='AutoLowRankMultivariateNormal' only; "
-            f"got rank={rank!r} with guide={guide!r}"
-        )
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise InvalidInputError(f"rank must be a positive integer; got rank={rank!r}")
-    if parametrisation is not None and not isinstance(parametrisation, Parametrisation):
-        raise InvalidTypeError(
-            "parametrisation must be None or an elbo_check.testing.Parametrisation "
-            f"(FullCholesky(), DiagonalLogScale(), ...); got {type(parametrisation).__name__}"
-        )
-    if isinstance(guide, str):
-        if guide not in AUTOGUIDES:
-            raise InvalidInputError(
-                f"guide must be one of {', '.join(AUTOGUIDES)} or a guide function; "
-                f"got guide={guide!r}"
-            )
-        if parametrisation is not None:
-            raise InvalidInputError(
-                f"guide={guide!r} comes with its own parametrisation "
-                f"({_h.autoguide_spec(guide).parametrisation!r}); leave parametrisation=None"
-            )
-        return _h.autoguide_spec(
-            guide, rank, _h.DEFAULT_MAX_LATENT_DIM if max_latent_dim is None else max_latent_dim
-        )
-    if not callable(guide):
-        raise InvalidTypeError(
-            f"guide must be an autoguide's name ({', '.join(AUTOGUIDES)}) or a guide "
-            f"function guide(x); got {type(guide).__name__} {guide!r:.60}"
-        )
-    if parametrisation is None:
-        raise InvalidInputError(
-            "a guide function needs parametrisation=: an elbo_check.testing."
-            "Parametrisation whose keys are the guide's numpyro.param names (e.g. "
-            "FullCholesky() for params 'loc' and 'scale_tril')"
-        )
-    return _h.user_spec(guide, parametrisation)
-
-
-def _check_dtype(dtype: Any) -> bool:
-    """True for float64, False for float32; an error for anything else."""
-    try:
-        chosen = np.dtype(dtype)
-    except TypeError:
-        chosen = None
-    if chosen not in (np.dtype(np.float64), np.dtype(np.float32)):
-        raise InvalidTypeError(f"dtype must be 'float64' or 'float32'; got dtype={dtype!r}")
-    return bool(chosen == np.dtype(np.float64))
-
-
-@contextlib.contextmanager
-def _precision(x64: bool) -> Iterator[None]:
-    """JAX's thread-local 64-bit switch, set for the verifier's run and restored."""
-    with jax.enable_x64(x64):
-        yield
 
 
 # ---------------------------------------------------------------------- the model
@@ -243,7 +174,7 @@ def model_and_guide(
             f"q must be one Gaussian over the model's {model.latent_dim} latent dimensions; "
             f"got {q!r}"
         )
-    spec = _spec(guide, parametrisation, rank, q.dim)
+    spec = _k.guide_spec(guide, parametrisation, rank, q.dim)
     params = _h.parameters(spec, q)
     arrays = tuple(jnp.asarray(a) for a in _h.model_arrays(model))
 
@@ -264,10 +195,10 @@ def _common(
     options: dict[str, Any],
 ) -> tuple[_h.Calls, bool, dict[str, Any]]:
     """The checked loss and guide, the precision, and the verifier's options."""
-    _check_loss(loss)
+    _k.check_loss(loss)
     max_k = int(options.get("max_latent_dim", _h.DEFAULT_MAX_LATENT_DIM))
-    spec = _spec(guide, parametrisation, rank, max_k)
-    x64 = _check_dtype(dtype)
+    spec = _k.guide_spec(guide, parametrisation, rank, max_k)
+    x64 = _k.check_dtype(dtype)
     mode = options.get("mode", "statistical")
     if mode not in ("statistical", "pathwise"):
         raise InvalidInputError(
@@ -282,34 +213,13 @@ def _common(
             raise InvalidInputError(
                 f"{name}= cannot be given here: {why}; got {name}={options[name]!r}"
             )
-    with _precision(x64):
+    with _k.precision(x64):
         found = _h.probe(loss, spec)
     chosen = {**options, "mode": mode, "n_samples": int(loss.num_particles)}
     chosen.setdefault("form", "analytic_kl" if found.analytic_kl else "joint")
     if not x64:
         chosen["dtype"] = np.float32
     return _h.Calls(loss, spec), x64, chosen
-
-
-def _restricted_kinds(spec: _h.GuideSpec, q_kinds: Sequence[str] | None) -> tuple[str, ...]:
-    """``q_kinds`` within the kinds the guide represents (all of them by default)."""
-    kinds = spec.estimator_kinds or tuple(spec.parametrisation.cov_kinds)
-    if q_kinds is None:
-        return kinds
-    outside = [kind for kind in q_kinds if kind not in kinds]
-    if outside:
-        raise InvalidInputError(
-            f"q_kinds must be kinds guide {spec.name!r} represents, {kinds}; got "
-            f"{outside} in q_kinds={tuple(q_kinds)!r}"
-        )
-    return tuple(q_kinds)
-
-
-def _counted(run: Callable[[], VerificationReport]) -> VerificationReport:
-    before = _h.TRACES.count
-    report = run()
-    details = {**report.details, "compilations": _h.TRACES.count - before}
-    return dataclasses.replace(report, details=details)
 
 
 # ---------------------------------------------------------------------- verifiers
@@ -410,10 +320,10 @@ def verify_elbo_estimator(
     """
     __tracebackhide__ = True
     calls, x64, chosen = _common(loss, guide, parametrisation, rank, dtype, options)
-    chosen["q_kinds"] = _restricted_kinds(calls.spec, options.get("q_kinds"))
+    chosen["q_kinds"] = _k.restricted_kinds(calls.spec, options.get("q_kinds"))
     fn = calls.estimate if chosen["mode"] == "statistical" else calls.pathwise_estimate
-    with _precision(x64):
-        return _counted(lambda: _verify_elbo_estimator(fn, **chosen))
+    with _k.precision(x64):
+        return _k.counted(lambda: _verify_elbo_estimator(fn, **chosen))
 
 
 def verify_elbo_gradient(
@@ -523,5 +433,5 @@ def verify_elbo_gradient(
     calls, x64, chosen = _common(loss, guide, parametrisation, rank, dtype, options)
     fn = calls.gradient if chosen["mode"] == "statistical" else calls.pathwise_gradient
     par = calls.spec.parametrisation
-    with _precision(x64):
-        return _counted(lambda: _verify_elbo_gradient(fn, parametrisation=par, **chosen))
+    with _k.precision(x64):
+        return _k.counted(lambda: _verify_elbo_gradient(fn, parametrisation=par, **chosen))

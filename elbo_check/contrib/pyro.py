@@ -1,8 +1,11 @@
 """The verifiers for Pyro code: a ``pyro.infer`` ELBO and a guide in, a verdict out.
 
 ``verify_elbo_estimator`` and ``verify_elbo_gradient`` check a Pyro loss;
-``verify_kl`` and ``verify_log_evidence`` check exact code on Pyro objects. There is no
-``verify_elbo``: a Pyro loss's value is a Monte-Carlo estimate.
+``verify_renyi_estimator`` and ``verify_renyi_gradient`` check a ``RenyiELBO`` (the
+Rényi bounds, IWAE at ``alpha = 0``) against the exact distribution of its
+``num_particles``-sample estimate; ``verify_kl`` and ``verify_log_evidence`` check exact
+code on Pyro objects. There is no ``verify_elbo``: a Pyro loss's value is a Monte-Carlo
+estimate.
 
 Pyro's losses are checked as they run in :class:`pyro.infer.SVI`: the estimate is
 ``-loss.loss(model_fn, guide_fn, x)`` and the gradient is what
@@ -60,6 +63,7 @@ from ..testing import verify_log_evidence as _verify_log_evidence
 from . import _pyro_checks as _k
 from . import _pyro_handlers as _h
 from ._pyro_handlers import ScopedGuide
+from ._pyro_renyi import verify_renyi_estimator, verify_renyi_gradient
 
 try:
     import pyro
@@ -75,6 +79,8 @@ __all__ = [
     "verify_elbo_gradient",
     "verify_kl",
     "verify_log_evidence",
+    "verify_renyi_estimator",
+    "verify_renyi_gradient",
 ]
 
 #: The autoguides a guide may be named by.
