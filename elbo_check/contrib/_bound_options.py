@@ -17,21 +17,23 @@ from ..testing._bound_estimator_checks import check_alpha, check_k
 LOW_RANK = "AutoLowRankMultivariateNormal"
 
 
-def refuse_low_rank_gradient(guide: Any) -> None:
-    """The gradient check compares the distribution of the gradient estimates with
-    draws made at ``z = m + L eps`` (``L`` q's Cholesky factor); the low-rank guide
-    samples ``z = m + W eps_W + sqrt(D) eps_D``: the same mean gradient, another
-    distribution, which the check's Kolmogorov-Smirnov test would reject."""
-    if isinstance(guide, str) and guide == LOW_RANK:
+def low_rank_gradient_options(guide: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The gradient check's options for ``guide``: the low-rank guide samples ``z = m +
+    W eps_W + sqrt(D) eps_D``, not ``z = m + L eps`` with q's Cholesky factor ``L``, so
+    its gradient estimates have the right mean but another distribution than the
+    verifier's reference draws: for it only the means are tested
+    (``distribution_test=False``); asking for the distribution test is refused."""
+    if not (isinstance(guide, str) and guide == LOW_RANK):
+        return options
+    if options.get("distribution_test", False) is True:
         raise InvalidInputError(
-            f"guide={LOW_RANK!r} cannot be checked by verify_renyi_gradient: it samples "
-            "z = loc + W eps_W + sqrt(D) eps_D (LowRankMultivariateNormal.rsample, rank + K "
-            "noise dimensions), so its gradient estimates have the right mean but not the "
-            "distribution of the verifier's reference draws, made at z = m + L eps with L "
-            "the Cholesky factor of q's covariance, and the verifier's distribution test "
-            "would fail a correct loss. Check its estimate with verify_renyi_estimator "
-            "(its distribution is q's whatever the sampler)"
+            f"distribution_test=True cannot be used with guide={LOW_RANK!r}: it samples "
+            "z = loc + W eps_W + sqrt(D) eps_D (LowRankMultivariateNormal.rsample), so its "
+            "gradient estimates have the right mean but not the distribution of the "
+            "verifier's reference draws at z = m + L eps (L the Cholesky factor of q's "
+            "covariance); leave it out and the means are tested"
         )
+    return {**options, "distribution_test": False}
 
 
 def bound_options(loss: Any, options: dict[str, Any], *, library: str) -> dict[str, Any]:

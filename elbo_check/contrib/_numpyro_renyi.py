@@ -34,7 +34,7 @@ from ..testing import verify_renyi_estimator as _verify_renyi_estimator
 from ..testing import verify_renyi_gradient as _verify_renyi_gradient
 from . import _numpyro_checks as _k
 from . import _numpyro_handlers as _h
-from ._bound_options import bound_options, refuse_low_rank_gradient
+from ._bound_options import bound_options, low_rank_gradient_options
 
 
 def _setup(
@@ -49,12 +49,12 @@ def _setup(
 ) -> tuple[_h.Calls, bool, dict[str, Any]]:
     """The loss and guide checked, the precision, and the core verifier's options."""
     _k.check_loss(loss)
-    if not estimator:
-        refuse_low_rank_gradient(guide)
     max_k = int(options.get("max_latent_dim", _h.DEFAULT_MAX_LATENT_DIM))
     spec = _k.guide_spec(guide, parametrisation, rank, max_k)
     x64 = _k.check_dtype(dtype)
     chosen = bound_options(loss, options, library="NumPyro")
+    if not estimator:
+        chosen = low_rank_gradient_options(guide, chosen)
     with _k.precision(x64):
         _h.probe(loss, spec)  # the guide's params and its sample site "z"
     if estimator:
@@ -204,8 +204,8 @@ def verify_renyi_gradient(
     ``MultivariateNormal`` and the autoguides ``AutoNormal``, ``AutoDiagonalNormal``
     and ``AutoMultivariateNormal`` do. ``AutoLowRankMultivariateNormal`` samples
     :math:`z = m + W\varepsilon_W + D^{1/2}\varepsilon_D`: the same mean gradient,
-    another distribution, so it is refused here (its estimate is checked by
-    :func:`verify_renyi_estimator`).
+    another distribution, so for it only the means are tested
+    (``distribution_test=False``, see :func:`elbo_check.testing.verify_renyi_gradient`).
 
     Parameters
     ----------
@@ -250,7 +250,8 @@ def verify_renyi_gradient(
     InvalidInputError
         For a ``mode`` other than ``"statistical"``; ``alpha`` or ``k`` other than the
         loss's; a loss without ``alpha`` and no ``alpha=``; ``n_samples`` given;
-        ``guide="AutoLowRankMultivariateNormal"`` (above); and the guide errors of
+        ``distribution_test=True`` with ``guide="AutoLowRankMultivariateNormal"``
+        (above); and the guide errors of
         :func:`verify_renyi_estimator`.
     InvalidTypeError, InvalidInputError, TypeError
         For another option :func:`elbo_check.testing.verify_renyi_gradient` refuses

@@ -35,7 +35,7 @@ from ..testing import verify_renyi_estimator as _verify_renyi_estimator
 from ..testing import verify_renyi_gradient as _verify_renyi_gradient
 from . import _pyro_checks as _k
 from . import _pyro_handlers as _h
-from ._bound_options import bound_options, refuse_low_rank_gradient
+from ._bound_options import bound_options, low_rank_gradient_options
 
 try:
     import torch
@@ -54,10 +54,10 @@ def _setup(
 ) -> tuple[_k.Spec, dict[str, Any], _h.Problems]:
     """The checked guide, the core verifier's options and the problems' cache."""
     _k.check_loss(loss)
-    if not estimator:
-        refuse_low_rank_gradient(guide)
     spec = _k.Spec(guide, parametrisation, rank, _k.max_latent_dim(options))
     chosen = bound_options(loss, options, library="Pyro")
+    if not estimator:
+        chosen = low_rank_gradient_options(guide, chosen)
     chosen = _k.guide_kinds(spec, chosen, "statistical", estimator=estimator)
     _k.form(loss, spec)  # refuses a guide without the site "z"; warms Pyro up
     return spec, chosen, _h.Problems(spec, loss)
@@ -219,8 +219,8 @@ def verify_renyi_gradient(
     ``MultivariateNormal`` and the autoguides ``AutoNormal``, ``AutoDiagonalNormal``
     and ``AutoMultivariateNormal`` do. ``AutoLowRankMultivariateNormal`` samples
     :math:`z = m + W\varepsilon_W + D^{1/2}\varepsilon_D`: the same mean gradient,
-    another distribution, so it is refused here (its estimate is checked by
-    :func:`verify_renyi_estimator`).
+    another distribution, so for it only the means are tested
+    (``distribution_test=False``, see :func:`elbo_check.testing.verify_renyi_gradient`).
 
     Parameters
     ----------
@@ -262,7 +262,8 @@ def verify_renyi_gradient(
     InvalidInputError
         For a ``mode`` other than ``"statistical"``; ``alpha`` or ``k`` other than the
         loss's; a loss without ``alpha`` and no ``alpha=``; ``n_samples`` given;
-        ``guide="AutoLowRankMultivariateNormal"`` (above); and the guide errors of
+        ``distribution_test=True`` with ``guide="AutoLowRankMultivariateNormal"``
+        (above); and the guide errors of
         :func:`verify_renyi_estimator`.
     InvalidTypeError, InvalidInputError, TypeError
         For another option :func:`elbo_check.testing.verify_renyi_gradient` refuses
