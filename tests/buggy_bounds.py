@@ -24,10 +24,12 @@ def logsumexp(values: FloatArray) -> float:
 
 def softmax(values: FloatArray) -> FloatArray:
     shifted = np.exp(values - np.max(values))
-    return shifted / shifted.sum()
+    return np.asarray(shifted / shifted.sum())
 
 
-def _draws(model: Any, q: Any, x: FloatArray, eps: FloatArray, *, cov_as_scale: bool = False):
+def _draws(
+    model: Any, q: Any, x: FloatArray, eps: FloatArray, *, cov_as_scale: bool = False
+) -> tuple[FloatArray, FloatArray]:
     scale = q.cov if cov_as_scale else q.scale_tril
     z = q.mean + eps @ scale.T
     return z, model.log_joint(x, z) - q.log_prob(z)
@@ -70,7 +72,7 @@ def renyi(model: Any, q: Any, x: FloatArray, rng: Any, k: int, bug: str = "") ->
 
 
 # --------------------------------------------------------------------------- gradients
-def _terms(model: Any, q: Any, x: FloatArray, eps: FloatArray):
+def _terms(model: Any, q: Any, x: FloatArray, eps: FloatArray) -> tuple[FloatArray, Any, Any]:
     """Per sample: log w, the path term grad_z log w(z) carried to (m, L), and the score
     grad log q(z) at fixed z in (m, L)."""
     z, log_w = _draws(model, q, x, eps)
@@ -90,7 +92,7 @@ def _terms(model: Any, q: Any, x: FloatArray, eps: FloatArray):
     return log_w, (path_m, path_l), (score_m, score_l)
 
 
-def _combine(a: FloatArray, path: Any, b: FloatArray, score: Any):
+def _combine(a: FloatArray, path: Any, b: FloatArray, score: Any) -> tuple[Any, Any]:
     grad_m = a @ path[0] + b @ score[0]
     grad_l = np.einsum("n,nij->ij", a, path[1]) + np.einsum("n,nij->ij", b, score[1])
     return grad_m, grad_l
