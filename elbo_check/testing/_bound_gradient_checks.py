@@ -477,4 +477,48 @@ def _pathwise_diagnosis(
             ok = ok and bool(np.all(np.abs(predicted - value) <= allowed))
         if ok:
             found.append(suspect)
-    return _gradient_diagnosis(found)
+    if found:
+        return _gradient_diagnosis(found)
+    exact = []
+    for noise, _ in probes:
+        pieces = gradient_pieces(point.model, point.q, point.x, noise)
+        exact.append(point.pull(combine(pieces, COEFFICIENTS[s.estimator](pieces[0], s.alpha))))
+    return (
+        _gradient_diagnosis([])
+        + "\n  "
+        + describe_gradient_gap(
+            [value for _, value in probes], exact, tolerance, [name for name, _ in point.names]
+        )
+    )
+
+
+def describe_gradient_gap(
+    got: list[FloatArray], exact: list[FloatArray], tolerance: FloatArray, names: list[str]
+) -> str:
+    """What the gaps at three noises say: which coordinates are off, and whether the
+    returns are the right ones times one factor, zero, or off by the same amount."""
+    gaps = [g - e for g, e in zip(got, exact, strict=True)]
+    off = np.any([np.abs(gap) > tolerance for gap in gaps], axis=0)
+    listed = [name for name, bad in zip(names, off, strict=True) if bad]
+    where = f"Off coordinates: {', '.join(listed[:6])}{' ...' if len(listed) > 6 else ''}."
+    if all(np.all(np.abs(g[off]) <= tolerance[off]) for g in got):
+        return where + " Your values there are 0 at every noise."
+    if all(
+        np.allclose(gaps[0][off], gap[off], rtol=1e-6, atol=float(np.max(tolerance)))
+        for gap in gaps[1:]
+    ):
+        return where + " The gap is the same at three noises: a term that does not depend on eps."
+    ratios = np.concatenate(
+        [
+            g[off] / e[off]
+            for g, e in zip(got, exact, strict=True)
+            if np.all(np.abs(e[off]) > tolerance[off])
+        ]
+        or [np.array([])]
+    )
+    if ratios.size and np.allclose(ratios, ratios[0], rtol=1e-6):
+        return where + f" Your values there are the right ones times {ratios[0]:.6g}."
+    return where + (
+        " The gap changes with the noise: compare your per-sample path terms "
+        "grad_z log w(z_j) and weights with the formula of the estimator."
+    )
