@@ -1182,7 +1182,7 @@ BUGS = (
 
 # =========================================================================== helpers for tests
 def _bound_suspect_catalogues() -> dict[str, Any]:
-    from elbo_check.testing._bound_batches import _AXIS as BATCH_AXIS
+    from elbo_check.testing._bound_batches import axis_suspect
     from elbo_check.testing._bound_suspects import bound_suspects, gradient_suspects
 
     return {
@@ -1195,7 +1195,7 @@ def _bound_suspect_catalogues() -> dict[str, Any]:
         "vimco_gradient": gradient_suspects("vimco", 0.0, 5),
         "iwae_batched": (
             *bound_suspects(0.0, 4),
-            BATCH_AXIS,
+            axis_suspect(0.0),
         ),
     }
 

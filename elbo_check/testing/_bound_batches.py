@@ -28,10 +28,10 @@ from .._model import LinearGaussianModel
 from ..strategies import ElboProblem
 from ._batching import as_values, member, stack_gaussians
 from ._bound_estimator_checks import (
-    DIAGNOSIS_LEVEL,
     POSTERIOR_CALLS,
     REFERENCE_FACTOR,
     _bound_diagnosis,
+    fits,
 )
 from ._bound_reference import (
     log_weight_sizes,
@@ -41,7 +41,6 @@ from ._bound_reference import (
     samples,
 )
 from ._bound_suspects import BoundSuspect, bound_suspects
-from ._estimator_diagnosis import DIAGNOSIS_CRITICAL
 from ._options import BATCHES
 from ._problems import _elbo_scale
 from ._report import VerificationReport, _describe_gaussian, _describe_model, _fmt, _numbers
@@ -52,11 +51,18 @@ from ._statistics import _batch_t, _repeated_calls
 FloatArray = NDArray[np.float64]
 Batch = tuple[LinearGaussianModel, Gaussian, FloatArray]
 
-_AXIS = BoundSuspect(
-    "the log-mean-exp is taken over the batch axis instead of the sample axis",
-    "reduce the (k, B) log weights over axis 0 (the samples); each member keeps its own",
-    lambda log_w: log_w,  # placeholder: predicted from all members' weights (below)
-)
+#: The name of the batch-axis reduction, a suspect of batched code when ``k == B``.
+BATCH_AXIS = "the log-mean-exp is taken over the batch axis instead of the sample axis"
+
+
+def axis_suspect(alpha: float) -> BoundSuspect:
+    """The batch-axis reduction: from log weights ``(..., k, B)`` (sample row j, member b),
+    output j is the estimate over the members of row j, shape ``(..., k)``."""
+    return BoundSuspect(
+        BATCH_AXIS,
+        "reduce the (k, B) log weights over axis 0 (the samples); each member keeps its own",
+        lambda log_w: renyi_estimates(log_w, alpha),
+    )
 
 
 def _members(q: Gaussian, size: int) -> list[Gaussian]:
@@ -71,11 +77,6 @@ def _joint_log_weights(
         [log_weights(model, g, x[b], samples(g, eps[..., b, :])) for b, g in enumerate(members)],
         axis=-1,
     )
-
-
-def _axis_bug(log_w: FloatArray, alpha: float) -> FloatArray:
-    """Per output j: the estimate over the members of sample row j, shape ``(..., k)``."""
-    return renyi_estimates(log_w, alpha)  # the last axis of (..., k, B) is the batch
 
 
 def batched_statistical(
@@ -214,21 +215,11 @@ def _batched_diagnosis(
         (s, functools.partial(_member_estimate, s, joint)) for s in suspects
     ]
     if n == size:
-        axis = _axis_bug(joint, alpha)  # (count, k): output j from row j
-        candidates.append((_AXIS, functools.partial(_column, axis)))
+        axis = axis_suspect(alpha)
+        outputs = axis.estimate(joint)  # (count, k): output j from sample row j
+        candidates.append((axis, functools.partial(_column, outputs)))
     for suspect, predict in candidates:
-        ok = True
-        for b in [failing, *others]:
-            draws = predict(b)
-            mean, error, _ = _batch_t(values[:, b], np.array(0.0))
-            spread = math.hypot(float(error), float(np.std(draws)) / math.sqrt(len(draws)))
-            close = abs(float(mean) - float(np.mean(draws))) <= (
-                DIAGNOSIS_CRITICAL * spread + tolerance[b]
-            )
-            ok = (
-                ok and close and scipy.stats.ks_2samp(values[:, b], draws).pvalue >= DIAGNOSIS_LEVEL
-            )
-        if ok:
+        if all(fits(values[:, b], predict(b), float(tolerance[b])) for b in [failing, *others]):
             found.append(suspect)
     return _bound_diagnosis(found)
 
@@ -373,7 +364,7 @@ def _pathwise_batch_diagnosis(
         if np.all(np.abs(predicted - values) <= np.maximum(tolerance, 1e-6)):
             found.append(suspect)
     if n == size:
-        predicted = _axis_bug(joint, alpha)
-        if np.all(np.abs(predicted - values) <= np.maximum(tolerance, 1e-6)):
-            found.append(_AXIS)
+        axis = axis_suspect(alpha)
+        if np.all(np.abs(axis.estimate(joint) - values) <= np.maximum(tolerance, 1e-6)):
+            found.append(axis)
     return _bound_diagnosis(found)

@@ -95,19 +95,29 @@ class _Reference:
 
     def matching(self, estimates: FloatArray, tolerance: float) -> list[BoundSuspect]:
         """Suspects whose distribution the user's estimates are consistent with."""
-        mean, standard_error, _ = (float(v) for v in _batch_t(estimates, np.array(0.0)))
-        found = []
-        for index, suspect in enumerate(self.suspects, start=1):
-            column = self.draws[:, index]
-            if not np.all(np.isfinite(column)):
-                continue
-            spread = math.hypot(standard_error, float(np.std(column)) / math.sqrt(len(column)))
-            if abs(mean - float(np.mean(column))) > DIAGNOSIS_CRITICAL * spread + tolerance:
-                continue
-            if scipy.stats.ks_2samp(estimates, column).pvalue < DIAGNOSIS_LEVEL:
-                continue
-            found.append(suspect)
-        return found
+        return [
+            suspect
+            for index, suspect in enumerate(self.suspects, start=1)
+            if fits(estimates, self.draws[:, index], tolerance)
+        ]
+
+
+def fits(
+    values: FloatArray, draws: FloatArray, tolerance: float, distribution: bool = True
+) -> bool:
+    """Whether the user's ``values`` could be draws like ``draws`` (a suspect's): their
+    means within the diagnosis' critical value of the combined standard error plus
+    ``tolerance``, and (``distribution``) a Kolmogorov-Smirnov p-value above
+    :data:`DIAGNOSIS_LEVEL`."""
+    if not np.all(np.isfinite(draws)):
+        return False
+    mean, error, _ = (float(v) for v in _batch_t(values, np.array(0.0)))
+    spread = math.hypot(error, float(np.std(draws)) / math.sqrt(len(draws)))
+    if abs(mean - float(np.mean(draws))) > DIAGNOSIS_CRITICAL * spread + tolerance:
+        return False
+    if not distribution or (np.ptp(values) == 0.0 and np.ptp(draws) == 0.0):
+        return not distribution or bool(values[0] == draws[0])
+    return bool(scipy.stats.ks_2samp(values, draws).pvalue >= DIAGNOSIS_LEVEL)
 
 
 def _statistical(

@@ -20,9 +20,9 @@ from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from ..strategies import ElboProblem
 from ._bound_estimator_checks import (
-    DIAGNOSIS_LEVEL,
     POSTERIOR_CALLS,
     REFERENCE_FACTOR,
+    fits,
 )
 from ._bound_reference import (
     COEFFICIENTS,
@@ -34,7 +34,7 @@ from ._bound_reference import (
     noise_entries,
 )
 from ._bound_suspects import GradientSuspect, gradient_suspects
-from ._estimator_diagnosis import DIAGNOSIS_CRITICAL, diagnosis_calls, second_problem
+from ._estimator_diagnosis import diagnosis_calls, second_problem
 from ._gradient_cases import (
     _call_with_params,
     _coordinate_names,
@@ -195,23 +195,15 @@ def _ks_p(values: FloatArray, reference: FloatArray) -> float:
 
 
 def _matching(
-    reference: FloatArray,
-    settings: _Settings,
-    values: FloatArray,
-    mean: FloatArray,
-    error: FloatArray,
-    slack: FloatArray,
+    reference: FloatArray, settings: _Settings, values: FloatArray, slack: FloatArray
 ) -> list[GradientSuspect]:
     """Suspects whose every coordinate's mean and distribution the user's match."""
     found = []
-    count = reference.shape[0]
     for index, suspect in enumerate(settings.suspects, start=1):
         column = reference[:, index, :]
-        spread = np.hypot(error, column.std(axis=0) / math.sqrt(count))
-        if not np.all(np.abs(mean - column.mean(axis=0)) <= DIAGNOSIS_CRITICAL * spread + slack):
-            continue
-        if not settings.distribution or all(
-            _ks_p(values[:, i], column[:, i]) >= DIAGNOSIS_LEVEL for i in range(values.shape[1])
+        if all(
+            fits(values[:, i], column[:, i], float(slack[i]), settings.distribution)
+            for i in range(values.shape[1])
         ):
             found.append(suspect)
     return found
@@ -261,7 +253,7 @@ def _statistical(
                 + ("" if free else "  (not a parameter: must be 0)")
                 for i, (name, free) in enumerate(point.names)
             ]
-            found = _matching(reference, s, values, mean, error, slack)
+            found = _matching(reference, s, values, slack)
             if found:
                 found = _confirm(fn, s, point, found, calls, [s.seed, 98, index])
             what = (
@@ -328,9 +320,8 @@ def _confirm(
     if values is None:
         return []
     reference = s.draws(other, REFERENCE_FACTOR * calls, [*stream, 2])
-    mean, error = _means(values)
     slack = s.rtol * (np.abs(reference[:, 0, :].mean(axis=0)) + 1.0) + s.atol
-    names = {g.name for g in _matching(reference, s, values, mean, error, slack)}
+    names = {g.name for g in _matching(reference, s, values, slack)}
     return [g for g in found if g.name in names]
 
 
