@@ -1,5 +1,6 @@
-"""Command line: ``python -m elbo_check selftest [--seed S] [--n N] [--json]`` and
-``python -m elbo_check demo [--seed S] [--plot FILE] [--json]``.
+"""Command line: ``python -m elbo_check selftest [--seed S] [--n N] [--json]``,
+``python -m elbo_check demo [--seed S] [--plot FILE] [--json]`` and
+``python -m elbo_check doctor package.module:function [--objective elbo] [--beta B]``.
 
 Also installed as the ``elbo-check`` console script.
 """
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from ._doctor_cli import add_doctor_parser, run_doctor
 from ._version import __version__
 
 __all__ = ["PIPE_CLOSED_STATUS", "main"]
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     demo.add_argument("--plot", metavar="FILE", help="write the two-phase figure as a PNG")
     demo.add_argument("--json", action="store_true", help="print every step as JSON")
+    add_doctor_parser(commands, _non_negative_int)
     return parser
 
 
@@ -132,6 +135,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0 if report.passed else 1
     if args.command == "demo":
         return _run_demo(args.seed, args.plot, args.json)
+    if args.command == "doctor":
+        return run_doctor(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
 
 

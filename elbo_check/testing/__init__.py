@@ -33,6 +33,8 @@ from ._check_gradient import verify_elbo_gradient
 from ._check_kl import verify_kl
 from ._check_log_evidence import verify_log_evidence
 from ._check_one import check_elbo
+from ._doctor import diagnose_loss
+from ._doctor_report import LossDiagnosis
 from ._forms import ANALYTIC_ENTROPY, ANALYTIC_KL, FORMS, JOINT, ElboForm, check_form
 from ._low_rank import ScaledLowRank
 from ._options import BATCHES, DEFAULT_FALSE_ALARM_RATE, PROFILES
@@ -66,11 +68,13 @@ __all__ = [
     "FullCovariance",
     "FullPrecision",
     "FullUnitCholeskyScale",
+    "LossDiagnosis",
     "Parametrisation",
     "ScaledLowRank",
     "VerificationReport",
     "check_elbo",
     "check_form",
+    "diagnose_loss",
     "verify_elbo",
     "verify_elbo_estimator",
     "verify_elbo_gradient",
