@@ -3,6 +3,7 @@ constants), not only whether it is the ELBO."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from ._doctor_verdict import diagnose
 from ._options import (
     DEFAULT_FALSE_ALARM_RATE,
     _check_callable,
+    _is_real,
     _seed,
     check_count,
     check_rate,
@@ -218,9 +220,9 @@ def diagnose_loss(
     if not isinstance(up_to_constant, (bool, np.bool_)):
         raise InvalidInputError(f"up_to_constant must be True or False; got {up_to_constant!r}")
     if beta is not None:
-        beta = check_tolerance("beta", beta)
-        if beta <= 0:
-            raise InvalidInputError(f"beta must be a positive number; got beta={beta!r}")
+        if not _is_real(beta) or not 0 < beta < math.inf:
+            raise InvalidInputError(f"beta must be a positive finite number; got beta={beta!r}")
+        beta = float(beta)
     samples = check_count("n_samples", n_samples, 4) if mode == "statistical" else 0
     calls = check_count("calls", calls, 64, minimum=4) if mode == "statistical" else 1
     problems = check_count("n_problems", n_problems, 12, minimum=len(ROW_COLUMNS) + 2)

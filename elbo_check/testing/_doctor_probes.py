@@ -14,7 +14,7 @@ to the exact per-row pieces of the ELBO with their constants stripped:
     H_i &= H(q_i) - \tfrac K2(1 + \log 2\pi) \quad\text{(the entropy)},
 
 so that :math:`\mathrm{ELBO}_i = F_i + P - C_i + H_i + \kappa` with the constant
-:math:`\kappa = -\tfrac D2\log 2\pi - \tfrac K2`. A loss that returns one number gets
+:math:`\kappa = -\tfrac D2\log 2\pi + \tfrac K2`. A loss that returns one number gets
 the columns :math:`\sum_i F_i, BP, \sum_i C_i, \sum_i H_i, 1`; one that returns a value
 per row gets each row's own pieces, the batch sums (a term summed over the batch and
 added to every row shows there) and 1. Each column carries the constant its complete
@@ -352,9 +352,13 @@ def fit(found: Probe, *, rtol: float, level: float) -> Fit:
     if found.variances is None:
         allowance = rtol * magnitude
         worst = float(np.max(np.abs(residuals) / allowance))
-        # Residuals within ``allowance`` (weighted: within rtol) move a coefficient by at
-        # most rtol * |row of the pseudo-inverse| * sqrt(n) (Cauchy-Schwarz).
-        tolerance[active] = rtol * np.sqrt(len(y) * np.diag(covariance))
+        # An error vector e in the values moves a coefficient by at most |e| times the
+        # norm of its row of the pseudo-inverse (Cauchy-Schwarz). |e| is estimated from
+        # the residuals, the part of e the fit can see (|r| ~ |e| sqrt(dof / n) for
+        # round-off), with a safety factor of 4 and a floor at float64's resolution.
+        seen = float(np.linalg.norm(residuals * weights)) * math.sqrt(len(y) / dof)
+        error_norm = 4.0 * max(seen, 1e-14 * math.sqrt(len(y)))
+        tolerance[active] = error_norm * np.sqrt(np.diag(covariance))
         fits, lack = worst <= 1.0, worst
     else:
         errors[active] = np.sqrt(np.diag(covariance))

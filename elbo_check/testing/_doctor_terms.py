@@ -79,6 +79,9 @@ def _number(value: float, relative_error: float) -> str:
         numerator = round(value * denominator)
         if numerator and abs(numerator / denominator - value) <= allowed:
             return str(Fraction(numerator, denominator))
+    fraction = Fraction(value).limit_denominator(10_000)  # 1/1000, a dataset size
+    if abs(float(fraction) - value) <= allowed and relative_error < 1e-3:
+        return str(fraction)
     return f"{value:.4g}"
 
 
