@@ -7,7 +7,9 @@ default settings; the table records whether it was caught, the diagnosis line, a
 fast: for the deterministic (hypothesis) verifiers the number of cases tried until the
 first failing one and the total including shrinking, for the statistical ones the t
 statistic against its critical value. Every correct implementation is then run on the
-same verifier calls for seeds ``0 .. seeds - 1`` (the false-alarm side).
+same verifier calls for seeds ``0 .. seeds - 1`` (the false-alarm side). The loss
+doctor's sections (``benchmarks/doctor_matrix.py``, on ``tests/buggy_losses.py``) are
+appended.
 
 As under pytest (``filterwarnings = error`` in setup.cfg), warnings raised inside the
 code under test are errors. One BLAS thread is used (tiny matrices are far slower when
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import buggy_implementations as catalogue  # noqa: E402
+import doctor_matrix  # noqa: E402
 
 from elbo_check import testing  # noqa: E402
 from elbo_check.testing import _searching  # noqa: E402
@@ -298,10 +301,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {sum(r.seconds for r in runs):.2f} |"
         )
     lines.append("")
+    doctor_lines, doctor_ok = doctor_matrix.sections(args.seeds)
+    lines += doctor_lines
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines))
     print(f"wrote {args.output}")
-    return 0 if caught == len(expected_caught) and alarms == 0 else 1
+    return 0 if caught == len(expected_caught) and alarms == 0 and doctor_ok else 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 LOG_2PI = math.log(2.0 * math.pi)
-FloatArray = np.ndarray
+FloatArray = Any  # user-style code: arrays of any dtype
 
 
 @dataclass(frozen=True)
