@@ -164,7 +164,8 @@ def diagnose(
         )
     if not fit.present:
         major.append("there is no reconstruction (log-likelihood) term")
-    if conventions["entropy"] == "absent":
+    batch_kl = any(t.role == "kl" for t in batch)
+    if conventions["entropy"] == "absent" and not batch_kl:
         major.append("there is no KL term")
     if any(p is None for t in terms for p in t.scaling.exponents.values()):
         major.append("a term's coefficient does not scale as a power of B, D, K or n")
