@@ -90,6 +90,7 @@ class _Outcome:
     values: FloatArray  # fn on them
     standard_error: float = 0.0
     ratio: float = 0.0
+    critical: float = math.nan  # statistical mode: the t test's critical value
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -378,6 +379,14 @@ def verify_minibatch_elbo(
     designs = max(MIN_DESIGNS, round(total_calls / n)) if statistical else PERMUTATIONS
     name = call_text(setting, bool(amortised), mode)
     level = false_alarm_rate / (2 * count)  # two-sided, Bonferroni over the problems
+    plan = (
+        (
+            f"from {designs} balanced designs of {n} batches, n_samples={n_samples}",
+            f"false-alarm rate {false_alarm_rate:g} over {count} problems",
+        )
+        if mode == "statistical"
+        else None
+    )
     critical = float(scipy.stats.t.isf(level, designs - 1)) if statistical else math.nan
     progress = current()
     if progress is not None:
@@ -424,10 +433,10 @@ def verify_minibatch_elbo(
             Evidence(o.problem.ell, o.problem.kl, o.got, o.standard_error, o.tolerance)
             for o in outcomes + extra
         ]
-        interaction = next((t for o in outcomes for t in o.notes if "permutation" in t), None)
+        interaction = any("permutation" in t for o in outcomes for t in o.notes)
         degrees = designs - 1 if statistical else None
         raise AssertionError(
-            _failure(name, seed_value, count, worst, setting, statistical, designs, n_samples)
+            _failure(name, seed_value, count, worst, setting, plan)
             + "\n"
             + diagnose(evidence, setting, degrees=degrees, interaction=interaction)
         )
@@ -460,15 +469,14 @@ def _judge_exact(outcome: _Outcome) -> None:
         outcome.notes.append(
             "the mean over batches changed with the permutation ("
             + ", ".join(f"{m:.10g}" for m in outcome.means)
-            + "): fn's value on a batch is not a sum of per-row terms (rows of a batch "
-            "interact); if it is unbiased all the same, check it with mode='statistical'"
+            + "): the rows of a batch interact"
         )
 
 
 def _judge_statistical(outcome: _Outcome, critical: float) -> None:
     means = np.asarray(outcome.means)
     standard_error = float(np.std(means, ddof=1) / math.sqrt(len(means)))
-    outcome.standard_error = standard_error
+    outcome.standard_error, outcome.critical = standard_error, critical
     gap = abs(outcome.got - outcome.expected)
     if not standard_error > outcome.tolerance:  # no variation beyond rounding
         outcome.ratio = 0.0 if gap <= outcome.tolerance else math.inf
@@ -488,31 +496,26 @@ def _describe(problem: Problem, setting: Setting) -> str:
     batches = f"batches of M = {m} rows (N/M = {n / m:.4g})"
     if problem.latent == "global":
         noise = problem.model.noise_cov
-        noise_text = (
-            f"isotropic noise variance {float(noise):.6g}"
-            if np.ndim(noise) == 0
-            else f"diagonal noise variances {_fmt(noise)}"
-        )
+        kind = "isotropic noise variance" if np.ndim(noise) == 0 else "diagonal noise variances"
         return "\n".join(
             [
                 f"  dataset: N = {n} scalar observations y_i = phi_i . w + noise (Bayesian "
                 f"linear regression, design matrix ({n}, {problem.model.latent_dim})), one "
                 f"global latent w of K = {problem.model.latent_dim}; {batches}",
-                f"  {noise_text}",
+                f"  {kind} {_fmt(noise)}",
                 _describe_gaussian("prior", problem.model.prior),
                 _describe_gaussian("q", problem.q),
             ]
         )
-    encoder = isinstance(problem.q, LinearEncoder)
     q_text = (
         f"an encoder q(z|x) = N(A x + c, S), S {problem.kind}"
-        if encoder
+        if isinstance(problem.q, LinearEncoder)
         else f"a q_i per row ({problem.kind} covariances)"
     )
+    model = problem.model
     return (
-        f"  dataset: N = {n} rows x_i of D = {problem.model.data_dim}, a latent z_i of K = "
-        f"{problem.model.latent_dim} per row, {q_text}; {batches}\n"
-        + _describe_model(problem.model)
+        f"  dataset: N = {n} rows x_i of D = {model.data_dim}, a latent z_i of K = "
+        f"{model.latent_dim} per row, {q_text}; {batches}\n" + _describe_model(model)
     )
 
 
@@ -553,27 +556,24 @@ def _failure(
     count: int,
     outcome: _Outcome,
     setting: Setting,
-    statistical: bool,
-    designs: int,
-    n_samples: int,
+    plan: tuple[str, str] | None,
 ) -> str:
+    """The verdict of the worst problem; ``plan`` says how a statistical test was made."""
     n, m = setting.dataset_size, setting.batch_size
     problem = outcome.problem
     target = "dataset ELBO" if setting.reduction == "sum" else "per-datum ELBO (dataset ELBO / N)"
     where = f"seed={seed}; problem {outcome.index + 1} of {count}"
-    if statistical:
+    if plan is not None:
+        gap, spread = outcome.got - outcome.expected, outcome.standard_error
+        t = gap / spread if spread > 0 else math.copysign(math.inf, gap)
         lines = [
             f"{name} failed: the estimator is biased for the {target} ({where})",
             _describe(problem, setting),
             f"  exact {target:<16} {outcome.expected:.10g}",
             f"  mean estimate    {outcome.got:.10g} +- {outcome.standard_error:.3g} "
-            f"(standard error from {designs} balanced designs of {n} batches, "
-            f"n_samples={n_samples})",
+            f"(standard error {plan[0]})",
+            f"  t = {t:.3g}; critical |t| = {outcome.critical:.3g} ({plan[1]})",
         ]
-        if math.isfinite(outcome.ratio) and outcome.standard_error > 0:
-            t = (outcome.got - outcome.expected) / outcome.standard_error
-            critical = abs(t) / outcome.ratio if outcome.ratio > 0 else math.nan
-            lines.append(f"  t = {t:.3g}; critical |t| = {critical:.3g} over {count} problems")
     else:
         k = int(np.argmax([abs(v - outcome.expected) for v in outcome.means]))
         lines = [

@@ -66,6 +66,14 @@ MATCH_LEVEL = 0.0027
 #: Two-sided level of the check that the named factors explain every problem.
 RESIDUAL_LEVEL = 1e-3
 
+#: The diagnosis when the mean over batches changed with the permutation.
+INTERACTION = (
+    "Diagnosis: the rows of a batch interact: fn's mean over the batches changed with the "
+    "permutation, so its value on a batch is not a sum of per-row terms.\n  Fix: compute "
+    "each row's terms from that row alone (and the batch-independent terms once); if the "
+    "estimator is unbiased all the same, check it with mode='statistical'."
+)
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -526,12 +534,12 @@ def diagnose(
     setting: Setting,
     *,
     degrees: int | None = None,
-    interaction: str | None = None,
+    interaction: bool = False,
 ) -> str:
     """The fitted factors and the ``Diagnosis:`` lines for a failing minibatch estimator.
 
     ``degrees`` are the degrees of freedom of the standard errors (None: exact values);
-    ``interaction`` a note that the mean over batches changed with the permutation.
+    ``interaction`` says that the mean over batches changed with the permutation.
     """
     fitted = _fit(evidence, setting, degrees)
     if fitted is None:
@@ -544,38 +552,32 @@ def diagnose(
     want_lik, want_kl = setting.expected()
     lik_term = "the batch log-likelihood"
     kl_term = "the global latent's KL" if setting.latent == "global" else "the batch rows' KL terms"
-    tail = f"; {interaction}" if interaction else ""
+    terms = (("lik", lik_term, lik, want_lik), ("kl", kl_term, kl, want_kl))
+    unexplained = None
     if lik.named is None or kl.named is None:
-        terms = (("lik", lik_term, lik, want_lik), ("kl", kl_term, kl, want_kl))
         named = [
             _term_words(t, k, f.named, w, setting)[0] + "; but "
             for k, t, f, w in terms
             if f.named is not None and not _same(f.named, w)
         ]
-        unresolved = " and ".join(
-            f"{t}'s factor {f.value:.4g} +- {f.error:.2g}"
+        unresolved = [
+            f"the factor of {t}, {f.value:.4g}" + ("" if degrees is None else f" +- {f.error:.2g}")
             for _, t, f, _ in terms
             if f.named is None
-        )
-        return "\n".join(
-            [
-                *lines,
-                f"Diagnosis: no known bug matches; {''.join(named)}{unresolved} is no simple "
-                f"factor of N and M{tail}.",
-            ]
-        )
-    if not _explains(evidence, setting, sigma, lik.named, kl.named, degrees):
-        return "\n".join(
-            [
-                *lines,
-                "Diagnosis: no known bug matches; no rescaling of the log-likelihood and KL "
-                f"sums reproduces fn's means on every problem{tail}.",
-            ]
-        )
+        ]
+        verb = "is no simple factor" if len(unresolved) == 1 else "are no simple factors"
+        unexplained = f"{''.join(named)}{' and '.join(unresolved)} {verb} of N and M"
+    elif not _explains(evidence, setting, sigma, lik.named, kl.named, degrees):
+        unexplained = "no rescaling of the log-likelihood and KL sums reproduces every mean"
+    elif _same(lik.named, want_lik) and _same(kl.named, want_kl):
+        unexplained = "the gap is not a rescaling of the two terms"
+    if unexplained is not None:
+        if interaction:
+            return "\n".join([*lines, INTERACTION])
+        return "\n".join([*lines, f"Diagnosis: no known bug matches; {unexplained}."])
+    assert lik.named is not None
+    assert kl.named is not None
     f_lik, f_kl = lik.named / want_lik, kl.named / want_kl
-    if _same(f_lik, 1.0) and _same(f_kl, 1.0):
-        note = interaction or "the gap is not a rescaling of the two terms"
-        return "\n".join([*lines, f"Diagnosis: no known bug matches; {note}."])
     found: list[tuple[str, str]] = []
     whole = _whole(f_lik, setting) if _same(f_lik, f_kl) else None
     if whole is not None:
@@ -584,9 +586,10 @@ def diagnose(
         term = "the batch estimate (log-likelihood and KL terms alike)"
         found.append(_term_words(term, "lik", lik.named, want_lik, setting))
     else:
-        if not _same(f_lik, 1.0):
-            found.append(_term_words(lik_term, "lik", lik.named, want_lik, setting))
-        if not _same(f_kl, 1.0):
-            found.append(_term_words(kl_term, "kl", kl.named, want_kl, setting))
+        found += [
+            _term_words(t, k, f.named, w, setting)
+            for k, t, f, w in terms
+            if f.named is not None and not _same(f.named, w)
+        ]
     lines += [f"Diagnosis: {name}.\n  Fix: {fix}." for name, fix in found]
     return "\n".join(lines)
