@@ -198,6 +198,7 @@ def test_ties_between_candidate_factors_are_named_together() -> None:
     assert setting.label(2.0) == "N/M = M = 2"
     assert setting.label(0.5) == "M/N = 1/M = 0.5"
     assert setting.label(1.7) == "1.7"
+    assert Setting(9, 9, "global", "sum").label(1.0) == "1"  # not "N/M = M/N = ... = 1"
 
 
 def test_the_report_says_what_was_checked() -> None:

@@ -107,8 +107,9 @@ class Setting:
         names = [k for k, v in self.values().items() if _same(v, value)]
         if not names:
             return f"{value:.4g}"
-        if names[0] in ("0", "1", "-1"):
-            return names[0]
+        plain = [k for k in names if k in ("0", "1", "-1")]
+        if plain:
+            return plain[0]
         return " = ".join(names) + f" = {value:.4g}"
 
 
