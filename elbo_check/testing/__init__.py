@@ -32,6 +32,7 @@ from ._check_estimator import verify_elbo_estimator
 from ._check_gradient import verify_elbo_gradient
 from ._check_kl import verify_kl
 from ._check_log_evidence import verify_log_evidence
+from ._check_minibatch import verify_minibatch_elbo
 from ._check_one import check_elbo
 from ._doctor import diagnose_loss
 from ._doctor_report import LossDiagnosis
@@ -82,6 +83,7 @@ __all__ = [
     "verify_iwae_gradient",
     "verify_kl",
     "verify_log_evidence",
+    "verify_minibatch_elbo",
     "verify_renyi_estimator",
     "verify_renyi_gradient",
 ]
