@@ -1,5 +1,6 @@
-"""The loss doctor's part of the kill matrix: the real cases, the held-out bugs, the
-confusion table of the conventions named, and the false-alarm side.
+"""The loss doctor's and the minibatch verifier's part of the kill matrix: the real
+cases, the held-out bugs, the confusion table of the conventions named, the minibatch
+scaling bugs, and the false-alarm side of both.
 
     python benchmarks/doctor_matrix.py [--seeds 5]   # prints the markdown
 
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import buggy_losses as losses  # noqa: E402
+import buggy_minibatch as minibatch  # noqa: E402
 
 from elbo_check.testing import LossDiagnosis, diagnose_loss  # noqa: E402
 
@@ -119,6 +121,68 @@ def _confusion(results: list[Diagnosed]) -> list[str]:
     return [*lines, ""]
 
 
+def _minibatch_run(impl: minibatch.Implementation, seed: int) -> tuple[bool, str, float]:
+    """(caught, the Diagnosis line or the report, seconds) for one verifier call."""
+    start = time.perf_counter()
+    try:
+        report = impl.verify(seed=seed)
+        caught, text = False, str(report)
+    except AssertionError as err:
+        lines = [line for line in str(err).splitlines() if line.startswith("Diagnosis:")]
+        caught, text = True, (lines[0].removeprefix("Diagnosis: ") if lines else "(none)")
+    return caught, text, time.perf_counter() - start
+
+
+def minibatch_sections(seeds: int = 5) -> tuple[list[str], bool]:
+    """The minibatch verifier's bugs and correct estimators, and whether all went right."""
+    lines = [
+        "## Minibatch estimators",
+        "",
+        "`verify_minibatch_elbo` on the catalogue in `tests/buggy_minibatch.py` (checked by",
+        f"`tests/test_minibatch.py`): N = {minibatch.DATASET_SIZE} rows, batches of "
+        f"M = {minibatch.BATCH_SIZE}, profile `dev`, seed 0 for the bugs.",
+        "",
+        "| estimator | caught? | diagnosis given (expected text in bold) | options | time (s) |",
+        "|---|---|---|---|---|",
+    ]
+    all_right = True
+    for impl in minibatch.BUGS:
+        caught, text, seconds = _minibatch_run(impl, 0)
+        expected = impl.diagnosis or ""
+        named = caught and expected in text
+        all_right = all_right and named
+        shown = text.replace(expected, f"**{expected}**") if named else f"**misnamed**: {text}"
+        options = f"latent={impl.latent}, mode={impl.mode}, reduction={impl.reduction}" + (
+            ", amortised" if impl.amortised else ""
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in (
+                    f"`{impl.name}`",
+                    "yes" if caught else "**NO**",
+                    shown,
+                    options,
+                    f"{seconds:.2f}",
+                )
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        f"Correct estimators, seeds 0..{seeds - 1} (the false-alarm side):",
+        "",
+        "| estimator | description | passed |",
+        "|---|---|---|",
+    ]
+    for impl in minibatch.CORRECT:
+        passed = sum(not _minibatch_run(impl, seed)[0] for seed in range(seeds))
+        all_right = all_right and passed == seeds
+        lines.append(f"| `{impl.name}` | {_cell(impl.description)} | {passed}/{seeds} |")
+    return [*lines, ""], all_right
+
+
 def sections(seeds: int = 5) -> tuple[list[str], bool]:
     """The markdown of the doctor's sections, and whether every case was named right with
     no false alarm."""
@@ -152,7 +216,8 @@ def sections(seeds: int = 5) -> tuple[list[str], bool]:
     lines += _table("Real cases and valid conventions", cases)
     lines += _table("Held-out bugs", held)
     lines += _confusion(cases + held)
-    return lines, right == len(cases) and bad_alarms == 0
+    batch_lines, batch_ok = minibatch_sections(seeds)
+    return lines + batch_lines, right == len(cases) and bad_alarms == 0 and batch_ok
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,8 @@ def log_normal(points: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndar
     diff = points - mean
     white = np.linalg.solve(factor, diff[..., None])[..., 0]
     log_det = 2.0 * np.sum(np.log(np.diagonal(factor, axis1=-2, axis2=-1)), axis=-1)
-    return -0.5 * (points.shape[-1] * LOG_2PI + log_det + np.sum(white**2, axis=-1))
+    result: np.ndarray = -0.5 * (points.shape[-1] * LOG_2PI + log_det + np.sum(white**2, axis=-1))
+    return result
 
 
 def expected_log_lik_rows(model: Any, mean: np.ndarray, cov: np.ndarray, x: np.ndarray) -> Any:
