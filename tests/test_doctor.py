@@ -148,7 +148,7 @@ def test_held_out_case(case: catalogue.Loss) -> None:
 
 def test_report_text_names_the_convention() -> None:
     report = _check(catalogue.CASES[0])  # the KL summed over the batch
-    text = str(report)
+    text = " ".join(str(report).split())  # unwrapped
     assert "beta = B = 3 here (B = 3), changing with the batch size" in text
     assert "KL summed over the batch" in text
     assert "log-likelihood averaged over the batch" in text

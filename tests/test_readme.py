@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import buggy_bounds
+import buggy_minibatch
 import numpy as np
 import pytest
 
@@ -21,6 +22,8 @@ from elbo_check.testing import DiagonalLogScale
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BUG = " / q.dim"
+DOCTOR_BUG = "nll.mean()"
+DOCTOR_COMMAND = "$ python -m elbo_check doctor my_vae:loss\n"
 
 
 def _blocks(language: str) -> list[str]:
@@ -35,9 +38,10 @@ def _normalised(text: str) -> str:
     return text.strip()
 
 
-def test_readme_has_one_python_example_with_the_bug_marked() -> None:
-    (source,) = _blocks("python")
+def test_readme_has_two_python_examples_with_the_bug_marked() -> None:
+    source, doctor_source = _blocks("python")
     assert source.count(BUG) == 1
+    assert doctor_source.count(DOCTOR_BUG) == 1
 
 
 @pytest.fixture
@@ -53,7 +57,7 @@ def dev_profile() -> Any:
 
 @pytest.mark.usefixtures("dev_profile")
 def test_readme_example_fails_with_the_message_it_shows() -> None:
-    (source,) = _blocks("python")
+    source = _blocks("python")[0]
     shown_failure = _blocks("text")[0]
     with pytest.raises(AssertionError) as caught:
         exec(source, {"__name__": "__readme__"})
@@ -62,12 +66,30 @@ def test_readme_example_fails_with_the_message_it_shows() -> None:
 
 @pytest.mark.usefixtures("dev_profile")
 def test_readme_example_passes_with_the_bug_deleted() -> None:
-    (source,) = _blocks("python")
+    source = _blocks("python")[0]
     shown_pass = _blocks("text")[1]
     fixed = source.replace(BUG, "").replace("verify_elbo(my_elbo)", "report = verify_elbo(my_elbo)")
     namespace: dict[str, Any] = {"__name__": "__readme__"}
     exec(fixed, namespace)
     assert _normalised(str(namespace["report"])) == _normalised(shown_pass)
+
+
+def test_readme_doctor_example_prints_what_it_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from elbo_check.__main__ import main
+
+    source = _blocks("python")[1]
+    (shown,) = [b for b in _blocks("text") if b.startswith(DOCTOR_COMMAND)]
+    module = tmp_path / "my_vae.py"
+    module.write_text(source)
+    assert main(["doctor", f"{module}:loss"]) == 1
+    residual = r"residual [0-9.e+-]+"
+    got = re.sub(residual, "residual R", capsys.readouterr().out.strip())
+    assert got == re.sub(residual, "residual R", shown.removeprefix(DOCTOR_COMMAND).strip())
+    module.write_text(source.replace(DOCTOR_BUG, "nll.sum(-1).mean()"))
+    assert main(["doctor", f"{module}:loss"]) == 0
+    assert "This is the negative ELBO (a loss) averaged over the batch" in capsys.readouterr().out
 
 
 def _listed_calls() -> list[str]:
@@ -107,6 +129,7 @@ def test_readme_listed_call_runs_with_a_correct_function(call: str) -> None:
         "my_iwae": buggy_bounds.iwae,
         "my_renyi": buggy_bounds.renyi,
         "my_dreg_grad": buggy_bounds.dreg_gradient,
+        "my_minibatch_elbo": buggy_minibatch.CORRECT[0].fn,
     }
     report = eval(call, namespace)
     assert "passed" in str(report)

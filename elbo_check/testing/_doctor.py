@@ -83,6 +83,18 @@ def _classes(q_kinds: Any, prior_kinds: Any, noise_kinds: Any) -> list[ProblemCl
     return chosen
 
 
+def _assumptions(general: ProblemClass, found: ProblemClass) -> str:
+    """What a loss identified only on ``found`` assumes that ``general`` does not have."""
+    parts = []
+    if general.q_kind != found.q_kind:
+        parts.append("a diagonal q (it reads only q's variances)")
+    if general.prior_kind != found.prior_kind:
+        parts.append("a standard-normal prior")
+    if general.noise_kind != found.noise_kind:
+        parts.append("unit noise variance (a squared-error reconstruction)")
+    return "the loss assumes " + " and ".join(parts) + " (as most VAE code does)"
+
+
 def diagnose_loss(
     fn: Callable[..., Any],
     *,
@@ -199,6 +211,7 @@ def diagnose_loss(
     beta = 1/K, which is not a bound:
 
     >>> import numpy as np
+    >>> from elbo_check.testing import diagnose_loss
     >>> def loss(model, q, x):
     ...     w, b, psi = model.weights, model.bias, model.noise_cov
     ...     m, var = q.mean, q.variances                     # (B, K): diagonal q
@@ -268,6 +281,8 @@ def diagnose_loss(
                 f"the values stop being a combination of the terms when {misfit[0]} doubles"
             )
             continue
+        if index:  # simpler problems than the first: say what the loss assumes
+            notes.insert(0, _assumptions(classes[0], kind))
         return diagnose(
             at_base,
             doubled,

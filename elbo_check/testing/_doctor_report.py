@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -58,6 +59,12 @@ def _phrase(role: str, axis: str, word: str, design: Design) -> str:
         verb = "summed" if word == "sum" else "averaged"
         return f"{verb} over {count}{_NOUN[axis]}"
     return "" if word == "-" else word
+
+
+def _wrapped(text: str, first: str = "  ", rest: str = "    ") -> str:
+    return textwrap.fill(
+        text, width=88, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
+    )
 
 
 @dataclass(frozen=True)
@@ -178,11 +185,12 @@ class LossDiagnosis:
     notes: tuple[str, ...] = field(default=())
 
     def __str__(self) -> str:
-        lines = [f"diagnose_loss: {self.summary}", f"  {self.verdict}"]
+        lines = [_wrapped(f"diagnose_loss: {self.summary}", "", "    "), _wrapped(self.verdict)]
         if self.terms:
             lines.append(f"  terms (coefficient at {self.design.text()}):")
             for term in self.terms:
-                lines.append(f"    {term.name}: {term.scaling.formula()} ({term.words()})")
+                text = f"{term.name}: {term.scaling.formula()} ({term.words()})"
+                lines.append(_wrapped(text, "    ", "      "))
         constants = [
             f"{name} {self.conventions[name]}"
             for name in ("log 2 pi", "log det Psi")
@@ -191,8 +199,8 @@ class LossDiagnosis:
         if constants:
             lines.append("  constants: " + "; ".join(constants))
         if self.problems is not None:
-            lines.append(f"  probed on problems with {self.problems.text()}")
-        lines.extend(f"  note: {note}" for note in self.notes)
+            lines.append(_wrapped(f"probed on problems with {self.problems.text()}"))
+        lines.extend(_wrapped(f"note: {note}") for note in self.notes)
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
