@@ -187,9 +187,14 @@ class LossDiagnosis:
     def __str__(self) -> str:
         lines = [_wrapped(f"diagnose_loss: {self.summary}", "", "    "), _wrapped(self.verdict)]
         if self.terms:
-            lines.append(f"  terms (coefficient at {self.design.text()}):")
+            error = (
+                " ± 1 standard error" if any(t.scaling.standard_error for t in self.terms) else ""
+            )
+            lines.append(f"  terms (coefficient at {self.design.text()}{error}):")
             for term in self.terms:
-                text = f"{term.name}: {term.scaling.formula()} ({term.words()})"
+                s = term.scaling
+                error = f" = {s.value:.4g} ± {s.standard_error:.2g}" if s.standard_error else ""
+                text = f"{term.name}: {s.formula()}{error} ({term.words()})"
                 lines.append(_wrapped(text, "    ", "      "))
         constants = [
             f"{name} {self.conventions[name]}"
@@ -234,6 +239,7 @@ class LossDiagnosis:
                     "name": t.name,
                     "coefficient": t.scaling.value,
                     "uncertainty": t.scaling.uncertainty,
+                    "standard_error": t.scaling.standard_error,
                     "formula": t.scaling.formula(),
                     "reductions": t.reductions(),
                 }

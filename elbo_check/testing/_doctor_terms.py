@@ -32,6 +32,7 @@ class Scaling:
     uncertainty: float
     exponents: dict[str, int | None] = field(default_factory=dict)
     design: Design = field(default_factory=Design)
+    standard_error: float = 0.0  # Monte Carlo only
 
     @property
     def present(self) -> bool:
@@ -110,7 +111,14 @@ def scaling(name: str, base: Fit, doubled: dict[str, Fit], *, z: float) -> Scali
         nearest = round(power) if math.isfinite(power) else None
         ok = nearest is not None and abs(power - nearest) <= max(power_error, 1e-6)
         exponents[axis] = int(nearest) if ok and nearest is not None else None
-    return Scaling(value=value, uncertainty=error, exponents=exponents, design=base.design)
+    i = base.names.index(name)
+    return Scaling(
+        value=value,
+        uncertainty=error,
+        exponents=exponents,
+        design=base.design,
+        standard_error=float(base.standard_errors[i]),
+    )
 
 
 def _allowance(found: Fit, name: str, z: float) -> float:
@@ -130,6 +138,7 @@ def combined(first: Scaling, second: Scaling, sign: float) -> Scaling | None:
         uncertainty=first.uncertainty + second.uncertainty,
         exponents=dict(first.exponents),
         design=first.design,
+        standard_error=0.5 * math.hypot(first.standard_error, second.standard_error),
     )
 
 
