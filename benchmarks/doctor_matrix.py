@@ -206,7 +206,8 @@ def sections(seeds: int = 5) -> tuple[list[str], bool]:
         "",
         f"- Cases with verdict and every convention right: **{right} of {len(cases)}**; "
         f"conventions named: **{named} of {expected}**.",
-        f"- Held-out bugs (written after the doctor was designed; after their first run only the printing of a beta of 1/1000 changed, from 0.001): verdict and "
+        "- Held-out bugs (written after the doctor was designed; after their first run only "
+        "the printing of a beta of 1/1000 changed, from 0.001): verdict and "
         f"conventions right for **{sum(r.right for r in held)} of {len(held)}**.",
         f"- Valid conventions reported as not ok on seeds 1..{seeds - 1}: "
         f"**{bad_alarms} of {alarm_runs}** runs.",
