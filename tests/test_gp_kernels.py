@@ -147,3 +147,30 @@ def test_kernel_parameters_are_read_only() -> None:
     kernel = RBF(lengthscale=[1.0, 2.0])
     with pytest.raises(ValueError, match="read-only"):
         kernel.lengthscale[0] = 5.0
+
+
+def test_gp_all_is_sorted_complete_and_real() -> None:
+    """The conventions tests/test_public_api.py checks for the top-level modules."""
+    import importlib
+    import inspect
+    import re
+
+    gp = importlib.import_module("elbo_check.gp")
+
+    def key(name: str) -> tuple[int, str]:
+        if re.fullmatch(r"[A-Z0-9_]+", name):
+            return (0, name)
+        return (1, name) if name[:1].isupper() else (2, name)
+
+    names = list(gp.__all__)
+    assert names == sorted(names, key=key)
+    assert len(set(names)) == len(names)
+    assert all(hasattr(gp, name) for name in names)
+    defined = {
+        attr
+        for attr, value in vars(gp).items()
+        if not attr.startswith("_")
+        and (inspect.isfunction(value) or inspect.isclass(value))
+        and getattr(value, "__module__", "").startswith("elbo_check.gp")
+    }
+    assert defined <= set(names)

@@ -108,3 +108,25 @@ def test_a_kernel_that_is_not_psd_is_reported() -> None:
     bad = Kernel.from_function(lambda a, b: -np.ones((len(a), len(b))))
     with pytest.raises(InvalidInputError, match="K_XX"):
         GPRegression(bad, [0.0, 1.0], 0.1)
+
+
+def test_copies_and_pickles_are_rebuilt_frozen_and_equal(rng: np.random.Generator) -> None:
+    import copy
+    import pickle
+
+    from elbo_check._validation import is_frozen
+    from elbo_check.gp import SparseGP
+
+    x, y = _problem(rng)
+    gp = GPRegression(Matern32(lengthscale=[0.5, 2.0]), x, 0.2, mean=LinearMean([1.0, 2.0]))
+    sgp = SparseGP(RBF(), x, 0.2, inducing_inputs=x[:3], mean=ConstantMean(1.0))
+    for clone in (pickle.loads(pickle.dumps(gp)), copy.deepcopy(gp)):
+        assert clone.log_marginal_likelihood(y) == gp.log_marginal_likelihood(y)
+        assert is_frozen(clone.inputs)
+        assert is_frozen(clone.kernel.lengthscale)
+        assert is_frozen(clone.mean.weights)
+    for sclone in (pickle.loads(pickle.dumps(sgp)), copy.copy(sgp)):
+        assert sclone.collapsed_bound(y) == sgp.collapsed_bound(y)
+        assert is_frozen(sclone.inducing_inputs)
+    with pytest.raises(ValueError, match="read-only"):
+        gp.inputs[0, 0] = 1.0

@@ -209,6 +209,10 @@ class _Stationary(Kernel):
         """The lengthscale, a scalar or one per input dimension (read-only)."""
         return self._lengthscale
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Copies and pickles are rebuilt through the constructor (validated, frozen)."""
+        return (type(self), (self._variance, self._lengthscale.copy()))
+
     def __repr__(self) -> str:
         ell = self._lengthscale.tolist()
         return f"{type(self).__name__}(variance={self._variance!r}, lengthscale={ell!r})"
@@ -418,6 +422,10 @@ class Linear(Kernel):
         """The variance, a scalar or one per input dimension (read-only)."""
         return self._variance
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Copies and pickles are rebuilt through the constructor (validated, frozen)."""
+        return (Linear, (self._variance.copy(),))
+
     def __repr__(self) -> str:
         return f"Linear(variance={self._variance.tolist()!r})"
 
@@ -469,6 +477,10 @@ class GramKernel(Kernel):
         self._function = function
         self._name = str(name)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Copies and pickles are rebuilt through :meth:`Kernel.from_function`."""
+        return (_rebuild_gram_kernel, (self._function, self._name))
+
     def __repr__(self) -> str:
         return f"GramKernel({self._name})"
 
@@ -484,3 +496,9 @@ class GramKernel(Kernel):
 
     def _diag(self, x: FloatArray) -> FloatArray:
         return np.array([self._gram(x[i : i + 1], x[i : i + 1])[0, 0] for i in range(len(x))])
+
+
+def _rebuild_gram_kernel(
+    function: Callable[[FloatArray, FloatArray], Any], name: str
+) -> GramKernel:
+    return GramKernel(function, name=name)

@@ -206,6 +206,10 @@ class LinearMean(MeanFunction):
         """The offset :math:`c`."""
         return self._bias
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Copies and pickles are rebuilt through the constructor (validated, frozen)."""
+        return (LinearMean, (self._weights.copy(), self._bias))
+
     def __repr__(self) -> str:
         return f"LinearMean({self._weights.tolist()!r}, bias={self._bias!r})"
 

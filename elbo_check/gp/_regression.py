@@ -164,6 +164,13 @@ class GPRegression:
         marginal[np.diag_indices_from(marginal)] += self._setup.noise_variance
         self._factor = freeze(cholesky("K_XX + (jitter + noise_variance) I", marginal))
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Copies and pickles are rebuilt through the constructor (validated, frozen)."""
+        return (
+            _rebuild_regression,
+            (self.kernel, self.inputs.copy(), self.noise_variance, self.mean, self.jitter),
+        )
+
     # ------------------------------------------------------------------ attributes
     @property
     def kernel(self) -> Kernel:
@@ -348,3 +355,9 @@ class GPRegression:
             prior=self.prior,
             noise_cov=self.noise_variance,
         )
+
+
+def _rebuild_regression(
+    kernel: Kernel, inputs: FloatArray, noise: float, mean: MeanFunction, jitter: float
+) -> GPRegression:
+    return GPRegression(kernel, inputs, noise, mean=mean, jitter=jitter)
