@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-MODULES = ["elbo_check", "elbo_check.testing", "elbo_check.strategies"]
+MODULES = ["elbo_check", "elbo_check.testing", "elbo_check.strategies", "elbo_check.gp"]
 
 
 def _isort_key(name: str) -> tuple[int, str]:

@@ -42,6 +42,7 @@ PUBLIC_MODULES = (
     "elbo_check",
     "elbo_check.testing",
     "elbo_check.strategies",
+    "elbo_check.gp",
     "elbo_check.contrib.torch",
     "elbo_check.contrib.pyro",
     "elbo_check.contrib.jax",
@@ -97,6 +98,13 @@ CLOSED_FORMS = frozenset(
         "elbo_check.LinearGaussianModel.importance_weight_moment",
         "elbo_check.LinearGaussianModel.importance_weight_stats",
         "elbo_check.LinearGaussianModel.renyi_bound_grad_variational",
+        "elbo_check.gp.GPRegression.log_marginal_likelihood",
+        "elbo_check.gp.GPRegression.predict",
+        "elbo_check.gp.SparseGP.collapsed_bound",
+        "elbo_check.gp.SparseGP.upper_bound",
+        "elbo_check.gp.SparseGP.svgp_elbo",
+        "elbo_check.gp.SparseGP.optimal_inducing_distribution",
+        "elbo_check.gp.SparseGP.svgp_elbo_grad",
     }
 )
 
