@@ -312,19 +312,38 @@ def _renyi_checks(
     yield "L_alpha(posterior) = log p(x)", exact, IDENTITY_RTOL
 
 
+def _collect(
+    family: str, size: str, checks: Iterator[tuple[str, float, float]]
+) -> list[CheckResult]:
+    """One row per identity: the worst residual-to-tolerance ratio over ``checks``."""
+    results: dict[str, CheckResult] = {}
+    for identity, residual, tolerance in checks:
+        result = results.setdefault(identity, CheckResult(family, size, identity))
+        result.update(residual, tolerance)
+    return list(results.values())
+
+
 def run_selftest(seed: int = 0, draws: int = 3) -> SelftestReport:
-    """Check every identity on ``draws`` random models per (family, size class)."""
+    """Check every identity on ``draws`` random models per (family, size class), and the
+    Gaussian-process relations on ``draws`` draws of random GP problems per case."""
+    from ._selftest_gp import GP_CASES, gp_checks  # it imports this module's tolerances
+
     report = SelftestReport(seed=seed, draws_per_case=draws)
     for family in FAMILIES:
         for size, d, k, condition in SIZE_CLASSES:
             case_rng = np.random.default_rng([seed, FAMILIES.index(family), d, k])
-            results: dict[str, CheckResult] = {}
-            for _ in range(draws):
-                model = random_model(
+            models = (
+                random_model(
                     case_rng, data_dim=d, latent_dim=k, family=family, condition_number=condition
                 )
-                for identity, residual, tolerance in _checks_for_draw(model, case_rng, condition):
-                    result = results.setdefault(identity, CheckResult(family, size, identity))
-                    result.update(residual, tolerance)
-            report.results.extend(results.values())
+                for _ in range(draws)
+            )
+            checks = (
+                check for model in models for check in _checks_for_draw(model, case_rng, condition)
+            )
+            report.results.extend(_collect(family, size, checks))
+    for size, input_dim in GP_CASES:
+        gp_rng = np.random.default_rng([seed, len(FAMILIES), input_dim])
+        checks = (check for _ in range(draws) for check in gp_checks(gp_rng, input_dim))
+        report.results.extend(_collect("gp", size, checks))
     return report
