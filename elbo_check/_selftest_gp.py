@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 
 from ._divergences import kl_divergence
 from ._gaussian import Gaussian
-from ._selftest import EPS, ROUNDING_SAFETY
+from ._random import FAMILIES
+from ._selftest import EPS, ROUNDING_SAFETY, CheckResult, _collect
 from .gp import (
     RBF,
     ConstantMean,
@@ -40,7 +41,7 @@ from .gp import (
     ZeroMean,
 )
 
-__all__ = ["GP_CASES", "PROBLEMS_PER_DRAW", "gp_checks"]
+__all__ = ["GP_CASES", "PROBLEMS_PER_DRAW", "gp_checks", "gp_rows"]
 
 FloatArray = NDArray[np.float64]
 
@@ -123,6 +124,16 @@ def _elbo_magnitude(sgp: SparseGP, q_u: Gaussian, y: FloatArray, whiten: bool) -
     terms, _, _ = sgp._expected_log_lik(q_u, y - sgp.mean(sgp.inputs), slice(None), whiten)
     kl = float(kl_divergence(q_u, sgp._q_prior(whiten)))
     return float(np.sum(np.abs(terms))) + abs(kl)
+
+
+def gp_rows(seed: int, draws: int) -> list[CheckResult]:
+    """The GP rows of the self-test: family ``gp``, one size class per input dimension."""
+    rows: list[CheckResult] = []
+    for size, input_dim in GP_CASES:
+        rng = np.random.default_rng([seed, len(FAMILIES), input_dim])
+        checks = (check for _ in range(draws) for check in gp_checks(rng, input_dim))
+        rows.extend(_collect("gp", size, checks))
+    return rows
 
 
 def gp_checks(rng: np.random.Generator, input_dim: int) -> Iterator[tuple[str, float, float]]:
@@ -219,7 +230,7 @@ def _problem_checks(rng: np.random.Generator, d: int) -> Iterator[tuple[str, flo
     yield "SVGP KL gap = dense KL to posterior", kl_residual, rounding * cond_joint
 
     # 7. Gradients against central differences along a random direction.
-    yield _gradient_check(rng, sgp, y, (q_v, magnitude_v), (q_u, magnitude_u))
+    yield _gradient_check(rng, sgp, y, (q_v, magnitude_v), (q_u, magnitude_u), rounding)
 
     # 8. The minibatch estimates of a partition, weighted by batch size, are the ELBO.
     order = rng.permutation(n)
@@ -271,6 +282,7 @@ def _gradient_check(
     y: FloatArray,
     whitened: tuple[Gaussian, float],
     unwhitened: tuple[Gaussian, float],
+    rounding: float,
 ) -> tuple[str, float, float]:
     """The worst of the whitened and unwhitened directional derivatives (each q is
     given with the magnitude of its ELBO's terms)."""
@@ -280,7 +292,11 @@ def _gradient_check(
     for whiten, (q, magnitude) in ((True, whitened), (False, unwhitened)):
         grads = sgp.svgp_elbo_grad(q, y, whiten=whiten)
         direction_mean = rng.standard_normal(m)
-        direction_factor = np.tril(rng.standard_normal((m, m)))
+        # Columns scaled by L_jj: an unwhitened factor L_u L_v can have a diagonal
+        # entry far below 1 (inducing inputs nearly collinear in feature space), and a
+        # unit move of it would make the truncation error of the step dominate.
+        scales = np.abs(np.diagonal(q.scale_tril))
+        direction_factor = np.tril(rng.standard_normal((m, m))) * scales
 
         def along(t: float) -> float:
             moved = Gaussian._trusted(
@@ -296,10 +312,11 @@ def _gradient_check(
         # The ELBO is quadratic in (mean, L) but for -sum log L_ii, whose third
         # derivative along the direction is 2 (D_ii / L_ii)^3: the truncation error is
         # h^2/6 of that (times 3, as L_ii moves by up to h D_ii within the step); the
-        # rounding error is eps |terms| / h per evaluation.
+        # rounding error of an evaluation, a sum of N + 1 terms, is at most (N + M) eps
+        # times the sum of their magnitudes (``rounding``), divided by h.
         diag_ratio = np.abs(np.diagonal(direction_factor) / np.diagonal(q.scale_tril))
         truncation = step**2 / 6.0 * float(np.sum(2.0 * diag_ratio**3)) * 3.0
-        tolerance = ROUNDING_SAFETY * EPS * magnitude / step + truncation
+        tolerance = rounding * magnitude / step + truncation
         residual = abs(numeric - analytic)
         if residual / tolerance > worst_ratio:
             worst_ratio, worst = residual / tolerance, (residual, tolerance)
