@@ -23,9 +23,10 @@ def test_selftest_passes_and_prints_a_table(capsys: pytest.CaptureFixture[str]) 
         "ppca",
         "factor_analysis",
         "bayesian_linear_regression",
+        "gp",
     ):
         assert family in out
-    for size in ("small", "latent>data", "wide", "ill-conditioned"):
+    for size in ("small", "latent>data", "wide", "ill-conditioned", "1-d inputs", "2-d inputs"):
         assert size in out
     assert "FAIL" not in out
     assert out.rstrip().splitlines()[-1].endswith("(seed 7, 1 draws per case)")
