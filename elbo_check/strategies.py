@@ -32,19 +32,33 @@ from numpy.typing import NDArray
 
 from . import _strategy_blocks as _b
 from ._gaussian import Gaussian
+from ._gp_strategies import (
+    KERNEL_KINDS,
+    gp_inputs,
+    gp_kernels,
+    gp_problems,
+    gp_regressions,
+    sparse_gps,
+)
 from ._model import LinearGaussianModel
 from ._strategy_blocks import COV_KINDS as COV_KINDS
 from ._strategy_blocks import gaussians, rotations, spd_matrices
 
 __all__ = [
+    "KERNEL_KINDS",
     "NOISE_KINDS",
     "PRIOR_KINDS",
     "ElboProblem",
     "elbo_problems",
     "gaussians",
+    "gp_inputs",
+    "gp_kernels",
+    "gp_problems",
+    "gp_regressions",
     "linear_gaussian_models",
     "observations",
     "rotations",
+    "sparse_gps",
     "spd_matrices",
     "variational_gaussians",
 ]
