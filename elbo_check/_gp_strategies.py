@@ -237,13 +237,13 @@ def _inputs_strategy(
                 max_size=n,
             )
         )
-        direction = np.full(input_dim, 1.0 / math.sqrt(input_dim))
         for source, target, level in copies:
             if source == target:
                 continue
             distance = 0.0 if level == 0 else 10.0 ** -(3 + level)
-            sign = -1.0 if x[source, 0] > 0 else 1.0
-            x[target] = x[source] + sign * distance * direction
+            # Displaced towards the box's centre in every coordinate, so it stays inside.
+            inward = np.where(x[source] > 0, -1.0, 1.0) / math.sqrt(input_dim)
+            x[target] = x[source] + distance * inward
     return np.asarray(x, dtype=np.float64)
 
 
@@ -469,9 +469,8 @@ def _sparse_strategy(
         z = x[rows].copy()
         if placement == "near":
             levels = draw(st.lists(st.integers(2, 8), min_size=m, max_size=m))
-            signs = np.where(z[:, 0] > 0, -1.0, 1.0)
-            shift = signs * 10.0 ** -np.array(levels, dtype=float)
-            z = z + shift[:, None] / math.sqrt(input_dim)
+            inward = np.where(z > 0, -1.0, 1.0) / math.sqrt(input_dim)  # stays in the box
+            z = z + 10.0 ** -np.array(levels, dtype=float)[:, None] * inward
     jitter = SPARSE_RELATIVE_JITTER * _kernel_scale(kernel, z)
     return SparseGP(kernel, x, noise, z, mean=mean, jitter=jitter)
 
