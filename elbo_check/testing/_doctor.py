@@ -27,7 +27,10 @@ from ._options import (
     _check_callable,
     _is_real,
     _seed,
+    check_choice,
     check_count,
+    check_flag,
+    check_kinds,
     check_rate,
     check_tolerance,
 )
@@ -42,31 +45,14 @@ _KINDS = {
 }
 
 
-def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise InvalidInputError(f"{name} must be one of {list(allowed)}; got {name}={value!r}")
-    return value
-
-
-def _kinds(name: str, value: Any) -> tuple[str, ...]:
-    allowed = _KINDS[name]
-    if value is None:
-        return allowed
-    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise InvalidInputError(
-            f"{name} must be a non-empty sequence of {list(allowed)}; got {name}={value!r}"
-        )
-    unknown = [v for v in value if v not in allowed]
-    if unknown:
-        raise InvalidInputError(f"{name} must hold only {list(allowed)}; got {unknown!r}")
-    return tuple(value)
-
-
 def _classes(q_kinds: Any, prior_kinds: Any, noise_kinds: Any) -> list[ProblemClass]:
     q, prior, noise = (
-        _kinds("q_kinds", q_kinds),
-        _kinds("prior_kinds", prior_kinds),
-        _kinds("noise_kinds", noise_kinds),
+        _KINDS[name] if value is None else check_kinds(name, value, _KINDS[name])
+        for name, value in (
+            ("q_kinds", q_kinds),
+            ("prior_kinds", prior_kinds),
+            ("noise_kinds", noise_kinds),
+        )
     )
     noise_of = {"diagonal": "diagonal", "unit": "isotropic"}
     chosen = [
@@ -228,10 +214,9 @@ def diagnose_loss(
     """
     __tracebackhide__ = True
     _check_callable(fn)
-    objective = _choice("objective", objective, ("loss", "elbo"))
-    mode = _choice("mode", mode, ("exact", "statistical"))
-    if not isinstance(up_to_constant, (bool, np.bool_)):
-        raise InvalidInputError(f"up_to_constant must be True or False; got {up_to_constant!r}")
+    objective = check_choice("objective", objective, ("loss", "elbo"))
+    mode = check_choice("mode", mode, ("exact", "statistical"))
+    up_to_constant = check_flag("up_to_constant", up_to_constant)
     if beta is not None:
         if not _is_real(beta) or not 0 < beta < math.inf:
             raise InvalidInputError(f"beta must be a positive finite number; got beta={beta!r}")

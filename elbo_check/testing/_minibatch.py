@@ -37,7 +37,7 @@ from .._gaussian import Gaussian
 from .._model import LinearGaussianModel
 from .._random import random_gaussian, random_spd
 from ..strategies import NOISE_KINDS, PRIOR_KINDS
-from ._options import check_count
+from ._options import check_choice, check_count, check_flag, check_kinds
 
 __all__ = [
     "CANDIDATES",
@@ -125,13 +125,6 @@ class Evidence:
 
 
 # ---------------------------------------------------------------------- options
-def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        options = " or ".join(repr(a) for a in allowed)
-        raise InvalidInputError(f"{name} must be {options}; got {name}={value!r}")
-    return value
-
-
 def check_setting(
     dataset_size: Any, batch_size: Any, latent: Any, amortised: Any, mode: Any, reduction: Any
 ) -> Setting:
@@ -144,26 +137,16 @@ def check_setting(
         raise InvalidInputError(
             f"batch_size must be at most dataset_size; got batch_size={m}, dataset_size={n}"
         )
-    _choice("latent", latent, ("local", "global"))
-    _choice("mode", mode, ("exact", "statistical"))
-    _choice("reduction", reduction, ("sum", "mean"))
-    if not isinstance(amortised, (bool, np.bool_)):
-        raise InvalidInputError(f"amortised must be True or False; got amortised={amortised!r}")
+    check_choice("latent", latent, ("local", "global"))
+    check_choice("mode", mode, ("exact", "statistical"))
+    check_choice("reduction", reduction, ("sum", "mean"))
+    check_flag("amortised", amortised)
     if amortised and latent == "global":
         raise InvalidInputError(
             "amortised=True needs latent='local': a global latent has one q for the whole "
             "dataset, no encoder"
         )
     return Setting(n, m, latent, reduction)
-
-
-def _kinds(name: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
-    kinds = (value,) if isinstance(value, str) else value
-    if not isinstance(kinds, (tuple, list)) or not kinds or any(k not in allowed for k in kinds):
-        raise InvalidInputError(
-            f"{name} must be a non-empty sequence of {tuple(allowed)}; got {name}={value!r}"
-        )
-    return tuple(kinds)
 
 
 def model_kinds(latent: str, options: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -174,14 +157,14 @@ def model_kinds(latent: str, options: dict[str, Any]) -> tuple[tuple[str, ...], 
             f"options; got {unknown}"
         )
     allowed = NOISE_KINDS if latent == "local" else ("isotropic", "diagonal")
-    noise = _kinds("noise_kinds", options.get("noise_kinds", allowed), NOISE_KINDS)
+    noise = check_kinds("noise_kinds", options.get("noise_kinds", allowed), NOISE_KINDS)
     if "full" in noise and latent == "global":
         raise InvalidInputError(
             "noise_kinds cannot include 'full' with latent='global': a full noise "
             "covariance couples the rows, so the dataset ELBO is no sum over rows and a "
             "minibatch has no sub-model; use 'isotropic' or 'diagonal'"
         )
-    prior = _kinds("prior_kinds", options.get("prior_kinds", PRIOR_KINDS), PRIOR_KINDS)
+    prior = check_kinds("prior_kinds", options.get("prior_kinds", PRIOR_KINDS), PRIOR_KINDS)
     return noise, prior
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,33 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
         value, (bool, np.bool_)
     )
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of the strings ``allowed``; else an error naming ``name``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidInputError(f"{name} must be one of {list(allowed)}; got {name}={value!r}")
+    return value
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool if it is True or False (numpy's too); else an error naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"{name} must be True or False; got {name}={value!r}")
+    return bool(value)
+
+
+def check_kinds(name: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
+    """A non-empty tuple of kinds from ``allowed`` (a string is one kind, as for q_kinds)."""
+    kinds = (value,) if isinstance(value, str) else value
+    if not isinstance(kinds, Sequence) or not kinds:
+        raise InvalidInputError(
+            f"{name} must be a non-empty sequence of {list(allowed)}; got {name}={value!r}"
+        )
+    unknown = [kind for kind in kinds if kind not in allowed]
+    if unknown:
+        raise InvalidInputError(f"{name} must hold only {list(allowed)}; got {unknown!r}")
+    return tuple(kinds)
 
 
 def check_tolerance(name: str, value: Any) -> float:
