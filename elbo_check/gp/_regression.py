@@ -92,7 +92,43 @@ class GPSetup:
         return array
 
 
-class GPRegression:
+class _GPAttributes:
+    """The attributes both GP models read from their :class:`GPSetup`."""
+
+    _setup: GPSetup
+
+    @property
+    def kernel(self) -> Kernel:
+        """The covariance function."""
+        return self._setup.kernel
+
+    @property
+    def mean(self) -> MeanFunction:
+        """The mean function."""
+        return self._setup.mean
+
+    @property
+    def inputs(self) -> FloatArray:
+        """The training inputs :math:`X`, shape ``(N, d)`` (read-only)."""
+        return self._setup.inputs
+
+    @property
+    def num_data(self) -> int:
+        """N, the number of training inputs."""
+        return self._setup.num_data
+
+    @property
+    def noise_variance(self) -> float:
+        r"""The noise variance :math:`\sigma^2`."""
+        return self._setup.noise_variance
+
+    @property
+    def jitter(self) -> float:
+        r"""The jitter :math:`\epsilon` added to the prior covariances' diagonals."""
+        return self._setup.jitter
+
+
+class GPRegression(_GPAttributes):
     r"""Exact GP regression: :math:`f \sim \mathcal{GP}(m, k)`, :math:`y = f(X) + \varepsilon`.
 
     The finite model this class computes exactly is
@@ -171,32 +207,6 @@ class GPRegression:
             (self.kernel, self.inputs.copy(), self.noise_variance, self.mean, self.jitter),
         )
 
-    # ------------------------------------------------------------------ attributes
-    @property
-    def kernel(self) -> Kernel:
-        """The covariance function."""
-        return self._setup.kernel
-
-    @property
-    def mean(self) -> MeanFunction:
-        """The mean function."""
-        return self._setup.mean
-
-    @property
-    def inputs(self) -> FloatArray:
-        """The training inputs, shape ``(N, d)`` (read-only)."""
-        return self._setup.inputs
-
-    @property
-    def noise_variance(self) -> float:
-        r"""The noise variance :math:`\sigma^2`."""
-        return self._setup.noise_variance
-
-    @property
-    def jitter(self) -> float:
-        r"""The jitter :math:`\epsilon` on the diagonal of :math:`K_{XX}`."""
-        return self._setup.jitter
-
     @property
     def prior(self) -> Gaussian:
         r"""The prior of the latent values, :math:`\mathcal N(m(X), K_{XX} + \epsilon I)`."""
@@ -204,7 +214,7 @@ class GPRegression:
 
     def __repr__(self) -> str:
         return (
-            f"GPRegression({self.kernel!r}, N={self._setup.num_data}, "
+            f"GPRegression({self.kernel!r}, N={self.num_data}, "
             f"noise_variance={self.noise_variance!r}, mean={self.mean!r}, jitter={self.jitter!r})"
         )
 

@@ -23,14 +23,14 @@ from .._validation import describe_shape, freeze
 from . import _sparse_grad
 from ._kernels import Kernel, as_inputs
 from ._means import MeanFunction, ZeroMean
-from ._regression import DEFAULT_JITTER, LOG_2PI, GPRegression, GPSetup
+from ._regression import DEFAULT_JITTER, LOG_2PI, GPRegression, GPSetup, _GPAttributes
 
 __all__ = ["SparseGP"]
 
 FloatArray = NDArray[np.float64]
 
 
-class SparseGP:
+class SparseGP(_GPAttributes):
     r"""A GP regression model with inducing variables :math:`u = f(Z)`, computed exactly.
 
     The jittered joint prior of the latent values :math:`f = f(X)` and :math:`u` is
@@ -145,36 +145,6 @@ class SparseGP:
     def num_inducing(self) -> int:
         """M, the number of inducing inputs."""
         return int(self._z.shape[0])
-
-    @property
-    def num_data(self) -> int:
-        """N, the number of training inputs."""
-        return self._setup.num_data
-
-    @property
-    def inputs(self) -> FloatArray:
-        """The training inputs :math:`X`, shape ``(N, d)`` (read-only)."""
-        return self._setup.inputs
-
-    @property
-    def kernel(self) -> Kernel:
-        """The covariance function."""
-        return self._setup.kernel
-
-    @property
-    def mean(self) -> MeanFunction:
-        """The mean function."""
-        return self._setup.mean
-
-    @property
-    def noise_variance(self) -> float:
-        r"""The noise variance :math:`\sigma^2`."""
-        return self._setup.noise_variance
-
-    @property
-    def jitter(self) -> float:
-        r"""The jitter :math:`\epsilon`."""
-        return self._setup.jitter
 
     @property
     def inducing_prior(self) -> Gaussian:
